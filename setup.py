@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="trime",
+    version="0.1.0",
+    description="TRIME (Training LMs with Memory Augmentation, EMNLP 2022) as a fairseq plugin",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.8",
+    packages=find_packages(include=["trime", "trime.*"]),
+    install_requires=[
+        "torch",
+        "numpy",
+        "faiss-cpu",
+        "sacrebleu",
+        "bm25s",
+        "tqdm",
+        'fairseq==0.12.2; python_version < "3.11"',
+        'fairseq-fixed==0.12.3.1; python_version >= "3.11"',
+    ],
+    extras_require={
+        "gpu": ["faiss-gpu"],
+        "test": ["pytest"],
+        "plots": ["matplotlib"],
+    },
+    entry_points={
+        "console_scripts": [
+            "trime-user-dir = trime.cli:print_user_dir",
+            "trime-toy-corpus = trime.toy_corpus:main",
+        ]
+    },
+)

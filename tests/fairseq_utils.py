@@ -1,0 +1,62 @@
+"""Build a tiny fairseq task / model / criterion from command-line words."""
+
+import os
+
+import torch
+
+fairseq = __import__("pytest").importorskip("fairseq")
+from fairseq import options, tasks  # noqa: E402
+from fairseq.data import Dictionary  # noqa: E402
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
+
+import trime  # noqa: E402
+
+TINY_MODEL = [
+    "--arch", "transformer_lm", "--decoder-layers", "2", "--decoder-embed-dim", "16",
+    "--decoder-ffn-embed-dim", "32", "--decoder-attention-heads", "2",
+    "--dropout", "0", "--attention-dropout", "0", "--tokens-per-sample", "12",
+]
+ADAPTIVE = [
+    "--adaptive-softmax-cutoff", "10,20", "--adaptive-softmax-dropout", "0",
+    "--decoder-input-dim", "16", "--decoder-output-dim", "16",
+    "--adaptive-input", "--adaptive-input-cutoff", "10,20", "--tie-adaptive-weights",
+    "--adaptive-input-factor", "2", "--adaptive-softmax-factor", "2",
+]
+
+
+def write_dictionary(data_dir, num_words=36):
+    """dict.txt with ``num_words`` symbols w0..w{n-1} (ids start after the 4 specials)."""
+    os.makedirs(data_dir, exist_ok=True)
+    d = Dictionary()
+    for i in range(num_words):
+        d.add_symbol(f"w{i}", n=num_words - i)
+    d.save(os.path.join(data_dir, "dict.txt"))
+    return d
+
+
+def build(data_dir, extra=(), criterion_args=("--criterion", "trime_loss")):
+    argv = [str(data_dir), "--user-dir", trime.USER_DIR, "--task", "trime_lm",
+            *criterion_args, *TINY_MODEL, *extra]
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, argv)
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    criterion = task.build_criterion(cfg.criterion)
+    return task, model, criterion
+
+
+def lm_sample(dictionary, rows, pad_last=0):
+    """A language-modeling sample: target[t] = src[t+1]; the last row padded at the end."""
+    pad = dictionary.pad()
+    tokens = torch.tensor(rows)
+    src, target = tokens[:, :-1].clone(), tokens[:, 1:].clone()
+    if pad_last:
+        src[-1, -pad_last:] = pad
+        target[-1, -pad_last:] = pad
+    return {
+        "net_input": {"src_tokens": src, "src_lengths": src.ne(pad).sum(1)},
+        "target": target,
+        "ntokens": int(target.ne(pad).sum()),
+        "id": torch.arange(src.size(0)),
+    }

@@ -1,0 +1,62 @@
+"""Independent, deliberately naive references for the TRIME formulas.
+
+Loops over tokens and memory entries; builds the full Eq. 5/6 distribution over
+the vocabulary explicitly. Shares no code with ``trime``.
+"""
+
+import math
+
+import torch
+
+
+def local_memory(T, valid_keys):
+    """M_local(c_t) of Eq. 2 as explicit lists: j < t with a real label."""
+    return [[j for j in range(t) if valid_keys[j]] for t in range(T)]
+
+
+def eq6_distribution(vocab_scores_t, query_t, keys, labels, memory_t, temperature=1.0):
+    """P(. | c_t) over the vocabulary, built word by word (Eq. 5 / Eq. 6)."""
+    d = query_t.shape[-1]
+    unnorm = torch.exp(vocab_scores_t.double()).clone()
+    for j in memory_t:
+        sim = torch.dot(query_t.double(), keys[j].double()) / math.sqrt(d) / temperature
+        unnorm[int(labels[j])] = unnorm[int(labels[j])] + torch.exp(sim)
+    return unnorm / unnorm.sum()
+
+
+def naive_trime_loss(vocab_scores, g, targets, pad, temperature=1.0):
+    """Sum over non-pad tokens of -log P(target) with local memory.
+
+    vocab_scores [B, T, V] unnormalised scores s_w; g [B, T, d]; targets [B, T].
+    """
+    B, T, _ = vocab_scores.shape
+    total = vocab_scores.new_zeros((), dtype=torch.float64)
+    for b in range(B):
+        valid = [int(targets[b, j]) != pad for j in range(T)]
+        memory = local_memory(T, valid)
+        for t in range(T):
+            if not valid[t]:
+                continue
+            p = eq6_distribution(vocab_scores[b, t], g[b, t], g[b], targets[b], memory[t], temperature)
+            total = total - torch.log(p[int(targets[b, t])])
+    return total
+
+
+def adaptive_vocab_scores(asm, features):
+    """Unnormalised scores log Z_head + log p(w) for every word of a fairseq AdaptiveSoftmax.
+
+    Built cluster by cluster from the head and tail modules (differentiable,
+    unlike fairseq's in-place ``get_log_prob``).
+    """
+    B, T, C = features.shape
+    x = features.contiguous().view(-1, C)
+    head = asm.head(x).double()
+    log_z = head.logsumexp(-1, keepdim=True)
+    head_log_probs = head - log_z
+    shortlist = asm.cutoff[0]
+    columns = [head_log_probs[:, :shortlist]]
+    for i, tail in enumerate(asm.tail):
+        within = torch.log_softmax(tail(x).double(), dim=-1)
+        columns.append(head_log_probs[:, shortlist + i: shortlist + i + 1] + within)
+    log_probs = torch.cat(columns, dim=-1)
+    return (log_probs + log_z).view(B, T, -1)

@@ -1,0 +1,18 @@
+"""trime: TRIME (Zhong, Lei & Chen, EMNLP 2022) as a fairseq --user-dir plugin.
+
+fairseq imports this package by its folder name when given ``--user-dir``;
+importing it registers ``--task trime_lm`` and ``--criterion trime_loss``.
+The pure math (``trime.loss``, ``trime.memory``) imports without fairseq.
+"""
+
+import os
+
+__version__ = "0.1.0"
+USER_DIR = os.path.dirname(os.path.abspath(__file__))
+
+try:
+    import fairseq  # noqa: F401
+except ImportError:  # the pure math stays importable without fairseq
+    pass
+else:
+    from trime import criterion, task  # noqa: F401  (register with fairseq)

@@ -1,0 +1,111 @@
+"""``--criterion trime_loss``: the TRIME training objective (paper Eq. 5).
+
+Loss per token = -log P(w* | c) with P from Eq. 5, summed over non-pad tokens;
+sample_size = ntokens. The math lives in ``trime.loss`` / ``trime.vocab``; this
+file only gathers the tensors from the fairseq model and logs.
+
+Logged: ``loss`` (what is optimised: TRIME, or plain LM during CE warm-up; at
+validation always TRIME, i.e. Eq. 6 with τ = 1) and ``lm_loss`` (the true
+vocabulary-only NLL of the same model, every word counted — unlike fairseq's
+``adaptive_loss``).
+"""
+
+import math
+from dataclasses import dataclass, field
+
+from fairseq import metrics, utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+from trime import vocab
+from trime.loss import memory_logsumexp, trime_nll
+from trime.memory import MEMORY_RULES, build_visibility, check_memory_rule, memory_labels
+
+
+@dataclass
+class TrimeLossConfig(FairseqDataclass):
+    memory: ChoiceEnum(list(MEMORY_RULES)) = field(
+        default="local",
+        metadata={"help": "training memory (paper §4): local = earlier tokens of the same "
+                  "segment (TrimeLM); long and ext come in later versions"},
+    )
+    ce_warmup_updates: int = field(
+        default=0,
+        metadata={"help": "train with the plain LM loss (Eq. 1) for this many updates first "
+                  "(paper §5.2: the first ~5%% of updates)"},
+    )
+    memory_chunk_size: int = field(
+        default=1024,
+        metadata={"help": "queries per chunk when summing over memory; extra memory is "
+                  "O(tokens x chunk)"},
+    )
+
+
+@register_criterion("trime_loss", dataclass=TrimeLossConfig)
+class TrimeLoss(FairseqCriterion):
+    def __init__(self, task, memory="local", ce_warmup_updates=0, memory_chunk_size=1024):
+        super().__init__(task)
+        check_memory_rule(str(memory))
+        if ce_warmup_updates < 0:
+            raise ValueError(f"--ce-warmup-updates must be >= 0, got {ce_warmup_updates}")
+        if memory_chunk_size < 1:
+            raise ValueError(f"--memory-chunk-size must be >= 1, got {memory_chunk_size}")
+        self.memory = str(memory)
+        self.ce_warmup_updates = ce_warmup_updates
+        self.memory_chunk_size = memory_chunk_size
+        self.num_updates = 0
+
+    def set_num_updates(self, num_updates):
+        self.num_updates = num_updates
+
+    def forward(self, model, sample, reduce=True):
+        src_tokens = sample["net_input"]["src_tokens"]
+        features, extra = model(**sample["net_input"], features_only=True)
+        if "trime_query" not in extra:
+            raise ValueError("--criterion trime_loss needs --task trime_lm (it exposes g(c)).")
+        query = extra["trime_query"]
+        if model.training and not query.requires_grad:
+            raise ValueError(
+                "g(c) carries no gradient: TRIME does not support --checkpoint-activations "
+                "(the hooked activation is recomputed outside the graph)."
+            )
+        target = sample["target"]
+        target_score, log_partition = vocab.target_scores(model.decoder, features, target)
+        lm_nll = log_partition - target_score
+        scored = target.ne(self.padding_idx)
+
+        if model.training and self.num_updates < self.ce_warmup_updates:
+            nll = lm_nll
+        else:
+            labels, valid = memory_labels(src_tokens, target, self.padding_idx)
+            visibility = build_visibility(self.memory, valid)
+            lse_all, lse_pos = memory_logsumexp(
+                query, query, labels, target, visibility, chunk_size=self.memory_chunk_size
+            )
+            nll = trime_nll(target_score, log_partition, lse_all, lse_pos)
+
+        loss = nll[scored].sum()
+        ntokens = sample["ntokens"]
+        logging_output = {
+            "loss": loss.data,
+            "lm_loss": lm_nll[scored].sum().data,
+            "ntokens": ntokens,
+            "nsentences": src_tokens.size(0),
+            "sample_size": ntokens,
+        }
+        return loss, ntokens, logging_output
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        loss_sum = sum(log.get("loss", 0) for log in logging_outputs)
+        lm_loss_sum = sum(log.get("lm_loss", 0) for log in logging_outputs)
+        sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
+        # base 2, like fairseq's cross_entropy and fairseq-eval-lm
+        metrics.log_scalar("loss", loss_sum / sample_size / math.log(2), sample_size, round=3)
+        metrics.log_scalar("lm_loss", lm_loss_sum / sample_size / math.log(2), sample_size, round=3)
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["loss"].avg))
+        metrics.log_derived("lm_ppl", lambda meters: utils.get_perplexity(meters["lm_loss"].avg))
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

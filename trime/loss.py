@@ -1,0 +1,153 @@
+"""The TRIME objective as pure tensor functions (paper Eq. 5, 6).
+
+For a context c with target w* and memory M (visibility from ``trime.memory``):
+
+    P(w | c) ∝ exp(s_w) + Σ_{(c_j, x_j) ∈ M, x_j = w} exp(g(c)·g(c_j) / (√d τ))
+
+where s_w is the unnormalised vocabulary score (logit for a plain softmax;
+log Z_head + log p(w) for an adaptive softmax). Hence
+
+    -log P(w* | c) = logaddexp(logZ_vocab, lse_all) - logaddexp(s_w*, lse_pos)
+
+with lse_all = log Σ_{j visible} exp(sim_j) and lse_pos the same sum over the
+visible j with x_j = w*. Both are computed in chunks of queries and in fp32;
+the backward recomputes the scores chunk by chunk (like flash attention), so
+the extra memory is O(N · chunk), never O(N²).
+"""
+
+import math
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def _finite_or_zero(lse: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+
+
+def _chunk_scores(queries, keys, scale, q0, q1, k0, k1):
+    """fp32 similarity scores [G, C, K] of queries[q0:q1] against keys[k0:k1]."""
+    q = queries[:, q0:q1].float()
+    k = keys[:, k0:k1].float()
+    return torch.bmm(q, k.transpose(1, 2)) * scale
+
+
+class _MemoryLogSumExp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, queries, keys, key_labels, query_targets, visibility, scale, chunk_size):
+        G, Nq, _ = queries.shape
+        lse_all = torch.full((G, Nq), NEG_INF, dtype=torch.float32, device=queries.device)
+        lse_pos = torch.full_like(lse_all, NEG_INF)
+        for q0 in range(0, Nq, chunk_size):
+            q1 = min(Nq, q0 + chunk_size)
+            k0, k1 = visibility.key_range(q0, q1)
+            if k1 <= k0:
+                continue
+            scores = _chunk_scores(queries, keys, scale, q0, q1, k0, k1)
+            visible = visibility.visible(q0, q1, k0, k1)
+            positive = visible & (key_labels[:, None, k0:k1] == query_targets[:, q0:q1, None])
+            lse_all[:, q0:q1] = scores.masked_fill(~visible, NEG_INF).logsumexp(-1)
+            lse_pos[:, q0:q1] = scores.masked_fill(~positive, NEG_INF).logsumexp(-1)
+        ctx.save_for_backward(queries, keys, key_labels, query_targets, lse_all, lse_pos)
+        ctx.visibility, ctx.scale, ctx.chunk_size = visibility, scale, chunk_size
+        return lse_all, lse_pos
+
+    @staticmethod
+    def backward(ctx, grad_all, grad_pos):
+        queries, keys, key_labels, query_targets, lse_all, lse_pos = ctx.saved_tensors
+        visibility, scale, chunk_size = ctx.visibility, ctx.scale, ctx.chunk_size
+        G, Nq, _ = queries.shape
+        grad_all = torch.zeros_like(lse_all) if grad_all is None else grad_all.float()
+        grad_pos = torch.zeros_like(lse_pos) if grad_pos is None else grad_pos.float()
+        safe_all, safe_pos = _finite_or_zero(lse_all), _finite_or_zero(lse_pos)
+        keys32 = keys.float()
+        d_queries = torch.zeros(queries.shape, dtype=torch.float32, device=queries.device)
+        d_keys = torch.zeros(keys.shape, dtype=torch.float32, device=keys.device)
+        for q0 in range(0, Nq, chunk_size):
+            q1 = min(Nq, q0 + chunk_size)
+            k0, k1 = visibility.key_range(q0, q1)
+            if k1 <= k0:
+                continue
+            scores = _chunk_scores(queries, keys, scale, q0, q1, k0, k1)
+            visible = visibility.visible(q0, q1, k0, k1)
+            positive = visible & (key_labels[:, None, k0:k1] == query_targets[:, q0:q1, None])
+            # d lse / d score_j = softmax weight of j within its set
+            p_all = torch.exp(scores - safe_all[:, q0:q1, None]).masked_fill(~visible, 0.0)
+            p_pos = torch.exp(scores - safe_pos[:, q0:q1, None]).masked_fill(~positive, 0.0)
+            d_scores = grad_all[:, q0:q1, None] * p_all + grad_pos[:, q0:q1, None] * p_pos
+            d_scores = d_scores * scale
+            d_queries[:, q0:q1] += torch.bmm(d_scores, keys32[:, k0:k1])
+            d_keys[:, k0:k1] += torch.bmm(d_scores.transpose(1, 2), queries[:, q0:q1].float())
+        return (
+            d_queries.to(queries.dtype),
+            d_keys.to(keys.dtype),
+            None, None, None, None, None,
+        )
+
+
+def memory_logsumexp(queries, keys, key_labels, query_targets, visibility,
+                     temperature: float = 1.0, chunk_size: int = 1024):
+    """Log-sum-exp of memory similarities over visible and over positive keys.
+
+    Args:
+        queries: [G, Nq, d] query representations g(c).
+        keys: [G, Nk, d] memory keys g(c_j) (may be the same tensor as queries).
+        key_labels: [G, Nk] next token x_j of each memory entry.
+        query_targets: [G, Nq] the target w* of each query.
+        visibility: a rule from ``trime.memory`` (``key_range``, ``visible``).
+        temperature: τ of Eq. 6 (1 in training); divides the memory logits only.
+        chunk_size: queries per chunk.
+    Returns:
+        (lse_all, lse_pos), fp32 [G, Nq]; -inf where the set is empty.
+        sim = g·g' / √d / τ (scaled dot product, §3).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if temperature <= 0:
+        raise ValueError(f"memory temperature must be > 0, got {temperature}")
+    scale = 1.0 / (math.sqrt(queries.shape[-1]) * temperature)
+    return _MemoryLogSumExp.apply(
+        queries, keys, key_labels, query_targets, visibility, scale, int(chunk_size)
+    )
+
+
+def trime_nll(target_vocab_score, vocab_log_partition, lse_all, lse_pos):
+    """-log P(w* | c) of Eq. 5 from its four log-space parts (all fp32, same shape)."""
+    numerator = torch.logaddexp(target_vocab_score, lse_pos)
+    denominator = torch.logaddexp(vocab_log_partition, lse_all)
+    return denominator - numerator
+
+
+def memory_log_probs(vocab_scores, queries, keys, key_labels, visibility,
+                     temperature: float = 1.0, chunk_size: int = 256):
+    """Full log-distribution of Eq. 6 over the vocabulary (evaluation; no grad needed).
+
+    Args:
+        vocab_scores: [G, Nq, V] unnormalised vocabulary scores s_w.
+        queries, keys, key_labels, visibility, temperature: as in ``memory_logsumexp``.
+    Returns:
+        fp32 [G, Nq, V] log P(w | c); finite wherever s_w is finite.
+    """
+    G, Nq, V = vocab_scores.shape
+    scale = 1.0 / (math.sqrt(queries.shape[-1]) * temperature)
+    out = torch.empty((G, Nq, V), dtype=torch.float32, device=vocab_scores.device)
+    for q0 in range(0, Nq, chunk_size):
+        q1 = min(Nq, q0 + chunk_size)
+        scores_v = vocab_scores[:, q0:q1].float()
+        k0, k1 = visibility.key_range(q0, q1)
+        if k1 <= k0:
+            out[:, q0:q1] = torch.log_softmax(scores_v, dim=-1)
+            continue
+        scores = _chunk_scores(queries, keys, scale, q0, q1, k0, k1)
+        visible = visibility.visible(q0, q1, k0, k1)
+        scores = scores.masked_fill(~visible, NEG_INF)
+        # per query: shift by the max memory score, scatter exp into label columns
+        shift = _finite_or_zero(scores.amax(-1, keepdim=True))
+        weights = torch.exp(scores - shift)
+        labels = key_labels[:, None, k0:k1].expand_as(weights).clamp(0, V - 1)
+        mass = torch.zeros_like(scores_v).scatter_add_(-1, labels, weights)
+        log_mass = torch.log(mass) + shift  # -inf for labels absent from memory
+        joint = torch.logaddexp(scores_v, log_mass)
+        out[:, q0:q1] = joint - joint.logsumexp(-1, keepdim=True)
+    return out

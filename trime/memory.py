@@ -1,0 +1,77 @@
+"""Which memory entries each query may see (paper §2.2, §4).
+
+One place for the visibility rules. The loss (``trime.loss``) works on a
+*layout*: queries ``[G, Nq, d]`` scored against keys ``[G, Nk, d]`` group by
+group. A rule says, for a chunk of queries ``[q0, q1)``, which key span can
+matter (``key_range``) and which of those keys are visible (``visible``), so
+the loss never builds a dense mask for the whole batch.
+
+- ``local`` (Eq. 2): groups are segments; position t sees positions j < t of
+  its own segment (keys whose label is padding are never visible).
+- ``long`` (Eq. 3) and ``ext`` (Eq. 4, §4.3): not implemented yet.
+"""
+
+import torch
+
+MEMORY_RULES = ("local", "long", "ext")
+
+_NOT_YET = {
+    "long": "long-term memory (earlier segments of the same document in the batch) "
+    "needs consecutive-segment batching, which is not implemented yet",
+    "ext": "in-batch external memory (all other segments of the batch) "
+    "is not implemented yet",
+}
+
+
+class LocalMemory:
+    """M_local (Eq. 2): query position t sees key positions j < t of the same segment.
+
+    ``key_valid`` [G, Nk] marks keys that have a real label (not padding).
+    Queries and keys share one position axis (queries are keys' positions).
+    """
+
+    def __init__(self, key_valid: torch.Tensor):
+        self.key_valid = key_valid
+
+    def key_range(self, q0: int, q1: int):
+        # the last query of the chunk (q1 - 1) sees keys up to q1 - 2
+        return 0, max(q1 - 1, 0)
+
+    def visible(self, q0: int, q1: int, k0: int, k1: int) -> torch.Tensor:
+        device = self.key_valid.device
+        query_pos = torch.arange(q0, q1, device=device)[:, None]
+        key_pos = torch.arange(k0, k1, device=device)[None, :]
+        earlier = key_pos < query_pos  # [C, K]
+        return earlier[None] & self.key_valid[:, None, k0:k1]
+
+
+def check_memory_rule(rule: str) -> None:
+    """Raise a clear error for an unknown or not yet implemented rule."""
+    if rule not in MEMORY_RULES:
+        raise ValueError(
+            f"unknown memory rule {rule!r}; choose one of {', '.join(MEMORY_RULES)}"
+        )
+    if rule in _NOT_YET:
+        raise NotImplementedError(
+            f"--memory {rule}: {_NOT_YET[rule]} in this version of trime. "
+            "Use --memory local (TrimeLM, paper §4.1)."
+        )
+
+
+def build_visibility(rule: str, key_valid: torch.Tensor):
+    """The visibility rule object for ``rule`` over a [G, N] layout."""
+    check_memory_rule(rule)
+    return LocalMemory(key_valid)
+
+
+def memory_labels(src_tokens: torch.Tensor, target: torch.Tensor, pad: int):
+    """Next token x_j of every position j, and whether position j can be a memory entry.
+
+    x_j is the target at j; where the target is padding (for instance the context
+    positions that ``--context-window`` prepends) it is the next input token,
+    which the model has seen. Returns (labels [B, T], valid [B, T] bool).
+    """
+    next_input = torch.full_like(src_tokens, pad)
+    next_input[:, :-1] = src_tokens[:, 1:]
+    labels = torch.where(target != pad, target, next_input)
+    return labels, labels != pad

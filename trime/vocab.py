@@ -1,0 +1,76 @@
+"""The vocabulary part of Eq. 5: unnormalised scores s_w = E_wᵀ f(c).
+
+- plain softmax: s_w is the logit, the vocabulary mass is logsumexp_w s_w;
+- fairseq ``AdaptiveSoftmax``: s_w = log Z + log p(w), with Z the partition
+  function of the head (shortlist + cluster logits), so the vocabulary mass is
+  log Z (as in the authors' implementation).
+
+Everything is returned in fp32 and computed for every target, including the
+tail-cluster words that fairseq's ``adaptive_loss`` leaves out of its loss.
+"""
+
+import torch
+
+
+def _adaptive_softmax(decoder):
+    return getattr(decoder, "adaptive_softmax", None)
+
+
+def target_scores(decoder, features, targets):
+    """s_{w*} and the log vocabulary mass for each position.
+
+    Args:
+        decoder: a fairseq decoder (``output_layer`` or ``adaptive_softmax``).
+        features: [B, T, C] output features f(c).
+        targets: [B, T] target ids.
+    Returns:
+        (target_score, log_partition), fp32 [B, T]; -log p_vocab(w*) = log_partition - target_score.
+    """
+    asm = _adaptive_softmax(decoder)
+    if asm is None:
+        logits = decoder.output_layer(features).float()
+        log_partition = logits.logsumexp(-1)
+        return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1), log_partition
+    return _adaptive_target_scores(asm, features, targets)
+
+
+def _adaptive_target_scores(asm, features, targets):
+    B, T, C = features.shape
+    x = asm.dropout_module(features.contiguous().view(-1, C))
+    flat_targets = targets.reshape(-1)
+    head = asm.head(x).float()
+    log_z = head.logsumexp(-1)
+    head_log_probs = head - log_z[:, None]
+    shortlist = asm.cutoff[0]
+    in_head = flat_targets < shortlist
+    log_p = torch.where(
+        in_head,
+        head_log_probs.gather(1, flat_targets.clamp(max=shortlist - 1)[:, None]).squeeze(1),
+        torch.zeros_like(log_z),
+    )
+    for i, tail in enumerate(asm.tail):
+        lo, hi = asm.cutoff[i], asm.cutoff[i + 1]
+        rows = ((flat_targets >= lo) & (flat_targets < hi)).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        tail_log_probs = tail(x.index_select(0, rows)).float().log_softmax(-1)
+        within = tail_log_probs.gather(1, (flat_targets[rows] - lo)[:, None]).squeeze(1)
+        log_p = log_p.index_put((rows,), head_log_probs[rows, shortlist + i] + within)
+    return (log_z + log_p).view(B, T), log_z.view(B, T)
+
+
+def full_scores(decoder, decoder_out):
+    """Unnormalised scores s_w for the whole vocabulary, fp32 [B, T, V] (evaluation).
+
+    ``decoder_out`` is what the decoder returns without ``features_only``: the
+    logits for a plain softmax, the features for an adaptive softmax (whose
+    ``output_layer`` is the identity).
+    """
+    asm = _adaptive_softmax(decoder)
+    if asm is None:
+        return decoder_out.float()
+    B, T, C = decoder_out.shape
+    features = decoder_out.contiguous()
+    # the head may return [B*T, out] (TiedHeadModule): flatten, then restore
+    log_z = asm.head(features.view(-1, C)).float().logsumexp(-1).view(B, T, 1)
+    return asm.get_log_prob(features, None).float() + log_z
