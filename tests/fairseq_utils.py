@@ -34,9 +34,9 @@ def write_dictionary(data_dir, num_words=36):
     return d
 
 
-def build(data_dir, extra=(), criterion_args=("--criterion", "trime_loss")):
+def build(data_dir, extra=(), criterion_args=("--criterion", "trime_loss"), model=TINY_MODEL):
     argv = [str(data_dir), "--user-dir", trime.USER_DIR, "--task", "trime_lm",
-            *criterion_args, *TINY_MODEL, *extra]
+            *criterion_args, *model, *extra]
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, argv)
     cfg = convert_namespace_to_omegaconf(args)

@@ -20,6 +20,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from trime import vocab
 from trime.loss import memory_logsumexp, trime_nll
 from trime.memory import MEMORY_RULES, build_visibility, check_memory_rule, memory_labels
+from trime.task import TrimeLMTask
 
 
 @dataclass
@@ -45,6 +46,11 @@ class TrimeLossConfig(FairseqDataclass):
 class TrimeLoss(FairseqCriterion):
     def __init__(self, task, memory="local", ce_warmup_updates=0, memory_chunk_size=1024):
         super().__init__(task)
+        if not isinstance(task, TrimeLMTask):
+            raise ValueError(
+                f"--criterion trime_loss needs --task trime_lm (got {type(task).__name__}): "
+                "that task exposes g(c), the input of the last FFN, to the loss."
+            )
         check_memory_rule(str(memory))
         if ce_warmup_updates < 0:
             raise ValueError(f"--ce-warmup-updates must be >= 0, got {ce_warmup_updates}")

@@ -1,0 +1,62 @@
+"""Bad input gets an error that names the problem and the fix."""
+
+import pytest
+
+from cli import USER_DIR, run
+from fairseq_utils import TINY_MODEL, build, write_dictionary
+
+
+@pytest.mark.parametrize("rule", ["long", "ext"])
+def test_memory_rule_not_implemented_yet(tmp_path, rule):
+    write_dictionary(tmp_path / "data")
+    with pytest.raises(NotImplementedError, match=f"--memory {rule}.*Use --memory local"):
+        build(tmp_path / "data", ("--memory", rule))
+
+
+def test_memory_rule_not_implemented_yet_on_the_command_line(tmp_path):
+    write_dictionary(tmp_path / "data")
+    code, out = run("fairseq-train", tmp_path / "data", *USER_DIR, "--task", "trime_lm",
+                    "--criterion", "trime_loss", "--memory", "long", *TINY_MODEL, "--batch-size", "2", "--cpu",
+                    check=False)
+    assert code != 0 and "--memory long" in out and "Use --memory local" in out
+
+
+@pytest.mark.parametrize("option,value", [("--memory", "global"), ("--eval-memory", "everything"),
+                                          ("--batching", "sorted")])
+def test_unknown_option_value(tmp_path, option, value):
+    write_dictionary(tmp_path / "data")
+    code, out = run("fairseq-train", tmp_path / "data", *USER_DIR, "--task", "trime_lm",
+                    "--criterion", "trime_loss", option, value, *TINY_MODEL, "--batch-size", "2", "--cpu",
+                    check=False)
+    assert code != 0 and "invalid choice" in out and value in out
+
+
+def test_model_without_ffn_to_hook(tmp_path):
+    write_dictionary(tmp_path / "data")
+    with pytest.raises(ValueError, match="no `layers\\[-1\\].fc1` to hook.*transformer_lm"):
+        build(tmp_path / "data", model=("--arch", "lstm_lm", "--decoder-layers", "1"))
+
+
+def test_data_dir_without_dictionary(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no dict.txt.*fairseq-preprocess"):
+        build(tmp_path / "empty")
+
+
+def test_non_positive_temperature(tmp_path):
+    write_dictionary(tmp_path / "data")
+    with pytest.raises(ValueError, match="--memory-temp must be > 0"):
+        build(tmp_path / "data", ("--memory-temp", "0"))
+
+
+def test_checkpoint_activations_refused(tmp_path):
+    write_dictionary(tmp_path / "data")
+    with pytest.raises(ValueError, match="--checkpoint-activations"):
+        build(tmp_path / "data", ("--checkpoint-activations",))
+
+
+def test_trime_loss_needs_trime_task(tmp_path):
+    write_dictionary(tmp_path / "data")
+    code, out = run("fairseq-train", tmp_path / "data", *USER_DIR, "--task", "language_modeling",
+                    "--criterion", "trime_loss", *TINY_MODEL, "--batch-size", "2", "--cpu", check=False)
+    assert code != 0 and "--task trime_lm" in out

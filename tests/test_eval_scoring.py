@@ -1,0 +1,87 @@
+"""Evaluation-time scoring (what fairseq-eval-lm calls) vs the naive Eq. 6."""
+
+import pytest
+import torch
+
+from fairseq_utils import ADAPTIVE, build, lm_sample, write_dictionary
+from naive import adaptive_vocab_scores, eq6_distribution
+
+
+def _eval_model(tmp_path, extra=()):
+    d = write_dictionary(tmp_path / "data")
+    torch.manual_seed(0)
+    task, model, _ = build(tmp_path / "data", extra)
+    return d, model.eval()
+
+
+def _context_window_sample(d):
+    """Like LMContextWindowDataset: the first 4 positions are context (target = pad)."""
+    rows = [[5, 6, 14, 15, 5, 6, 14, 15, 26, 5, 6, 14, 15], [7, 8, 7, 8, 9, 7, 8, 9, 7, 8, 9, 7, 8]]
+    sample = lm_sample(d, rows)
+    sample["target"][:, :4] = d.pad()
+    return sample
+
+
+def _naive_log_probs(model, sample, pad, tau):
+    captured = {}
+    handle = model.decoder.layers[-1].fc1.register_forward_pre_hook(
+        lambda m, inp: captured.update(g=inp[0]))
+    with torch.no_grad():
+        out = model.decoder(sample["net_input"]["src_tokens"])
+    handle.remove()
+    g = captured["g"].transpose(0, 1)
+    asm = model.decoder.adaptive_softmax
+    scores = out[0].double() if asm is None else adaptive_vocab_scores(asm, out[0])
+    src, target = sample["net_input"]["src_tokens"], sample["target"]
+    B, T = target.shape
+    result = torch.zeros(B, T, scores.size(-1), dtype=torch.float64)
+    for b in range(B):
+        # label of position j: its target, or the next input token for context positions
+        labels = [int(target[b, j]) if int(target[b, j]) != pad
+                  else (int(src[b, j + 1]) if j + 1 < T else pad) for j in range(T)]
+        for t in range(T):
+            memory = [j for j in range(t) if labels[j] != pad]
+            p = eq6_distribution(scores[b, t], g[b, t], g[b], torch.tensor(labels), memory, tau)
+            result[b, t] = p.log()
+    return result
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["softmax", "adaptive"])
+def test_eval_local_memory_matches_naive_eq6(tmp_path, adaptive):
+    d, model = _eval_model(tmp_path, ADAPTIVE if adaptive else ())
+    model.eval_memory, model.memory_temp = "local", 1.3
+    sample = _context_window_sample(d)
+    with torch.no_grad():
+        out = model(**sample["net_input"])
+        ours = model.get_normalized_probs(out, log_probs=True, sample=sample)
+    ref = _naive_log_probs(model, sample, d.pad(), 1.3)
+    assert torch.allclose(ours.double(), ref, atol=1e-5)
+
+
+def test_eval_memory_none_is_plain_lm(tmp_path):
+    d, model = _eval_model(tmp_path)
+    sample = _context_window_sample(d)
+    with torch.no_grad():
+        out = model(**sample["net_input"])
+        ours = model.get_normalized_probs(out, log_probs=True, sample=sample)
+    assert torch.allclose(ours, torch.log_softmax(out[0].float(), -1), atol=1e-6)
+
+
+def test_non_finite_target_log_prob_is_refused(tmp_path):
+    d, model = _eval_model(tmp_path)
+    model.eval_memory = "local"
+    with torch.no_grad():
+        model.decoder.layers[-1].fc2.bias.fill_(float("nan"))
+    sample = _context_window_sample(d)
+    with torch.no_grad(), pytest.raises(FloatingPointError, match="silently drop"):
+        model.get_normalized_probs(model(**sample["net_input"]), log_probs=True, sample=sample)
+
+
+def test_softmax_batch_split_is_refused(tmp_path):
+    d, model = _eval_model(tmp_path)
+    model.eval_memory = "local"
+    sample = _context_window_sample(d)
+    with torch.no_grad():
+        features, extra = model(**sample["net_input"])
+        with pytest.raises(ValueError, match="--softmax-batch"):
+            model.get_normalized_probs((features[:1, :5], extra), log_probs=True, sample=sample)
