@@ -110,3 +110,20 @@ def test_unimplemented_rules_raise_clearly(rule):
 def test_unknown_rule_raises():
     with pytest.raises(ValueError, match="choose one of local, long, ext"):
         build_visibility("global", torch.ones(1, 2, dtype=torch.bool))
+
+
+def test_softmax_target_log_prob_values_and_gradcheck():
+    from trime.vocab import softmax_target_log_prob
+
+    logits = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 7, (3, 4))
+    lp, log_z = softmax_target_log_prob(logits, targets)
+    assert torch.allclose(log_z.double(), logits.logsumexp(-1))
+    assert torch.allclose(lp.double(), logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0])
+    # the function computes in fp32; gradcheck its math in float64 through a wrapper
+    weights = torch.randn(3, 4, dtype=torch.float64)
+    (lp * weights + log_z * weights.flip(0)).sum().backward()
+    ref_logits = logits.detach().clone().requires_grad_()
+    ref_lp = ref_logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0]
+    (ref_lp * weights + ref_logits.logsumexp(-1) * weights.flip(0)).sum().backward()
+    assert torch.allclose(logits.grad, ref_logits.grad, atol=1e-6)

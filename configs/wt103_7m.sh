@@ -1,0 +1,11 @@
+# WikiText-103, 7M model (Table 9, column "7M"; used for the paper's ablations, Table 10)
+MODEL_ARGS="--arch transformer_lm --decoder-layers 8 --decoder-embed-dim 128 --decoder-ffn-embed-dim 512
+  --decoder-attention-heads 4 --decoder-input-dim 128 --decoder-output-dim 128
+  --adaptive-input --adaptive-softmax-cutoff 20000,60000 --adaptive-input-cutoff 20000,60000
+  --tie-adaptive-weights"  # heads 4 and the cutoffs are not in Table 9 (cutoffs: fairseq's wiki103 ones)
+TRAIN_ARGS="--tokens-per-sample 3072 --batch-size 8 --update-freq 1 --optimizer adam --lr 5e-4
+  --lr-scheduler inverse_sqrt --warmup-updates 8000 --clip-norm 0.0 --max-update 200000
+  --ce-warmup-updates 10000"
+# TrimeLM_long: --batching consecutive --consecutive-segments 8 --memory long (issue 3)
+EVAL_ARGS="--tokens-per-sample 3072 --context-window 2560 --batch-size 1"  # 512 new tokens per segment
+# long-term memory at eval: 12,288 tokens (issue 3)

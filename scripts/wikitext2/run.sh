@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# First real-data check: vanilla LM vs TrimeLM on WikiText-2, same model size, same updates.
+#
+#   bash scripts/wikitext2/run.sh [WIKITEXT2_DIR] [WORK_DIR]
+#
+# WIKITEXT2_DIR holds train.txt/valid.txt/test.txt (or wiki.{train,valid,test}.tokens);
+# default ../shared/data/wikitext-2. Environment knobs (defaults = the CPU budget we report):
+#   UPDATES=1500 SEG_LEN=512 BATCH=8 LAYERS=8 DIM=128 FFN=512 HEADS=4 DEVICE=cpu
+# The architecture is the paper's 7M config (Table 9: 8 layers, d = 128, FFN 512, 4 heads,
+# adaptive input + adaptive softmax); on CPU we shorten the segment (L = 512 instead of 3072)
+# and the number of updates. Output: WORK_DIR/results.txt (dev/test perplexity table).
+set -euo pipefail
+
+DATA=${1:-../shared/data/wikitext-2}
+WORK=${2:-runs/wikitext2}
+UPDATES=${UPDATES:-1500}
+SEG_LEN=${SEG_LEN:-512}
+BATCH=${BATCH:-8}
+LAYERS=${LAYERS:-8}; DIM=${DIM:-128}; FFN=${FFN:-512}; HEADS=${HEADS:-4}
+DEVICE=${DEVICE:-cpu}
+USER_DIR=$(trime-user-dir)
+CPU_FLAG=""; [ "$DEVICE" = cpu ] && CPU_FLAG="--cpu"
+
+pick() { for f in "$DATA/$1.txt" "$DATA/wiki.$1.tokens"; do [ -f "$f" ] && { echo "$f"; return; }; done
+         echo "error: no $1.txt or wiki.$1.tokens in $DATA (pass the WikiText-2 folder as first argument)" >&2; exit 2; }
+TRAIN=$(pick train); VALID=$(pick valid); TEST=$(pick test)
+mkdir -p "$WORK"
+
+if [ ! -f "$WORK/bin/dict.txt" ]; then
+  echo "== fairseq-preprocess -> $WORK/bin"
+  fairseq-preprocess --only-source --trainpref "$TRAIN" --validpref "$VALID" --testpref "$TEST" \
+    --destdir "$WORK/bin" --workers 2 > "$WORK/preprocess.log" 2>&1
+fi
+
+MODEL="--arch transformer_lm --decoder-layers $LAYERS --decoder-embed-dim $DIM --decoder-ffn-embed-dim $FFN
+  --decoder-attention-heads $HEADS --decoder-input-dim $DIM --decoder-output-dim $DIM --decoder-normalize-before
+  --adaptive-input --adaptive-input-cutoff 2000,10000 --adaptive-softmax-cutoff 2000,10000
+  --tie-adaptive-weights --adaptive-softmax-dropout 0.1 --dropout 0.1"
+OPTIM="--tokens-per-sample $SEG_LEN --batch-size $BATCH --max-update $UPDATES --optimizer adam
+  --adam-betas (0.9,0.98) --lr 2e-3 --lr-scheduler inverse_sqrt --warmup-updates $((UPDATES / 10))
+  --clip-norm 0.1 --seed 1 --num-workers 0 --no-epoch-checkpoints --log-format simple --log-interval 50
+  --validate-interval-updates $((UPDATES / 3)) $CPU_FLAG"
+
+train() {  # NAME CRITERION-ARGS...
+  local name=$1; shift
+  if [ -f "$WORK/$name/checkpoint_last.pt" ]; then echo "== $name: checkpoint exists, skipping training"; return; fi
+  echo "== train $name ($UPDATES updates of $BATCH x $SEG_LEN tokens)  log: $WORK/$name.log"
+  local start=$SECONDS
+  fairseq-train "$WORK/bin" --user-dir "$USER_DIR" --task trime_lm "$@" $MODEL $OPTIM \
+    --save-dir "$WORK/$name" > "$WORK/$name.log" 2>&1
+  echo "   $name trained in $((SECONDS - start)) s"
+}
+# vanilla: the true NLL with the same loss code (memory never used: warm-up covers all updates)
+train vanilla --criterion trime_loss --ce-warmup-updates $((UPDATES + 1))
+train trime --criterion trime_loss --ce-warmup-updates $((UPDATES / 20))
+
+eval_loss() {  # CHECKPOINT SPLIT MEMORY TAU
+  fairseq-eval-lm "$WORK/bin" --user-dir "$USER_DIR" --task trime_lm --path "$1" --gen-subset "$2" \
+    --tokens-per-sample "$SEG_LEN" --batch-size 4 $CPU_FLAG --eval-memory "$3" --memory-temp "$4" 2>&1 \
+    | sed -n 's/.*Loss (base 2): \([0-9.]*\),.*/\1/p'
+}
+best_tau() {
+  for tau in 0.5 0.75 1 1.25 1.5 2; do echo "$(eval_loss "$1" valid local $tau) $tau"; done | sort -g | head -1 | cut -d' ' -f2
+}
+echo "== fairseq-eval-lm (tau tuned on valid for the memory rows)"
+VANILLA_TAU=$(best_tau "$WORK/vanilla/checkpoint_last.pt")
+TRIME_TAU=$(best_tau "$WORK/trime/checkpoint_last.pt")
+{
+  echo "WikiText-2, $LAYERS layers d=$DIM FFN=$FFN heads=$HEADS, adaptive in/out, L=$SEG_LEN, $UPDATES updates x $BATCH segments, device=$DEVICE"
+  printf "%-44s %10s %10s\n" "model" "dev ppl" "test ppl"
+  for row in "vanilla|vanilla|none|1" "vanilla + local memory at eval (tau=$VANILLA_TAU)|vanilla|local|$VANILLA_TAU" \
+             "TrimeLM (local memory, tau=$TRIME_TAU)|trime|local|$TRIME_TAU"; do
+    IFS="|" read -r name ckpt memory tau <<< "$row"
+    dev=$(eval_loss "$WORK/$ckpt/checkpoint_last.pt" valid "$memory" "$tau")
+    tst=$(eval_loss "$WORK/$ckpt/checkpoint_last.pt" test "$memory" "$tau")
+    printf "%-44s %10.2f %10.2f\n" "$name" "$(python3 -c "print(2**$dev)")" "$(python3 -c "print(2**$tst)")"
+  done
+} | tee "$WORK/results.txt"
