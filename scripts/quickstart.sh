@@ -38,28 +38,9 @@ echo "== 3b. TrimeLM ($UPDATES updates, first 5% plain LM loss)  log: $WORK/trim
 fairseq-train "$WORK/bin" --user-dir "$USER_DIR" --task trime_lm --criterion trime_loss \
   --ce-warmup-updates $((UPDATES / 20)) $MODEL $TRAIN --save-dir "$WORK/trime" > "$WORK/trime.log" 2>&1
 
-# eval CHECKPOINT SPLIT MEMORY TAU -> base-2 loss
-eval_loss() {
-  fairseq-eval-lm "$WORK/bin" --user-dir "$USER_DIR" --task trime_lm --path "$1" --gen-subset "$2" \
-    --tokens-per-sample 128 --batch-size 16 --cpu --eval-memory "$3" --memory-temp "$4" 2>&1 \
-    | sed -n 's/.*Loss (base 2): \([0-9.]*\),.*/\1/p'
-}
-# best_tau CHECKPOINT -> τ with the lowest valid loss
-best_tau() {
-  for tau in 0.5 1 2; do echo "$(eval_loss "$1" valid local $tau) $tau"; done | sort -g | head -1 | cut -d' ' -f2
-}
-
-echo "== 4. fairseq-eval-lm"
-VANILLA_TAU=$(best_tau "$WORK/vanilla/checkpoint_last.pt")
-TRIME_TAU=$(best_tau "$WORK/trime/checkpoint_last.pt")
-{
-  printf "%-38s %10s %10s\n" "model" "valid ppl" "test ppl"
-  for row in "vanilla|vanilla|none|1" "vanilla + local memory at eval (tau=$VANILLA_TAU)|vanilla|local|$VANILLA_TAU" \
-             "TrimeLM (local memory, tau=$TRIME_TAU)|trime|local|$TRIME_TAU"; do
-    IFS="|" read -r name ckpt memory tau <<< "$row"
-    valid=$(eval_loss "$WORK/$ckpt/checkpoint_last.pt" valid "$memory" "$tau")
-    test=$(eval_loss "$WORK/$ckpt/checkpoint_last.pt" test "$memory" "$tau")
-    printf "%-38s %10.2f %10.2f\n" "$name" "$(python3 -c "print(2**$valid)")" "$(python3 -c "print(2**$test)")"
-  done
-} | tee "$WORK/results.txt"
+echo "== 4. fairseq-eval-lm (tau for the memory rows picked on valid from 0.5, 1, 2)"
+source "$(dirname "$0")/lib/compare.sh"
+DATA_BIN="$WORK/bin"; SEG_LEN=128; EVAL_FLAGS="--batch-size 16 --cpu"
+table=$(comparison_table "$WORK/vanilla/checkpoint_last.pt" "$WORK/trime/checkpoint_last.pt" 0.5 1 2)
+echo "$table" | tee "$WORK/results.txt"
 echo "(table saved to $WORK/results.txt)"

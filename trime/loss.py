@@ -33,20 +33,32 @@ def _chunk_scores(queries, keys, scale, q0, q1, k0, k1):
     return torch.bmm(q, k.transpose(1, 2)) * scale
 
 
+def _memory_chunks(queries, keys, key_labels, query_targets, visibility, scale, chunk_size):
+    """Yield (q0, q1, k0, k1, scores, visible, positive) for each chunk of queries.
+
+    scores [G, C, K] fp32 over the chunk's key span; visible/positive are bool
+    masks of the same shape (positive = visible and x_j = w*).
+    """
+    num_queries = queries.shape[1]
+    for q0 in range(0, num_queries, chunk_size):
+        q1 = min(num_queries, q0 + chunk_size)
+        k0, k1 = visibility.key_range(q0, q1)
+        if k1 <= k0:
+            continue
+        scores = _chunk_scores(queries, keys, scale, q0, q1, k0, k1)
+        visible = visibility.visible(q0, q1, k0, k1)
+        positive = visible & (key_labels[:, None, k0:k1] == query_targets[:, q0:q1, None])
+        yield q0, q1, k0, k1, scores, visible, positive
+
+
 class _MemoryLogSumExp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, queries, keys, key_labels, query_targets, visibility, scale, chunk_size):
         G, Nq, _ = queries.shape
         lse_all = torch.full((G, Nq), NEG_INF, dtype=torch.float32, device=queries.device)
         lse_pos = torch.full_like(lse_all, NEG_INF)
-        for q0 in range(0, Nq, chunk_size):
-            q1 = min(Nq, q0 + chunk_size)
-            k0, k1 = visibility.key_range(q0, q1)
-            if k1 <= k0:
-                continue
-            scores = _chunk_scores(queries, keys, scale, q0, q1, k0, k1)
-            visible = visibility.visible(q0, q1, k0, k1)
-            positive = visible & (key_labels[:, None, k0:k1] == query_targets[:, q0:q1, None])
+        chunks = _memory_chunks(queries, keys, key_labels, query_targets, visibility, scale, chunk_size)
+        for q0, q1, k0, k1, scores, visible, positive in chunks:
             lse_all[:, q0:q1] = scores.masked_fill(~visible, NEG_INF).logsumexp(-1)
             lse_pos[:, q0:q1] = scores.masked_fill(~positive, NEG_INF).logsumexp(-1)
         ctx.save_for_backward(queries, keys, key_labels, query_targets, lse_all, lse_pos)
@@ -57,21 +69,14 @@ class _MemoryLogSumExp(torch.autograd.Function):
     def backward(ctx, grad_all, grad_pos):
         queries, keys, key_labels, query_targets, lse_all, lse_pos = ctx.saved_tensors
         visibility, scale, chunk_size = ctx.visibility, ctx.scale, ctx.chunk_size
-        G, Nq, _ = queries.shape
         grad_all = torch.zeros_like(lse_all) if grad_all is None else grad_all.float()
         grad_pos = torch.zeros_like(lse_pos) if grad_pos is None else grad_pos.float()
         safe_all, safe_pos = _finite_or_zero(lse_all), _finite_or_zero(lse_pos)
         keys32 = keys.float()
         d_queries = torch.zeros(queries.shape, dtype=torch.float32, device=queries.device)
         d_keys = torch.zeros(keys.shape, dtype=torch.float32, device=keys.device)
-        for q0 in range(0, Nq, chunk_size):
-            q1 = min(Nq, q0 + chunk_size)
-            k0, k1 = visibility.key_range(q0, q1)
-            if k1 <= k0:
-                continue
-            scores = _chunk_scores(queries, keys, scale, q0, q1, k0, k1)
-            visible = visibility.visible(q0, q1, k0, k1)
-            positive = visible & (key_labels[:, None, k0:k1] == query_targets[:, q0:q1, None])
+        chunks = _memory_chunks(queries, keys, key_labels, query_targets, visibility, scale, chunk_size)
+        for q0, q1, k0, k1, scores, visible, positive in chunks:
             # d lse / d score_j = softmax weight of j within its set
             p_all = torch.exp(scores - safe_all[:, q0:q1, None]).masked_fill(~visible, 0.0)
             p_pos = torch.exp(scores - safe_pos[:, q0:q1, None]).masked_fill(~positive, 0.0)

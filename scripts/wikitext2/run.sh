@@ -5,7 +5,7 @@
 #
 # WIKITEXT2_DIR holds train.txt/valid.txt/test.txt (or wiki.{train,valid,test}.tokens);
 # default ../shared/data/wikitext-2. Environment knobs (defaults = the CPU budget we report):
-#   UPDATES=1500 SEG_LEN=512 BATCH=8 LAYERS=8 DIM=128 FFN=512 HEADS=4 DEVICE=cpu
+#   UPDATES=1200 SEG_LEN=512 BATCH=8 LAYERS=8 DIM=128 FFN=512 HEADS=4 DEVICE=cpu
 # The architecture is the paper's 7M config (Table 9: 8 layers, d = 128, FFN 512, 4 heads,
 # adaptive input + adaptive softmax); on CPU we shorten the segment (L = 512 instead of 3072)
 # and the number of updates. Output: WORK_DIR/results.txt (dev/test perplexity table).
@@ -13,7 +13,7 @@ set -euo pipefail
 
 DATA=${1:-../shared/data/wikitext-2}
 WORK=${2:-runs/wikitext2}
-UPDATES=${UPDATES:-1500}
+UPDATES=${UPDATES:-1200}
 SEG_LEN=${SEG_LEN:-512}
 BATCH=${BATCH:-8}
 LAYERS=${LAYERS:-8}; DIM=${DIM:-128}; FFN=${FFN:-512}; HEADS=${HEADS:-4}
@@ -54,25 +54,11 @@ train() {  # NAME CRITERION-ARGS...
 train vanilla --criterion trime_loss --ce-warmup-updates $((UPDATES + 1))
 train trime --criterion trime_loss --ce-warmup-updates $((UPDATES / 20))
 
-eval_loss() {  # CHECKPOINT SPLIT MEMORY TAU
-  fairseq-eval-lm "$WORK/bin" --user-dir "$USER_DIR" --task trime_lm --path "$1" --gen-subset "$2" \
-    --tokens-per-sample "$SEG_LEN" --batch-size 4 $CPU_FLAG --eval-memory "$3" --memory-temp "$4" 2>&1 \
-    | sed -n 's/.*Loss (base 2): \([0-9.]*\),.*/\1/p'
-}
-best_tau() {
-  for tau in 0.5 0.75 1 1.25 1.5 2; do echo "$(eval_loss "$1" valid local $tau) $tau"; done | sort -g | head -1 | cut -d' ' -f2
-}
-echo "== fairseq-eval-lm (tau tuned on valid for the memory rows)"
-VANILLA_TAU=$(best_tau "$WORK/vanilla/checkpoint_last.pt")
-TRIME_TAU=$(best_tau "$WORK/trime/checkpoint_last.pt")
+echo "== fairseq-eval-lm (tau for the memory rows tuned on dev from 0.5, 0.75, 1, 1.5)"
+source "$(dirname "$0")/../lib/compare.sh"
+DATA_BIN="$WORK/bin"; EVAL_FLAGS="--batch-size 4 $CPU_FLAG"
+table=$(comparison_table "$WORK/vanilla/checkpoint_last.pt" "$WORK/trime/checkpoint_last.pt" 0.5 0.75 1 1.5)
 {
   echo "WikiText-2, $LAYERS layers d=$DIM FFN=$FFN heads=$HEADS, adaptive in/out, L=$SEG_LEN, $UPDATES updates x $BATCH segments, device=$DEVICE"
-  printf "%-44s %10s %10s\n" "model" "dev ppl" "test ppl"
-  for row in "vanilla|vanilla|none|1" "vanilla + local memory at eval (tau=$VANILLA_TAU)|vanilla|local|$VANILLA_TAU" \
-             "TrimeLM (local memory, tau=$TRIME_TAU)|trime|local|$TRIME_TAU"; do
-    IFS="|" read -r name ckpt memory tau <<< "$row"
-    dev=$(eval_loss "$WORK/$ckpt/checkpoint_last.pt" valid "$memory" "$tau")
-    tst=$(eval_loss "$WORK/$ckpt/checkpoint_last.pt" test "$memory" "$tau")
-    printf "%-44s %10.2f %10.2f\n" "$name" "$(python3 -c "print(2**$dev)")" "$(python3 -c "print(2**$tst)")"
-  done
+  echo "$table"
 } | tee "$WORK/results.txt"
