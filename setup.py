@@ -26,6 +26,7 @@ setup(
     entry_points={
         "console_scripts": [
             "trime-user-dir = trime.cli:print_user_dir",
+            "trime-options = trime.cli:print_options",
             "trime-toy-corpus = trime.toy_corpus:main",
         ]
     },
