@@ -56,7 +56,6 @@ class TrimeLanguageModel(FairseqLanguageModel):
     def __init__(self, inner: FairseqLanguageModel, eval_memory: str = "none",
                  memory_temp: float = 1.0):
         super().__init__(inner.decoder)
-        self.inner_class = type(inner).__name__
         self.query = LastFFNInput(inner.decoder)
         self.eval_memory = eval_memory
         self.memory_temp = memory_temp
