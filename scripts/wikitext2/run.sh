@@ -54,10 +54,10 @@ train() {  # NAME CRITERION-ARGS...
 train vanilla --criterion trime_loss --ce-warmup-updates $((UPDATES + 1))
 train trime --criterion trime_loss --ce-warmup-updates $((UPDATES / 20))
 
-echo "== fairseq-eval-lm (tau for the memory rows tuned on dev from 0.5, 0.75, 1, 1.5)"
+echo "== fairseq-eval-lm (tau for the memory rows tuned on dev from 0.5, 1, 2, 4, 8)"
 source "$(dirname "$0")/../lib/compare.sh"
 DATA_BIN="$WORK/bin"; EVAL_FLAGS="--batch-size 4 $CPU_FLAG"
-table=$(comparison_table "$WORK/vanilla/checkpoint_last.pt" "$WORK/trime/checkpoint_last.pt" 0.5 0.75 1 1.5)
+table=$(comparison_table "$WORK/vanilla/checkpoint_last.pt" "$WORK/trime/checkpoint_last.pt" 0.5 1 2 4 8)
 {
   echo "WikiText-2, $LAYERS layers d=$DIM FFN=$FFN heads=$HEADS, adaptive in/out, L=$SEG_LEN, $UPDATES updates x $BATCH segments, device=$DEVICE"
   echo "$table"
