@@ -14,6 +14,46 @@ def local_memory(T, valid_keys):
     return [[j for j in range(t) if valid_keys[j]] for t in range(T)]
 
 
+def long_memory(segment_docs, segment_order, valid_keys):
+    """M_local ∪ M_long (Eq. 2 + 3) as explicit lists of (segment, position) pairs.
+
+    segment_docs[s]: document of segment s; segment_order[s]: its index within the
+    document; valid_keys[s][j]: position j of segment s has a real label.
+    Returns memory[s][t] for every segment s and position t.
+    """
+    S, T = len(segment_docs), len(valid_keys[0])
+    memory = []
+    for s in range(S):
+        per_position = []
+        for t in range(T):
+            entries = []
+            for s2 in range(S):
+                if segment_docs[s2] != segment_docs[s]:
+                    continue
+                for j in range(T):
+                    earlier = segment_order[s2] < segment_order[s] or (s2 == s and j < t)
+                    if earlier and valid_keys[s2][j]:
+                        entries.append((s2, j))
+            per_position.append(entries)
+        memory.append(per_position)
+    return memory
+
+
+def naive_loss_over_memory(vocab_scores, g, targets, memory, pad):
+    """Sum of -log P(target) (Eq. 5) with memory[s][t] = list of (segment, position) keys."""
+    B, T, _ = vocab_scores.shape
+    flat_g, flat_targets = g.reshape(B * T, -1), targets.reshape(-1)
+    total = vocab_scores.new_zeros((), dtype=torch.float64)
+    for s in range(B):
+        for t in range(T):
+            if int(targets[s, t]) == pad:
+                continue
+            flat_memory = [s2 * T + j for s2, j in memory[s][t]]
+            p = eq6_distribution(vocab_scores[s, t], g[s, t], flat_g, flat_targets, flat_memory)
+            total = total - torch.log(p[int(targets[s, t])])
+    return total
+
+
 def eq6_distribution(vocab_scores_t, query_t, keys, labels, memory_t, temperature=1.0):
     """P(. | c_t) over the vocabulary, built word by word (Eq. 5 / Eq. 6)."""
     d = query_t.shape[-1]

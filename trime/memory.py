@@ -8,7 +8,11 @@ the loss never builds a dense mask for the whole batch.
 
 - ``local`` (Eq. 2): groups are segments; position t sees positions j < t of
   its own segment (keys whose label is padding are never visible).
-- ``long`` (Eq. 3) and ``ext`` (Eq. 4, §4.3): not implemented yet.
+- ``long`` (Eq. 2 + 3): groups are m consecutive segments of one document,
+  concatenated in order (``group_consecutive``); position t sees every earlier
+  position of its group with the same document id. The rule is ready; the
+  consecutive-segment batching that feeds it is not implemented yet.
+- ``ext`` (Eq. 4, §4.3): not implemented yet.
 """
 
 import torch
@@ -43,6 +47,43 @@ class LocalMemory:
         key_pos = torch.arange(k0, k1, device=device)[None, :]
         earlier = key_pos < query_pos  # [C, K]
         return earlier[None] & self.key_valid[:, None, k0:k1]
+
+
+class LongMemory:
+    """M_local ∪ M_long (Eq. 2 + 3) on a layout of concatenated consecutive segments.
+
+    Each group holds segments in document order, so "earlier in the group and the
+    same document" is exactly "earlier in my segment, or anywhere in an earlier
+    segment of my document". ``doc_ids`` [G, Nk] lets a group mix documents (a
+    short document's leftover segments); ``key_valid`` [G, Nk] as in LocalMemory.
+    """
+
+    def __init__(self, key_valid: torch.Tensor, doc_ids: torch.Tensor):
+        if doc_ids.shape != key_valid.shape:
+            raise ValueError(f"doc_ids {tuple(doc_ids.shape)} and key_valid "
+                             f"{tuple(key_valid.shape)} must have the same shape")
+        self.local = LocalMemory(key_valid)
+        self.doc_ids = doc_ids
+
+    def key_range(self, q0: int, q1: int):
+        return self.local.key_range(q0, q1)
+
+    def visible(self, q0: int, q1: int, k0: int, k1: int) -> torch.Tensor:
+        same_doc = self.doc_ids[:, None, k0:k1] == self.doc_ids[:, q0:q1, None]
+        return self.local.visible(q0, q1, k0, k1) & same_doc
+
+
+def group_consecutive(per_segment: torch.Tensor, m: int) -> torch.Tensor:
+    """[B, L, ...] -> [B/m, m·L, ...]: each group concatenates m consecutive segments.
+
+    The batch must hold B/m runs of m segments, each run in document order
+    (paper Fig. 2b).
+    """
+    B, L = per_segment.shape[:2]
+    if m < 1 or B % m:
+        raise ValueError(f"{B} segments in the batch cannot form groups of {m} consecutive "
+                         "segments: the batch size must be a multiple of --consecutive-segments")
+    return per_segment.reshape(B // m, m * L, *per_segment.shape[2:])
 
 
 def check_memory_rule(rule: str) -> None:
