@@ -1,0 +1,55 @@
+"""Consecutive-segment batching invariants (paper Fig. 2b)."""
+
+import numpy as np
+import pytest
+
+from trime.batching import consecutive_groups, shuffled_batches
+
+# 4 documents of 7, 3, 1 and 5 segments
+DOCS = [0] * 7 + [1] * 3 + [2] * 1 + [3] * 5
+
+
+def test_groups_are_runs_of_one_document_in_order():
+    groups = consecutive_groups(DOCS, m=3)
+    full = [g for g in groups if len({DOCS[s] for s in g}) == 1 and len(g) == 3]
+    # doc 0 gives 2 full runs, doc 1 one, doc 3 one
+    assert full[:4] == [[0, 1, 2], [3, 4, 5], [7, 8, 9], [11, 12, 13]]
+    for g in groups:
+        assert len(g) <= 3
+        for a, b in zip(g, g[1:]):  # within a group, same-document neighbours are consecutive
+            if DOCS[a] == DOCS[b]:
+                assert b == a + 1
+
+
+def test_every_segment_once_and_leftovers_kept():
+    groups = consecutive_groups(DOCS, m=3)
+    used = sorted(s for g in groups for s in g)
+    assert used == list(range(len(DOCS)))
+    # leftovers 6 (doc 0), 10 (doc 2), 14, 15 (doc 3) packed together, not dropped
+    assert groups[4:] == [[6, 10, 14], [15]]
+
+
+def test_same_order_for_same_seed_and_epoch():
+    groups = consecutive_groups(DOCS, m=2)
+    a = shuffled_batches(groups, 2, seed=1, epoch=3)
+    assert a == shuffled_batches(groups, 2, seed=1, epoch=3)
+    assert a != shuffled_batches(groups, 2, seed=1, epoch=4)
+    assert a != shuffled_batches(groups, 2, seed=2, epoch=3)
+    for batch in a:  # batches are concatenations of whole groups
+        chunks = [batch[i:i + 2] for i in range(0, len(batch), 2)]
+        assert all(c in groups for c in chunks)
+    assert sorted(s for b in a for s in b) == list(range(len(DOCS)))
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match=">= 1"):
+        consecutive_groups(DOCS, m=0)
+    with pytest.raises(ValueError, match="contiguous"):
+        consecutive_groups([0, 0, 1, 0], m=2)
+    with pytest.raises(ValueError, match=">= 1"):
+        shuffled_batches([[0]], 0, seed=1, epoch=1)
+
+
+def test_m_equal_one_is_plain_random_batching():
+    groups = consecutive_groups(np.arange(10), m=1)
+    assert groups == [[i] for i in range(10)]
