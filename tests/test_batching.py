@@ -53,3 +53,14 @@ def test_bad_input():
 def test_m_equal_one_is_plain_random_batching():
     groups = consecutive_groups(np.arange(10), m=1)
     assert groups == [[i] for i in range(10)]
+
+
+def test_wikitext_documents_start_at_title_lines():
+    from trime.batching import is_wikitext_title, line_document_ids
+
+    text = [" = Valkyria = ", "", " = = Gameplay = = ", " The game .", " = Tower Building = ", " Text ."]
+    lines = [t.split() for t in text]
+    assert [is_wikitext_title(w) for w in lines] == [True, False, False, False, True, False]
+    assert line_document_ids(lines).tolist() == [0, 0, 0, 0, 1, 1]
+    # text before the first title is a document of its own
+    assert line_document_ids([["intro"]] + lines).tolist() == [0, 1, 1, 1, 1, 2, 2]

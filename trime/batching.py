@@ -18,6 +18,23 @@ from typing import List, Sequence
 import numpy as np
 
 
+def is_wikitext_title(words: Sequence[str]) -> bool:
+    """True for a WikiText article title line `` = Title = `` (not `` = = Section = = ``)."""
+    return (len(words) >= 3 and words[0] == "=" and words[-1] == "="
+            and words[1] != "=" and words[-2] != "=")
+
+
+def line_document_ids(lines: Sequence[Sequence[str]]) -> np.ndarray:
+    """Document id of each line: a new document starts at each WikiText title line.
+
+    Lines before the first title belong to document 0.
+    """
+    starts = np.fromiter((is_wikitext_title(words) for words in lines), dtype=bool, count=len(lines))
+    ids = np.cumsum(starts)
+    # cumsum counts the title lines so far: shift by one when line 0 is itself a title
+    return ids - 1 if len(ids) and starts[0] else ids
+
+
 def consecutive_groups(segment_docs: Sequence[int], m: int) -> List[List[int]]:
     """Groups of m segment indices: runs of consecutive segments of one document.
 
