@@ -4,46 +4,46 @@ import pytest
 import torch
 
 from naive import long_memory, naive_loss_over_memory
-from trime.loss import memory_logsumexp, trime_nll
-from trime.memory import LongMemory, group_consecutive
+from trime.loss import batch_memory_logsumexp, trime_nll
+from trime.memory import LongMemory
 
 PAD = 1
-# 6 segments in batch order, groups of m = 3: doc 7 segments 0-2; doc 8 segments 0-1, then
-# a leftover segment of doc 9 sharing the second group
+T = 5
+# 6 segments of a corpus in stream order: doc 7 has segments 0-2, doc 8 segments 0-1, doc 9 one
 SEGMENT_DOCS = [7, 7, 7, 8, 8, 9]
 SEGMENT_ORDER = [0, 1, 2, 0, 1, 0]
-M = 3
+# the batch holds them out of order, as a shuffled batch of groups would
+BATCH_ORDER = [3, 4, 5, 0, 1, 2]
 
 
-def _batch(T=5, V=6, d=4, seed=0):
+def _batch(V=6, d=4, seed=0):
     gen = torch.Generator().manual_seed(seed)
     B = len(SEGMENT_DOCS)
     scores = torch.randn(B, T, V, generator=gen, dtype=torch.float64)
     g = torch.randn(B, T, d, generator=gen, dtype=torch.float64)
     targets = torch.randint(2, 5, (B, T), generator=gen)
-    targets[4, -2:] = PAD  # padding inside a group, before another document's segment
+    targets[4, -2:] = PAD  # padding inside a document's run, before another document
     return scores, g, targets
 
 
-def _long_loss(scores, g, targets, chunk):
-    T = targets.shape[1]
-    doc_ids = torch.tensor(SEGMENT_DOCS)[:, None].expand(-1, T)
-    g_grouped, t_grouped = group_consecutive(g, M), group_consecutive(targets, M)
-    valid = t_grouped != PAD
-    rule = LongMemory(valid, group_consecutive(doc_ids, M))
-    lse_all, lse_pos = memory_logsumexp(g_grouped, g_grouped, t_grouped, t_grouped, rule,
-                                        chunk_size=chunk)
-    s_grouped = group_consecutive(scores, M)
-    target_score = s_grouped.gather(-1, t_grouped[..., None]).squeeze(-1).float()
-    nll = trime_nll(target_score, s_grouped.float().logsumexp(-1), lse_all, lse_pos)
+def _long_loss(scores, g, targets, chunk, segment_docs=SEGMENT_DOCS):
+    """TRIME loss with --memory long on the batch in BATCH_ORDER (segments shuffled)."""
+    idx = torch.tensor(BATCH_ORDER)
+    scores, g, targets = scores[idx], g[idx], targets[idx]
+    doc_ids = torch.tensor(segment_docs)[idx][:, None].expand(-1, T)
+    segment_starts = idx * T  # corpus offset of each segment
+    valid = targets != PAD
+    lse_all, lse_pos = batch_memory_logsumexp("long", g, targets, targets, valid, chunk,
+                                              doc_ids=doc_ids, segment_starts=segment_starts)
+    target_score = scores.gather(-1, targets[..., None]).squeeze(-1).float()
+    nll = trime_nll(target_score, scores.float().logsumexp(-1), lse_all, lse_pos)
     return nll[valid].sum()
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 100])
 def test_long_memory_loss_and_grads_match_naive(chunk):
     scores, g, targets = _batch()
-    valid_keys = (targets != PAD).tolist()
-    memory = long_memory(SEGMENT_DOCS, SEGMENT_ORDER, valid_keys)
+    memory = long_memory(SEGMENT_DOCS, SEGMENT_ORDER, (targets != PAD).tolist())
     s1, g1 = scores.clone().requires_grad_(), g.clone().requires_grad_()
     s2, g2 = scores.clone().requires_grad_(), g.clone().requires_grad_()
     ours = _long_loss(s1, g1, targets, chunk)
@@ -60,24 +60,33 @@ def test_long_memory_loss_and_grads_match_naive(chunk):
 def test_naive_long_memory_sees_earlier_segments_only_of_the_same_document():
     _, _, targets = _batch()
     memory = long_memory(SEGMENT_DOCS, SEGMENT_ORDER, (targets != PAD).tolist())
-    seen = {s2 for s2, _ in memory[2][0]}  # first token of doc 7's third segment
-    assert seen == {0, 1}
+    assert {s2 for s2, _ in memory[2][0]} == {0, 1}  # doc 7's third segment sees its first two
     assert memory[5][0] == []  # first segment of doc 9: nothing, although doc 8 precedes it
     assert (4, 3) not in memory[4][4] and (4, 2) in memory[4][4]  # pads are never memory
 
 
-def test_long_memory_differs_from_local():
-    # the same batch scored with one-document-per-segment ids is the local rule: it must differ
+def test_long_memory_with_one_document_per_segment_is_local():
+    # each segment its own document: the long rule must reduce to local memory
     scores, g, targets = _batch()
-    local = [[[(s, j) for j in range(t) if targets[s, j] != PAD] for t in range(targets.shape[1])]
-             for s in range(targets.shape[0])]
-    long_loss = _long_loss(scores, g, targets, chunk=4)
+    local = [[[(s, j) for j in range(t) if targets[s, j] != PAD] for t in range(T)]
+             for s in range(len(SEGMENT_DOCS))]
     local_ref = naive_loss_over_memory(scores, g, targets, local, PAD)
-    assert not torch.allclose(long_loss.double(), local_ref, rtol=1e-3)
+    as_local = _long_loss(scores, g, targets, chunk=4, segment_docs=list(range(6)))
+    assert torch.allclose(as_local.double(), local_ref, rtol=1e-5)
+    assert not torch.allclose(_long_loss(scores, g, targets, chunk=4).double(), local_ref, rtol=1e-3)
 
 
-def test_group_consecutive_needs_whole_groups():
-    with pytest.raises(ValueError, match="multiple of --consecutive-segments"):
-        group_consecutive(torch.zeros(5, 4), 3)
+def test_key_range_starts_at_the_document_of_the_chunk():
+    doc_ids = torch.tensor([[7, 7, 7, 8, 8, 9, 9]])
+    rule = LongMemory(torch.ones(1, 7, dtype=torch.bool), doc_ids)
+    assert rule.key_range(0, 2) == (0, 1)
+    assert rule.key_range(4, 6) == (3, 5)
+    assert rule.key_range(6, 7) == (5, 6)
+
+
+def test_bad_input():
     with pytest.raises(ValueError, match="must have the same shape"):
         LongMemory(torch.ones(2, 3, dtype=torch.bool), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="corpus offset and document ids"):
+        batch_memory_logsumexp("long", torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long),
+                               torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool))

@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from trime.memory import build_visibility
+
 NEG_INF = float("-inf")
 
 
@@ -115,6 +117,39 @@ def memory_logsumexp(queries, keys, key_labels, query_targets, visibility,
     return _MemoryLogSumExp.apply(
         queries, keys, key_labels, query_targets, visibility, scale, int(chunk_size)
     )
+
+
+def batch_memory_logsumexp(rule, queries, labels, targets, key_valid, chunk_size=1024,
+                           doc_ids=None, segment_starts=None):
+    """memory_logsumexp over a batch of segments [B, T] under a visibility rule.
+
+    - ``local``: each segment is its own group.
+    - ``long``: the segments are sorted by ``segment_starts`` (their offsets in the
+      corpus) and concatenated into one group, so "earlier in the group, same
+      ``doc_ids``" is "earlier in the document" whatever order the batch came in.
+    Returns (lse_all, lse_pos) as fp32 [B, T], in the batch's own order.
+    """
+    if rule != "long":
+        visibility = build_visibility(rule, key_valid)
+        return memory_logsumexp(queries, queries, labels, targets, visibility, chunk_size=chunk_size)
+    if doc_ids is None or segment_starts is None:
+        raise ValueError("--memory long needs each segment's corpus offset and document ids "
+                         "(use --task trime_lm)")
+    B, T = targets.shape
+    order = torch.argsort(segment_starts)
+
+    def flat(x):
+        return x[order].reshape(1, B * T, *x.shape[2:])
+
+    visibility = build_visibility("long", flat(key_valid), flat(doc_ids))
+    lse_all, lse_pos = memory_logsumexp(flat(queries), flat(queries), flat(labels), flat(targets),
+                                        visibility, chunk_size=chunk_size)
+    restored = []
+    for lse in (lse_all, lse_pos):
+        out = torch.empty_like(lse.view(B, T))
+        out[order] = lse.view(B, T)
+        restored.append(out)
+    return tuple(restored)
 
 
 def trime_nll(target_vocab_score, vocab_log_partition, lse_all, lse_pos):

@@ -8,10 +8,10 @@ the loss never builds a dense mask for the whole batch.
 
 - ``local`` (Eq. 2): groups are segments; position t sees positions j < t of
   its own segment (keys whose label is padding are never visible).
-- ``long`` (Eq. 2 + 3): groups are m consecutive segments of one document,
-  concatenated in order (``group_consecutive``); position t sees every earlier
-  position of its group with the same document id. The rule is ready; the
-  consecutive-segment batching that feeds it is not implemented yet.
+- ``long`` (Eq. 2 + 3): a group is segments concatenated in corpus order;
+  position t sees every earlier position of its group with the same document
+  id (consecutive-segment batching, ``trime.batching``, fills the batch). The
+  criterion sorts a batch's segments by corpus position to build that layout.
 - ``ext`` (Eq. 4, §4.3): not implemented yet.
 """
 
@@ -20,8 +20,8 @@ import torch
 MEMORY_RULES = ("local", "long", "ext")
 
 _NOT_YET = {
-    "long": "long-term memory (earlier segments of the same document in the batch) "
-    "needs consecutive-segment batching, which is not implemented yet",
+    "long": "the long memory rule is ready, but the consecutive-segment batching that feeds it "
+    "(--batching consecutive) is not wired into the task yet",
     "ext": "in-batch external memory (all other segments of the batch) "
     "is not implemented yet",
 }
@@ -50,12 +50,14 @@ class LocalMemory:
 
 
 class LongMemory:
-    """M_local ∪ M_long (Eq. 2 + 3) on a layout of concatenated consecutive segments.
+    """M_local ∪ M_long (Eq. 2 + 3) on a layout of segments concatenated in stream order.
 
-    Each group holds segments in document order, so "earlier in the group and the
-    same document" is exactly "earlier in my segment, or anywhere in an earlier
-    segment of my document". ``doc_ids`` [G, Nk] lets a group mix documents (a
-    short document's leftover segments); ``key_valid`` [G, Nk] as in LocalMemory.
+    Each group holds segments sorted by their position in the corpus, so "earlier
+    in the group and the same document" is exactly "earlier in my segment, or
+    anywhere in an earlier segment of my document". ``doc_ids`` [G, Nk] (a group
+    may mix documents; each document's positions must be contiguous);
+    ``key_valid`` [G, Nk] as in LocalMemory. A chunk of queries only scans keys
+    from the start of its first query's document.
     """
 
     def __init__(self, key_valid: torch.Tensor, doc_ids: torch.Tensor):
@@ -64,26 +66,20 @@ class LongMemory:
                              f"{tuple(key_valid.shape)} must have the same shape")
         self.local = LocalMemory(key_valid)
         self.doc_ids = doc_ids
+        # first position of each position's document run: running max of run starts
+        positions = torch.arange(doc_ids.shape[1], device=doc_ids.device).expand_as(doc_ids)
+        run_start = torch.ones_like(doc_ids, dtype=torch.bool)
+        run_start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+        self.doc_start = torch.where(run_start, positions, torch.zeros_like(positions)).cummax(1).values
 
     def key_range(self, q0: int, q1: int):
-        return self.local.key_range(q0, q1)
+        if q1 <= q0:
+            return 0, 0
+        return int(self.doc_start[:, q0].min()), max(q1 - 1, 0)
 
     def visible(self, q0: int, q1: int, k0: int, k1: int) -> torch.Tensor:
         same_doc = self.doc_ids[:, None, k0:k1] == self.doc_ids[:, q0:q1, None]
         return self.local.visible(q0, q1, k0, k1) & same_doc
-
-
-def group_consecutive(per_segment: torch.Tensor, m: int) -> torch.Tensor:
-    """[B, L, ...] -> [B/m, m·L, ...]: each group concatenates m consecutive segments.
-
-    The batch must hold B/m runs of m segments, each run in document order
-    (paper Fig. 2b).
-    """
-    B, L = per_segment.shape[:2]
-    if m < 1 or B % m:
-        raise ValueError(f"{B} segments in the batch cannot form groups of {m} consecutive "
-                         "segments: the batch size must be a multiple of --consecutive-segments")
-    return per_segment.reshape(B // m, m * L, *per_segment.shape[2:])
 
 
 def check_memory_rule(rule: str) -> None:
@@ -99,8 +95,12 @@ def check_memory_rule(rule: str) -> None:
         )
 
 
-def build_visibility(rule: str, key_valid: torch.Tensor):
+def build_visibility(rule: str, key_valid: torch.Tensor, doc_ids: torch.Tensor = None):
     """The visibility rule object for ``rule`` over a [G, N] layout."""
+    if rule == "long":  # the pure rule; check_memory_rule still refuses it on the command line
+        if doc_ids is None:
+            raise ValueError("the long memory rule needs the document id of every position")
+        return LongMemory(key_valid, doc_ids)
     check_memory_rule(rule)
     return LocalMemory(key_valid)
 
