@@ -18,8 +18,8 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from trime import vocab
-from trime.loss import memory_logsumexp, trime_nll
-from trime.memory import MEMORY_RULES, build_visibility, check_memory_rule, memory_labels
+from trime.loss import batch_memory_logsumexp, trime_nll
+from trime.memory import MEMORY_RULES, check_memory_rule, memory_labels
 from trime.task import TrimeLMTask
 
 
@@ -84,9 +84,8 @@ class TrimeLoss(FairseqCriterion):
             nll = lm_nll
         else:
             labels, valid = memory_labels(src_tokens, target, self.padding_idx)
-            visibility = build_visibility(self.memory, valid)
-            lse_all, lse_pos = memory_logsumexp(
-                query, query, labels, target, visibility, chunk_size=self.memory_chunk_size
+            lse_all, lse_pos = batch_memory_logsumexp(
+                self.memory, query, labels, target, valid, chunk_size=self.memory_chunk_size
             )
             nll = trime_nll(target_score, log_partition, lse_all, lse_pos)
 
