@@ -10,8 +10,9 @@ the loss never builds a dense mask for the whole batch.
   its own segment (keys whose label is padding are never visible).
 - ``long`` (Eq. 2 + 3): a group is segments concatenated in corpus order;
   position t sees every earlier position of its group with the same document
-  id (consecutive-segment batching, ``trime.batching``, fills the batch). The
-  criterion sorts a batch's segments by corpus position to build that layout.
+  id (consecutive-segment batching, ``trime.batching``, fills the batch).
+  ``trime.loss.batch_memory_logsumexp`` sorts a batch's segments by corpus
+  position to build that layout.
 - ``ext`` (Eq. 4, §4.3): not implemented yet.
 """
 
