@@ -6,19 +6,41 @@ from cli import USER_DIR, run
 from fairseq_utils import TINY_MODEL, build, write_dictionary
 
 
-@pytest.mark.parametrize("rule", ["long", "ext"])
-def test_memory_rule_not_implemented_yet(tmp_path, rule):
+def test_memory_rule_not_implemented_yet(tmp_path):
     write_dictionary(tmp_path / "data")
-    with pytest.raises(NotImplementedError, match=f"--memory {rule}.*Use --memory local"):
-        build(tmp_path / "data", ("--memory", rule))
+    with pytest.raises(NotImplementedError, match="--memory ext.*Use --memory local"):
+        build(tmp_path / "data", ("--memory", "ext"))
 
 
 def test_memory_rule_not_implemented_yet_on_the_command_line(tmp_path):
     write_dictionary(tmp_path / "data")
     code, out = run("fairseq-train", tmp_path / "data", *USER_DIR, "--task", "trime_lm",
-                    "--criterion", "trime_loss", "--memory", "long", *TINY_MODEL, "--batch-size", "2", "--cpu",
+                    "--criterion", "trime_loss", "--memory", "ext", *TINY_MODEL, "--batch-size", "2", "--cpu",
                     check=False)
-    assert code != 0 and "--memory long" in out and "Use --memory local" in out
+    assert code != 0 and "--memory ext" in out and "Use --memory local" in out
+
+
+def test_long_memory_with_random_batching_warns(tmp_path, caplog):
+    write_dictionary(tmp_path / "data")
+    with caplog.at_level("WARNING"):
+        build(tmp_path / "data", ("--memory", "long"))
+    assert "--memory long with --batching random" in caplog.text
+    assert "--batching consecutive" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        build(tmp_path / "data", ("--memory", "long", "--batching", "consecutive",
+                                  "--consecutive-segments", "2", "--batch-size", "4"))
+    assert "--memory long with" not in caplog.text
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--consecutive-segments", "3", "--batch-size", "4"), r"\(3\) must divide --batch-size \(4\)"),
+    (("--consecutive-segments", "0", "--batch-size", "4"), "must be >= 1"),
+])
+def test_bad_consecutive_segments(tmp_path, extra, message):
+    write_dictionary(tmp_path / "data")
+    with pytest.raises(ValueError, match=message):
+        build(tmp_path / "data", ("--batching", "consecutive", *extra))
 
 
 @pytest.mark.parametrize("option,value", [("--memory", "global"), ("--eval-memory", "everything"),

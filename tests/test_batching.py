@@ -64,3 +64,62 @@ def test_wikitext_documents_start_at_title_lines():
     assert line_document_ids(lines).tolist() == [0, 0, 0, 0, 1, 1]
     # text before the first title is a document of its own
     assert line_document_ids([["intro"]] + lines).tolist() == [0, 1, 1, 1, 1, 2, 2]
+
+
+def _stream(lines, vocab):
+    """Token ids of lines (each + </s> = 2) as fairseq-preprocess lays them out."""
+    ids = [[vocab.setdefault(w, len(vocab) + 4) for w in line.split()] + [2] for line in lines]
+    return np.array([t for line in ids for t in line]), np.array([len(line) for line in ids])
+
+
+def test_document_starts_match_the_line_rule():
+    from trime.batching import document_starts, is_wikitext_title
+
+    text = ["intro", " = Valkyria = ", "", " = = Gameplay = = ", " The game .", " = = = x = = = ",
+            " = Tower Building = ", " Text = .", "", "", " = A = B = "]
+    vocab = {}
+    tokens, sizes = _stream(text, vocab)
+    line_starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    expected = [0] + [int(line_starts[i]) for i, t in enumerate(text) if is_wikitext_title(t.split())]
+    assert document_starts(tokens, sizes, "title", vocab["="]).tolist() == expected
+    assert len(expected) == 4  # intro, Valkyria, Tower Building, A = B
+    # "=" absent from the dictionary: one document
+    assert document_starts(tokens, sizes, "title", None).tolist() == [0]
+    # empty-line: a document starts after each run of empty lines
+    assert document_starts(tokens, sizes, "empty-line").tolist() == [
+        0, int(line_starts[3]), int(line_starts[10])]
+    assert document_starts(tokens, sizes, "none").tolist() == [0]
+    with pytest.raises(ValueError, match="--doc-boundary"):
+        document_starts(tokens, sizes, "chapter")
+
+
+def test_token_document_ids():
+    from trime.batching import token_document_ids
+
+    starts = np.array([0, 5, 9])
+    assert token_document_ids(np.arange(11), starts).tolist() == [0] * 5 + [1] * 4 + [2] * 2
+
+
+def test_consecutive_batches_single_worker():
+    from trime.batching import consecutive_batches
+
+    batches = consecutive_batches(DOCS, m=2, batch_size=4, seed=5, epoch=1)
+    assert batches == shuffled_batches(consecutive_groups(DOCS, 2), 2, seed=5, epoch=1)
+    with pytest.raises(ValueError, match=r"--consecutive-segments \(3\) must divide --batch-size \(4\)"):
+        consecutive_batches(DOCS, m=3, batch_size=4, seed=5, epoch=1)
+
+
+def test_consecutive_batches_grouped_across_workers():
+    from trime.batching import consecutive_batches
+
+    docs = [0] * 20 + [1] * 9
+    W, B, m = 2, 4, 2
+    batches = consecutive_batches(docs, m=m, batch_size=B, seed=1, epoch=2, num_shards=W, grouped=True)
+    assert len(batches) % W == 0
+    assert sorted(s for b in batches for s in b) == list(range(len(docs)))
+    steps = [batches[i] + batches[i + 1] for i in range(0, len(batches), W)]
+    full = [s for s in steps if len(s) == W * B]
+    # a full step = W·B/m consecutive groups = W·B consecutive segments of one document here
+    assert [0, 1, 2, 3, 4, 5, 6, 7] in full and all(s == list(range(s[0], s[0] + W * B)) for s in full)
+    assert batches == consecutive_batches(docs, m=m, batch_size=B, seed=1, epoch=2, num_shards=W,
+                                          grouped=True)

@@ -11,9 +11,21 @@ tested without fairseq.
   document ids keep them apart in memory). Groups are shuffled once per epoch
   with a generator seeded by (seed, epoch), so the order is reproducible and a
   resumed run continues it.
+- grouped (``--grouped-shuffling``, W data-parallel workers): one training step's
+  W batches hold W·B/m groups that are consecutive in the corpus, so with
+  ``--memory-across-workers`` the long memory spans the global batch (what the
+  authors did with 4 GPUs); fairseq shuffles whole steps.
+
+Documents (``--doc-boundary``) are found in the token stream that
+``fairseq-preprocess`` wrote (one line = its tokens + </s>):
+- ``title``: a document starts at each WikiText article title line `` = Title = ``
+  (sections `` = = Sub = = `` do not start one); lines before the first title
+  form a document of their own.
+- ``empty-line``: an empty line ends a document (one document per paragraph block).
+- ``none``: the whole split is one document (the authors' concatenated stream).
 """
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -75,4 +87,82 @@ def shuffled_batches(groups: List[List[int]], groups_per_batch: int, seed: int,
     batches = []
     for i in range(0, len(order), groups_per_batch):
         batches.append([s for g in order[i:i + groups_per_batch] for s in groups[g]])
+    return batches
+
+
+DOC_BOUNDARIES = ("title", "empty-line", "none")
+
+
+def document_starts(line_tokens: np.ndarray, line_sizes: np.ndarray, boundary: str,
+                    equals_id: Optional[int] = None) -> np.ndarray:
+    """Stream offsets at which documents start (sorted, always begins with 0).
+
+    Args:
+        line_tokens: every line's token ids concatenated, each line ending in </s>.
+        line_sizes: tokens per line (</s> included).
+        boundary: one of DOC_BOUNDARIES.
+        equals_id: dictionary index of ``=`` (needed for ``title``).
+    """
+    sizes = np.asarray(line_sizes, dtype=np.int64)
+    line_starts = np.r_[0, np.cumsum(sizes)[:-1]] if len(sizes) else np.zeros(0, np.int64)
+    if boundary == "none" or len(sizes) == 0:
+        return np.zeros(1, dtype=np.int64)
+    if boundary == "empty-line":
+        empty = sizes <= 1  # only </s>
+        after_empty = np.r_[False, empty[:-1]] & ~empty
+        return np.unique(np.r_[0, line_starts[after_empty]]).astype(np.int64)
+    if boundary != "title":
+        raise ValueError(f"unknown --doc-boundary {boundary!r}; choose one of {', '.join(DOC_BOUNDARIES)}")
+    if equals_id is None:
+        return np.zeros(1, dtype=np.int64)
+    tokens = np.asarray(line_tokens)
+    words = sizes - 1  # without </s>
+    title = words >= 3
+    idx = np.flatnonzero(title)
+    first, last = line_starts[idx], line_starts[idx] + words[idx] - 1
+    title[idx] = ((tokens[first] == equals_id) & (tokens[last] == equals_id)
+                  & (tokens[first + 1] != equals_id) & (tokens[last - 1] != equals_id))
+    return np.unique(np.r_[0, line_starts[title]]).astype(np.int64)
+
+
+def token_document_ids(offsets: np.ndarray, doc_starts: np.ndarray) -> np.ndarray:
+    """Document id (index into doc_starts) of tokens at the given stream offsets."""
+    return np.searchsorted(doc_starts, offsets, side="right") - 1
+
+
+def check_consecutive_segments(m: int, batch_size: Optional[int]) -> None:
+    """--consecutive-segments must be >= 1 and divide the batch size (when one is given)."""
+    if m < 1:
+        raise ValueError(f"--consecutive-segments must be >= 1, got {m}")
+    if batch_size is not None and (batch_size < 1 or batch_size % m != 0):
+        raise ValueError(
+            f"--consecutive-segments ({m}) must divide --batch-size ({batch_size}): a batch is "
+            "a whole number of groups of m consecutive segments. Pick m among the divisors of the "
+            "batch size, or change --batch-size."
+        )
+
+
+def consecutive_batches(segment_docs: Sequence[int], m: int, batch_size: int, seed: int,
+                        epoch: int, num_shards: int = 1, grouped: bool = False) -> List[List[int]]:
+    """The training batches of one epoch for ``--batching consecutive`` (Fig. 2b).
+
+    Without ``grouped``: groups of m consecutive segments, shuffled by (seed, epoch),
+    B/m per batch. With ``grouped``: every run of num_shards batches (one training
+    step of num_shards workers) is num_shards·B/m groups consecutive in the corpus;
+    the list length is a multiple of num_shards (the last step's segments are split
+    evenly), and the order of steps is shuffled by (seed, epoch).
+    """
+    check_consecutive_segments(m, batch_size)
+    groups = consecutive_groups(segment_docs, m)
+    per_batch = batch_size // m
+    if not grouped or num_shards <= 1:
+        return shuffled_batches(groups, per_batch, seed, epoch)
+    per_step = per_batch * num_shards
+    steps = [[s for g in groups[i:i + per_step] for s in g] for i in range(0, len(groups), per_step)]
+    order = np.random.default_rng([seed, epoch]).permutation(len(steps))
+    batches = []
+    for step in (steps[i] for i in order):
+        bounds = np.linspace(0, len(step), num_shards + 1).round().astype(int) \
+            if len(step) < batch_size * num_shards else np.arange(0, num_shards + 1) * batch_size
+        batches.extend(step[bounds[w]:bounds[w + 1]] for w in range(num_shards))
     return batches

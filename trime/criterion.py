@@ -10,6 +10,7 @@ vocabulary-only NLL of the same model, every word counted — unlike fairseq's
 ``adaptive_loss``).
 """
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -22,13 +23,17 @@ from trime.loss import batch_memory_logsumexp, trime_nll
 from trime.memory import MEMORY_RULES, check_memory_rule, memory_labels
 from trime.task import TrimeLMTask
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class TrimeLossConfig(FairseqDataclass):
     memory: ChoiceEnum(list(MEMORY_RULES)) = field(
         default="local",
         metadata={"help": "training memory (paper §4): local = earlier tokens of the same "
-                  "segment (TrimeLM); long and ext come in later versions"},
+                  "segment (TrimeLM); long = also every token of the earlier segments of the "
+                  "same document in the batch (TrimeLM_long; use --batching consecutive); "
+                  "ext comes in a later version"},
     )
     ce_warmup_updates: int = field(
         default=0,
@@ -52,6 +57,11 @@ class TrimeLoss(FairseqCriterion):
                 "that task exposes g(c), the input of the last FFN, to the loss."
             )
         check_memory_rule(str(memory))
+        if str(memory) == "long" and str(task.args.batching) != "consecutive":
+            logger.warning(
+                "--memory long with --batching %s: a batch rarely holds two segments of one "
+                "document, so long memory sees almost nothing beyond local memory. Use "
+                "--batching consecutive --consecutive-segments m (paper §4.2).", task.args.batching)
         if ce_warmup_updates < 0:
             raise ValueError(f"--ce-warmup-updates must be >= 0, got {ce_warmup_updates}")
         if memory_chunk_size < 1:
@@ -85,7 +95,8 @@ class TrimeLoss(FairseqCriterion):
         else:
             labels, valid = memory_labels(src_tokens, target, self.padding_idx)
             lse_all, lse_pos = batch_memory_logsumexp(
-                self.memory, query, labels, target, valid, chunk_size=self.memory_chunk_size
+                self.memory, query, labels, target, valid, chunk_size=self.memory_chunk_size,
+                doc_ids=sample.get("trime_doc"), segment_starts=sample.get("trime_segment_start"),
             )
             nll = trime_nll(target_score, log_partition, lse_all, lse_pos)
 

@@ -21,8 +21,6 @@ import torch
 MEMORY_RULES = ("local", "long", "ext")
 
 _NOT_YET = {
-    "long": "the long memory rule is ready, but the consecutive-segment batching that feeds it "
-    "(--batching consecutive) is not wired into the task yet",
     "ext": "in-batch external memory (all other segments of the batch) "
     "is not implemented yet",
 }
@@ -98,7 +96,7 @@ def check_memory_rule(rule: str) -> None:
 
 def build_visibility(rule: str, key_valid: torch.Tensor, doc_ids: torch.Tensor = None):
     """The visibility rule object for ``rule`` over a [G, N] layout."""
-    if rule == "long":  # the pure rule; check_memory_rule still refuses it on the command line
+    if rule == "long":
         if doc_ids is None:
             raise ValueError("the long memory rule needs the document id of every position")
         return LongMemory(key_valid, doc_ids)

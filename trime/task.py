@@ -2,7 +2,10 @@
 
 Reads ``fairseq-preprocess`` output; segments are fixed blocks of
 ``--tokens-per-sample`` tokens (``--sample-break-mode none``), batched at random
-(paper §4.1, Fig. 2a). The model is wrapped in ``TrimeLanguageModel`` so that
+(paper §4.1, Fig. 2a) or as groups of consecutive segments of one document
+(``--batching consecutive``, §4.2, Fig. 2b; rules in ``trime.batching``). Every
+batch carries its segments' corpus offsets and document ids (``trime.data``) for
+the long memory rule. The model is wrapped in ``TrimeLanguageModel`` so that
 the criterion sees g(c) and ``fairseq-eval-lm`` can score with memory (Eq. 6).
 """
 
@@ -10,10 +13,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from fairseq.data import iterators
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 
+from trime.batching import DOC_BOUNDARIES, check_consecutive_segments, consecutive_batches
+from trime.data import SegmentPositionsDataset
 from trime.model import TrimeLanguageModel
 
 logger = logging.getLogger(__name__)
@@ -23,10 +29,22 @@ EVAL_MEMORIES = ("none", "local")
 
 @dataclass
 class TrimeLMConfig(LanguageModelingConfig):
-    batching: ChoiceEnum(["random"]) = field(
+    batching: ChoiceEnum(["random", "consecutive"]) = field(
         default="random",
         metadata={"help": "how training segments are grouped into batches: random (paper "
-                  "Fig. 2a); consecutive and bm25 come in later versions"},
+                  "Fig. 2a) or consecutive = groups of --consecutive-segments consecutive "
+                  "segments of one document (Fig. 2b, for --memory long); bm25 comes later"},
+    )
+    consecutive_segments: int = field(
+        default=1,
+        metadata={"help": "m, segments per group with --batching consecutive (paper: 60 for "
+                  "WikiText-103 with 150-token segments); must divide --batch-size"},
+    )
+    doc_boundary: ChoiceEnum(list(DOC_BOUNDARIES)) = field(
+        default="title",
+        metadata={"help": "how documents are delimited in the data: title = a WikiText article "
+                  "title line ' = Title = ' starts one; empty-line = an empty line ends one; "
+                  "none = the whole split is one document. Long memory never crosses a document"},
     )
     eval_memory: ChoiceEnum(list(EVAL_MEMORIES)) = field(
         default="none",
@@ -57,7 +75,25 @@ class TrimeLMTask(LanguageModelingTask):
         super().__init__(args, dictionary, output_dictionary, targets)
         if args.memory_temp <= 0:
             raise ValueError(f"--memory-temp must be > 0, got {args.memory_temp}")
+        check_consecutive_segments(
+            args.consecutive_segments, args.batch_size if args.batching == "consecutive" else None)
 
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+        monolingual = self.datasets[split]
+        token_blocks = monolingual.dataset
+        self.datasets[split] = SegmentPositionsDataset.from_token_blocks(
+            monolingual, token_blocks, token_blocks.dataset, self.dictionary,
+            str(self.args.doc_boundary), add_bos_token=self.args.add_bos_token,
+        )
+        num_documents = self.datasets[split].num_documents
+        logger.info(f"TRIME: {split}: {len(monolingual)} segments, {num_documents} documents "
+                    f"(--doc-boundary {self.args.doc_boundary})")
+        if num_documents == 1 and str(self.args.doc_boundary) != "none":
+            logger.warning(
+                f"TRIME: no document boundary found in {split} with --doc-boundary "
+                f"{self.args.doc_boundary}: the whole split is one document. For text with an "
+                "empty line between documents use --doc-boundary empty-line.")
     def build_model(self, args, from_checkpoint=False):
         model = super().build_model(args, from_checkpoint)
         if getattr(args, "checkpoint_activations", False):
@@ -80,4 +116,36 @@ class TrimeLMTask(LanguageModelingTask):
         # but train that silently leaves tokens out of the reported perplexity.
         if dataset is not self.datasets.get("train"):
             kwargs["required_batch_size_multiple"] = 1
+        elif self.args.batching == "consecutive":
+            return self._consecutive_batch_iterator(dataset, **kwargs)
         return super().get_batch_iterator(dataset, **kwargs)
+
+    def _consecutive_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, seed=1,
+                                    num_shards=1, shard_id=0, num_workers=0, epoch=1,
+                                    data_buffer_size=0, disable_iterator_cache=False,
+                                    skip_remainder_batch=False, grouped_shuffling=False, **unused):
+        if dataset in self.dataset_to_epoch_iter and not disable_iterator_cache:
+            return self.dataset_to_epoch_iter[dataset]
+        batch_size = max_sentences
+        if batch_size is None:
+            if max_tokens is None:
+                raise ValueError("--batching consecutive needs --batch-size (segments per batch)")
+            batch_size = max(1, max_tokens // self.args.tokens_per_sample)
+        m = self.args.consecutive_segments
+        segment_docs = dataset.segment_documents()
+
+        def make_batches(dataset, epoch):
+            # called by fairseq once per epoch; deterministic in (seed, epoch), so a
+            # resumed run rebuilds the same list and skips the batches already done
+            return consecutive_batches(segment_docs, m, batch_size, seed, epoch,
+                                       num_shards=num_shards, grouped=grouped_shuffling)
+
+        dataset.set_epoch(epoch)
+        epoch_iter = iterators.EpochBatchIterator(
+            dataset=dataset, collate_fn=dataset.collater, batch_sampler=make_batches,
+            seed=seed, num_shards=num_shards, shard_id=shard_id, num_workers=num_workers,
+            epoch=epoch, buffer_size=data_buffer_size, skip_remainder_batch=skip_remainder_batch,
+            grouped_shuffling=grouped_shuffling,
+        )
+        self.dataset_to_epoch_iter[dataset] = epoch_iter
+        return epoch_iter

@@ -1,0 +1,75 @@
+"""Where each training segment sits in the corpus, for the long memory rule.
+
+``SegmentPositionsDataset`` wraps the task's ``MonolingualDataset`` and adds to
+every batch:
+
+- ``trime_segment_start`` [B]: stream offset of each segment's first target token;
+- ``trime_doc`` [B, T]: document id of every target position (``trime.batching``
+  says how documents are delimited).
+
+The criterion sorts a batch's segments by offset and lets a position see the
+earlier positions of its document (``trime.memory.LongMemory``).
+"""
+
+import numpy as np
+import torch
+from fairseq.data import BaseWrapperDataset
+
+from trime.batching import document_starts, token_document_ids
+
+
+def line_stream(indexed_dataset):
+    """(all tokens of the split concatenated, tokens per line) of a fairseq indexed dataset."""
+    sizes = np.asarray(indexed_dataset.sizes, dtype=np.int64)
+    index = getattr(indexed_dataset, "_index", None)
+    buffer = getattr(indexed_dataset, "_bin_buffer", None)
+    if index is not None and buffer is not None:  # mmap dataset: read the tokens in one go
+        tokens = np.frombuffer(buffer, dtype=index.dtype, count=int(sizes.sum()))
+    else:
+        tokens = np.concatenate([indexed_dataset[i].numpy() for i in range(len(sizes))]) \
+            if len(sizes) else np.zeros(0, np.int64)
+    return tokens, sizes
+
+
+class SegmentPositionsDataset(BaseWrapperDataset):
+    """Adds each segment's corpus offset and per-token document ids to its batches."""
+
+    def __init__(self, dataset, segment_starts: np.ndarray, doc_starts: np.ndarray,
+                 target_shift: int = 0):
+        super().__init__(dataset)
+        self.target_shift = target_shift  # -1 when --add-bos-token prepends a position
+        self.segment_starts = np.asarray(segment_starts, dtype=np.int64)
+        self.doc_starts = np.asarray(doc_starts, dtype=np.int64)
+        if len(self.segment_starts) != len(dataset):
+            raise ValueError(f"{len(self.segment_starts)} segment offsets for {len(dataset)} segments")
+
+    @classmethod
+    def from_token_blocks(cls, dataset, token_blocks, indexed_dataset, dictionary, boundary,
+                          add_bos_token=False):
+        """Offsets from a ``TokenBlockDataset`` over ``indexed_dataset`` (same stream)."""
+        tokens, sizes = line_stream(indexed_dataset)
+        equals = dictionary.index("=")
+        equals_id = equals if equals != dictionary.unk() else None
+        doc_starts = document_starts(tokens, sizes, boundary, equals_id)
+        segment_starts = np.asarray(token_blocks.slice_indices)[:, 0]
+        return cls(dataset, segment_starts, doc_starts, target_shift=-1 if add_bos_token else 0)
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.doc_starts)
+
+    def segment_documents(self) -> np.ndarray:
+        """Document of each segment's first target token (for grouping segments)."""
+        return token_document_ids(self.segment_starts, self.doc_starts)
+
+    def collater(self, samples):
+        sample = self.dataset.collater(samples)
+        if len(sample) == 0:
+            return sample
+        ids = sample["id"].numpy()
+        starts = self.segment_starts[ids]
+        width = sample["target"].shape[1]
+        offsets = starts[:, None] + np.arange(width)[None, :] + self.target_shift
+        sample["trime_segment_start"] = torch.from_numpy(starts)
+        sample["trime_doc"] = torch.from_numpy(token_document_ids(offsets, self.doc_starts))
+        return sample
