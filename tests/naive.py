@@ -100,3 +100,42 @@ def adaptive_vocab_scores(asm, features):
         columns.append(head_log_probs[:, shortlist + i: shortlist + i + 1] + within)
     log_probs = torch.cat(columns, dim=-1)
     return (log_probs + log_z).view(B, T, -1)
+
+
+def cache_distribution(vocab_scores_t, query_t, keys, labels, memory_t, lam, theta):
+    """(1-λ) p_LM + λ p_cache (Grave et al., 2017), word by word; p_LM alone without memory."""
+    p_lm = torch.softmax(vocab_scores_t.double(), dim=-1)
+    if not memory_t:
+        return p_lm
+    cache = torch.zeros_like(p_lm)
+    for j in memory_t:
+        cache[int(labels[j])] += torch.exp(theta * torch.dot(query_t.double(), keys[j].double()))
+    return (1 - lam) * p_lm + lam * cache / cache.sum()
+
+
+def fifo_stream_memory(rows, size, reset):
+    """Memory of every query when windows are scored in stream order with a FIFO of `size`.
+
+    rows: list of dicts with window_start (label offset of position 0), labels, valid,
+    scored (lists over window positions) and docs (document of each position's label).
+    Returns, per row, per position, a list of ("window", j) and ("history", h) entries,
+    where h indexes the list of all scored positions so far (offset, label, doc, row, j).
+    """
+    history, memory = [], []
+    for row in rows:
+        current = [h for h in range(len(history))
+                   if not reset or history[h][2] == history[-1][2]]
+        fifo = current[-size:] if size else []
+        per_position = []
+        for t in range(len(row["labels"])):
+            entries = [("history", h) for h in fifo
+                       if history[h][0] < row["window_start"]
+                       and (not reset or history[h][2] == row["docs"][t])]
+            entries += [("window", j) for j in range(t) if row["valid"][j]]
+            per_position.append(entries)
+        memory.append(per_position)
+        for t in range(len(row["labels"])):
+            if row["scored"][t]:
+                history.append((row["window_start"] + t, row["labels"][t], row["docs"][t],
+                                len(memory) - 1, t))
+    return memory, history

@@ -159,6 +159,20 @@ def trime_nll(target_vocab_score, vocab_log_partition, lse_all, lse_pos):
     return denominator - numerator
 
 
+def _log_memory_mass(scores, visible, key_labels, vocab_size):
+    """log Σ_{visible j, x_j = w} exp(score_j) for every word w: fp32 [G, C, V], -inf where none.
+
+    scores [G, C, K] fp32, visible [G, C, K] bool, key_labels [G, K].
+    """
+    scores = scores.masked_fill(~visible, NEG_INF)
+    shift = _finite_or_zero(scores.amax(-1, keepdim=True))  # per query, for a stable exp
+    weights = torch.exp(scores - shift)
+    labels = key_labels[:, None, :].expand_as(weights).clamp(0, vocab_size - 1)
+    mass = torch.zeros(*scores.shape[:2], vocab_size, dtype=torch.float32, device=scores.device)
+    mass.scatter_add_(-1, labels, weights)
+    return torch.log(mass) + shift
+
+
 def memory_log_probs(vocab_scores, queries, keys, key_labels, visibility,
                      temperature: float = 1.0, chunk_size: int = 256):
     """Full log-distribution of Eq. 6 over the vocabulary (evaluation; no grad needed).
@@ -180,14 +194,37 @@ def memory_log_probs(vocab_scores, queries, keys, key_labels, visibility,
             out[:, q0:q1] = torch.log_softmax(scores_v, dim=-1)
             continue
         scores = _chunk_scores(queries, keys, scale, q0, q1, k0, k1)
-        visible = visibility.visible(q0, q1, k0, k1)
-        scores = scores.masked_fill(~visible, NEG_INF)
-        # per query: shift by the max memory score, scatter exp into label columns
-        shift = _finite_or_zero(scores.amax(-1, keepdim=True))
-        weights = torch.exp(scores - shift)
-        labels = key_labels[:, None, k0:k1].expand_as(weights).clamp(0, V - 1)
-        mass = torch.zeros_like(scores_v).scatter_add_(-1, labels, weights)
-        log_mass = torch.log(mass) + shift  # -inf for labels absent from memory
+        log_mass = _log_memory_mass(scores, visibility.visible(q0, q1, k0, k1), key_labels[:, k0:k1], V)
         joint = torch.logaddexp(scores_v, log_mass)
         out[:, q0:q1] = joint - joint.logsumexp(-1, keepdim=True)
+    return out
+
+
+def cache_log_probs(vocab_scores, queries, keys, key_labels, visibility, lam: float,
+                    theta: float, chunk_size: int = 256):
+    """Continuous cache (Grave et al., 2017): log[(1-λ) p_LM(w) + λ p_cache(w)], fp32 [G, Nq, V].
+
+    p_cache(w) ∝ Σ_{visible j, x_j = w} exp(θ h·h_j); where a query sees no
+    memory, p = p_LM.
+    """
+    if not 0.0 <= lam < 1.0:
+        raise ValueError(f"--cache-lambda must be in [0, 1), got {lam}")
+    if theta <= 0:
+        raise ValueError(f"--cache-theta must be > 0, got {theta}")
+    G, Nq, V = vocab_scores.shape
+    out = torch.log_softmax(vocab_scores.float(), dim=-1)
+    if lam == 0.0:
+        return out
+    for q0 in range(0, Nq, chunk_size):
+        q1 = min(Nq, q0 + chunk_size)
+        k0, k1 = visibility.key_range(q0, q1)
+        if k1 <= k0:
+            continue
+        scores = _chunk_scores(queries, keys, theta, q0, q1, k0, k1)
+        visible = visibility.visible(q0, q1, k0, k1)
+        log_mass = _log_memory_mass(scores, visible, key_labels[:, k0:k1], V)
+        log_cache = log_mass - log_mass.logsumexp(-1, keepdim=True)
+        mixed = torch.logaddexp(out[:, q0:q1] + math.log1p(-lam), log_cache + math.log(lam))
+        has_memory = visible.any(-1, keepdim=True)
+        out[:, q0:q1] = torch.where(has_memory, mixed, out[:, q0:q1])
     return out

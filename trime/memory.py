@@ -14,6 +14,13 @@ the loss never builds a dense mask for the whole batch.
   ``trime.loss.batch_memory_logsumexp`` sorts a batch's segments by corpus
   position to build that layout.
 - ``ext`` (Eq. 4, §4.3): not implemented yet.
+
+At evaluation (``fairseq-eval-lm``), long memory is a FIFO (``FifoMemory``) of
+the (key, next token) pairs of the last S scored positions of the current
+document, scored one input row at a time in stream order;
+``WindowAndFifoMemory`` lets a position see the earlier positions of its input
+window (local memory, context included) and the FIFO entries that lie *before*
+the window, so no position is counted twice.
 """
 
 import torch
@@ -115,3 +122,80 @@ def memory_labels(src_tokens: torch.Tensor, target: torch.Tensor, pad: int):
     next_input[:, :-1] = src_tokens[:, 1:]
     labels = torch.where(target != pad, target, next_input)
     return labels, labels != pad
+
+
+class FifoMemory:
+    """Evaluation-time long memory (§4.2): the last ``size`` scored positions of the document.
+
+    Holds keys [N, d], labels [N], stream offsets [N] (of each entry's label
+    token) and document ids [N], oldest first. With ``reset_at_documents`` the
+    memory is emptied when a new document starts (otherwise it runs across
+    documents, as the authors' evaluation on the concatenated stream did).
+    """
+
+    def __init__(self, size: int, reset_at_documents: bool = True):
+        if size < 0:
+            raise ValueError(f"--long-memory-size must be >= 0, got {size}")
+        self.size = size
+        self.reset_at_documents = reset_at_documents
+        self.keys = self.labels = self.offsets = self.docs = None
+
+    def __len__(self) -> int:
+        return 0 if self.labels is None else len(self.labels)
+
+    def append(self, keys, labels, offsets, docs):
+        """Add scored positions (in stream order), then keep the last ``size`` of the document."""
+        if len(labels) == 0:
+            return
+        if len(self) and int(offsets[0]) <= int(self.offsets[-1]):
+            raise ValueError(
+                "long memory needs the evaluation data in stream order, but a position at offset "
+                f"{int(offsets[0])} came after offset {int(self.offsets[-1])}. Evaluate with one "
+                "process (no --num-shards / distributed eval) and let trime_lm order the batches."
+            )
+        if len(self):
+            keys = torch.cat([self.keys, keys.to(self.keys.dtype)])
+            labels, offsets, docs = (torch.cat([a, b]) for a, b in
+                                     ((self.labels, labels), (self.offsets, offsets), (self.docs, docs)))
+        keep = torch.ones_like(labels, dtype=torch.bool)
+        if self.reset_at_documents:
+            keep &= docs == docs[-1]
+        keep &= keep.flip(0).cumsum(0).flip(0) <= self.size  # the last `size` kept entries
+        self.keys, self.labels, self.offsets, self.docs = keys[keep], labels[keep], offsets[keep], docs[keep]
+
+
+class WindowAndFifoMemory:
+    """Local memory of one input window plus the FIFO entries that precede the window.
+
+    Layout: one group (G = 1); keys = [FIFO entries (Nf), window positions (Nq)].
+    A query at window position t sees window positions j < t with a real label
+    (``window_valid``) and FIFO entries whose label offset is before
+    ``window_start`` (the offset of the window's first label; later ones are in
+    the window already) and, with reset at documents, of the query's document.
+    """
+
+    def __init__(self, window_valid: torch.Tensor, query_docs: torch.Tensor, fifo: FifoMemory,
+                 window_start: int):
+        self.local = LocalMemory(window_valid)
+        self.num_fifo = len(fifo)
+        self.query_docs = query_docs  # [1, Nq]
+        if self.num_fifo:
+            before = fifo.offsets < window_start
+            self.fifo_visible = before[None, None, :]  # [1, 1, Nf]
+            self.fifo_docs = fifo.docs if fifo.reset_at_documents else None
+
+    def key_range(self, q0: int, q1: int):
+        return 0, self.num_fifo + max(q1 - 1, 0)
+
+    def visible(self, q0: int, q1: int, k0: int, k1: int) -> torch.Tensor:
+        parts = []
+        f1 = min(k1, self.num_fifo)
+        if k0 < f1:
+            fifo = self.fifo_visible[:, :, k0:f1].expand(1, q1 - q0, f1 - k0)
+            if self.fifo_docs is not None:
+                fifo = fifo & (self.fifo_docs[None, None, k0:f1] == self.query_docs[:, q0:q1, None])
+            parts.append(fifo)
+        w0, w1 = max(k0, self.num_fifo) - self.num_fifo, k1 - self.num_fifo
+        if w0 < w1:
+            parts.append(self.local.visible(q0, q1, w0, w1))
+        return torch.cat(parts, dim=-1)
