@@ -49,7 +49,7 @@ def _naive_log_probs(model, sample, pad, tau):
 @pytest.mark.parametrize("adaptive", [False, True], ids=["softmax", "adaptive"])
 def test_eval_local_memory_matches_naive_eq6(tmp_path, adaptive):
     d, model = _eval_model(tmp_path, ADAPTIVE if adaptive else ())
-    model.eval_memory, model.memory_temp = "local", 1.3
+    model.settings.memory, model.settings.temperature = "local", 1.3
     sample = _context_window_sample(d)
     with torch.no_grad():
         out = model(**sample["net_input"])
@@ -69,7 +69,7 @@ def test_eval_memory_none_is_plain_lm(tmp_path):
 
 def test_non_finite_target_log_prob_is_refused(tmp_path):
     d, model = _eval_model(tmp_path)
-    model.eval_memory = "local"
+    model.settings.memory = "local"
     with torch.no_grad():
         model.decoder.layers[-1].fc2.bias.fill_(float("nan"))
     sample = _context_window_sample(d)
@@ -79,7 +79,7 @@ def test_non_finite_target_log_prob_is_refused(tmp_path):
 
 def test_softmax_batch_split_is_refused(tmp_path):
     d, model = _eval_model(tmp_path)
-    model.eval_memory = "local"
+    model.settings.memory = "local"
     sample = _context_window_sample(d)
     with torch.no_grad():
         features, extra = model(**sample["net_input"])

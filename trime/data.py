@@ -73,3 +73,33 @@ class SegmentPositionsDataset(BaseWrapperDataset):
         sample["trime_segment_start"] = torch.from_numpy(starts)
         sample["trime_doc"] = torch.from_numpy(token_document_ids(offsets, self.doc_starts))
         return sample
+
+
+class EvalStreamDataset(BaseWrapperDataset):
+    """Evaluation batches in stream order, with the offset and document of every label.
+
+    Wraps the evaluation dataset (after fairseq's ``LMContextWindowDataset``, if
+    any) and adds ``trime_label_offset`` / ``trime_doc`` [B, T'] for every input
+    position, context positions included: position j of a row whose segment
+    starts at s and has c context tokens predicts the token at offset s - c + j.
+    Long memory at evaluation (``trime.scoring``) needs this order and these offsets.
+    """
+
+    def __init__(self, dataset, positions: SegmentPositionsDataset):
+        super().__init__(dataset)
+        self.positions = positions
+
+    def ordered_indices(self):
+        return np.arange(len(self.dataset))
+
+    def collater(self, samples):
+        sample = self.dataset.collater(samples)
+        if len(sample) == 0:
+            return sample
+        starts = sample["trime_segment_start"].numpy()
+        context = np.asarray(sample.get("start_indices", np.zeros(len(starts))), dtype=np.int64)
+        width = sample["target"].shape[1]
+        offsets = (starts - context)[:, None] + np.arange(width)[None, :] + self.positions.target_shift
+        sample["trime_label_offset"] = torch.from_numpy(offsets)
+        sample["trime_doc"] = torch.from_numpy(token_document_ids(offsets, self.positions.doc_starts))
+        return sample

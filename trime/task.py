@@ -13,18 +13,18 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from fairseq.data import iterators
+from fairseq.data import LMContextWindowDataset, iterators
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 
 from trime.batching import DOC_BOUNDARIES, check_consecutive_segments, consecutive_batches
-from trime.data import SegmentPositionsDataset
-from trime.model import TrimeLanguageModel
+from trime.data import EvalStreamDataset, SegmentPositionsDataset
+from trime.model import EvalSettings, TrimeLanguageModel
 
 logger = logging.getLogger(__name__)
 
-EVAL_MEMORIES = ("none", "local")
+EVAL_MEMORIES = ("none", "local", "local,long")
 
 
 @dataclass
@@ -49,12 +49,38 @@ class TrimeLMConfig(LanguageModelingConfig):
     eval_memory: ChoiceEnum(list(EVAL_MEMORIES)) = field(
         default="none",
         metadata={"help": "memory used when scoring (fairseq-eval-lm): none = the plain LM "
-                  "distribution; local = Eq. 6 with the earlier tokens of the same input "
-                  "(context window included)"},
+                  "distribution; local = the earlier tokens of the same input (context window "
+                  "included); local,long = also a FIFO of the last --long-memory-size scored "
+                  "tokens of the document before the input (paper §4.2)"},
     )
     memory_temp: float = field(
         default=1.0,
         metadata={"help": "evaluation temperature τ of Eq. 6; divides the memory logits only"},
+    )
+    long_memory_size: int = field(
+        default=12288,
+        metadata={"help": "S, scored tokens kept in the long-memory FIFO with --eval-memory "
+                  "local,long (paper: 12,288 for the 247M model, 15,000 for 150M)"},
+    )
+    long_memory_reset: ChoiceEnum(["document", "never"]) = field(
+        default="document",
+        metadata={"help": "empty the long-memory FIFO when a new document starts (see "
+                  "--doc-boundary), or never (the authors' evaluation of the concatenated stream)"},
+    )
+    eval_scoring: ChoiceEnum(["trime", "cache"]) = field(
+        default="trime",
+        metadata={"help": "how memory enters the distribution: trime = Eq. 6 (joint softmax, "
+                  "--memory-temp); cache = continuous cache (Grave et al. 2017), "
+                  "(1-λ) p_LM + λ p_cache, for models trained without TRIME"},
+    )
+    cache_lambda: float = field(
+        default=0.1, metadata={"help": "λ of the continuous cache, in [0, 1); tune on valid"})
+    cache_theta: float = field(
+        default=0.3, metadata={"help": "θ of the continuous cache: p_cache ∝ exp(θ h·h_j); tune on valid"})
+    cache_key: ChoiceEnum(["final", "last-ffn-input"]) = field(
+        default="final",
+        metadata={"help": "representation h of the continuous cache: final = the decoder's output "
+                  "features (Grave et al.), last-ffn-input = g(c), TRIME's key"},
     )
 
 
@@ -75,6 +101,15 @@ class TrimeLMTask(LanguageModelingTask):
         super().__init__(args, dictionary, output_dictionary, targets)
         if args.memory_temp <= 0:
             raise ValueError(f"--memory-temp must be > 0, got {args.memory_temp}")
+        if args.long_memory_size < 0:
+            raise ValueError(f"--long-memory-size must be >= 0 (tokens kept in the FIFO), "
+                             f"got {args.long_memory_size}")
+        if args.eval_scoring == "cache" and args.eval_memory == "none":
+            raise ValueError("--eval-scoring cache needs a memory to cache: add --eval-memory local "
+                             "(or local,long)")
+        if args.eval_scoring == "cache" and not (0 <= args.cache_lambda < 1 and args.cache_theta > 0):
+            raise ValueError(f"--cache-lambda must be in [0, 1) and --cache-theta > 0, got "
+                             f"{args.cache_lambda} and {args.cache_theta}")
         check_consecutive_segments(
             args.consecutive_segments, args.batch_size if args.batching == "consecutive" else None)
 
@@ -101,9 +136,9 @@ class TrimeLMTask(LanguageModelingTask):
                 "TRIME does not support --checkpoint-activations: the hooked g(c) would be "
                 "recomputed outside the autograd graph. Drop the flag."
             )
-        eval_memory = str(self.args.eval_memory)
-        logger.info(f"TRIME: eval memory = {eval_memory}, tau = {self.args.memory_temp}")
-        return TrimeLanguageModel(model, eval_memory, self.args.memory_temp)
+        settings = EvalSettings.from_args(self.args)
+        logger.info(f"TRIME: {settings.describe()}")
+        return TrimeLanguageModel(model, settings)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if hasattr(criterion, "set_num_updates"):
@@ -119,6 +154,28 @@ class TrimeLMTask(LanguageModelingTask):
         elif self.args.batching == "consecutive":
             return self._consecutive_batch_iterator(dataset, **kwargs)
         return super().get_batch_iterator(dataset, **kwargs)
+
+    def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
+                           num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10,
+                           context_window=0):
+        if "long" not in str(self.args.eval_memory):
+            return super().eval_lm_dataloader(
+                dataset, max_tokens=max_tokens, batch_size=batch_size, max_positions=max_positions,
+                num_shards=num_shards, shard_id=shard_id, num_workers=num_workers,
+                data_buffer_size=data_buffer_size, context_window=context_window)
+        if num_shards > 1:
+            raise ValueError("--eval-memory local,long scores the split in stream order in one "
+                             "process; drop --num-shards / distributed evaluation.")
+        stream = dataset
+        if context_window > 0:
+            stream = LMContextWindowDataset(stream, self.args.tokens_per_sample, context_window,
+                                            self.source_dictionary.pad())
+        stream = EvalStreamDataset(stream, dataset)
+        return self.get_batch_iterator(
+            dataset=stream, max_tokens=max_tokens, max_sentences=batch_size,
+            max_positions=max_positions, ignore_invalid_inputs=True, num_workers=num_workers,
+            data_buffer_size=data_buffer_size,
+        ).next_epoch_itr(shuffle=False)
 
     def _consecutive_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, seed=1,
                                     num_shards=1, shard_id=0, num_workers=0, epoch=1,
