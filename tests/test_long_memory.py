@@ -90,3 +90,50 @@ def test_bad_input():
     with pytest.raises(ValueError, match="corpus offset and document ids"):
         batch_memory_logsumexp("long", torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long),
                                torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("split", [3, 4])
+def test_each_worker_with_the_global_memory_sums_to_the_global_loss(split):
+    """Two "workers" hold rows [:split] and [split:] of the batch; memory = both (gathered by
+    a differentiable concatenation, padded to equal sizes like the all-gather): the summed loss
+    and the gradients equal those of one batch holding all the rows."""
+    from trime.distributed import NO_SEGMENT
+    from trime.loss import BatchMemory
+
+    scores, g, targets = _batch()
+    idx = torch.tensor(BATCH_ORDER)
+    s_ref, g_ref = scores.clone().requires_grad_(), g.clone().requires_grad_()
+    reference = _long_loss(s_ref, g_ref, targets, chunk=4)
+    reference.backward()
+
+    scores, targets = scores[idx], targets[idx]
+    g_in = g.clone().requires_grad_()
+    g_all = g_in[idx]
+    docs = torch.tensor(SEGMENT_DOCS)[idx][:, None].expand(-1, T)
+    starts = idx * T
+    valid = targets != PAD
+    parts = [slice(0, split), slice(split, len(idx))]
+    rows = max(p.stop - p.start for p in parts)
+
+    def pad_rows(x, value):
+        return torch.cat([x, x.new_full((rows - x.shape[0], *x.shape[1:]), value)])
+
+    memory = BatchMemory(
+        keys=torch.cat([pad_rows(g_all[p], 0.0) for p in parts]),
+        labels=torch.cat([pad_rows(targets[p], PAD) for p in parts]),
+        key_valid=torch.cat([pad_rows(valid[p], False) for p in parts]),
+        doc_ids=torch.cat([pad_rows(docs[p], -1) for p in parts]),
+        segment_starts=torch.cat([pad_rows(starts[p], NO_SEGMENT) for p in parts]),
+        own_rows=None)
+    total = 0
+    for w, p in enumerate(parts):
+        memory.own_rows = w * rows + torch.arange(p.stop - p.start)
+        lse_all, lse_pos = batch_memory_logsumexp("long", g_all[p], targets[p], targets[p], valid[p],
+                                                  chunk_size=4, memory=memory)
+        target_score = scores[p].gather(-1, targets[p][..., None]).squeeze(-1).float()
+        nll = trime_nll(target_score, scores[p].float().logsumexp(-1), lse_all, lse_pos)
+        total = total + nll[valid[p]].sum()
+    total.backward()
+    assert torch.allclose(total.double(), reference.double(), rtol=1e-6)
+    assert torch.allclose(g_in.grad, g_ref.grad, rtol=1e-4, atol=1e-6)
+    assert g_in.grad.abs().sum() > 0

@@ -14,11 +14,13 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+import torch
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from trime import vocab
+from trime.distributed import data_parallel_world, gather_batch_memory
 from trime.loss import batch_memory_logsumexp, trime_nll
 from trime.memory import MEMORY_RULES, check_memory_rule, memory_labels
 from trime.task import TrimeLMTask
@@ -40,6 +42,13 @@ class TrimeLossConfig(FairseqDataclass):
         metadata={"help": "train with the plain LM loss (Eq. 1) for this many updates first "
                   "(paper §5.2: the first ~5%% of updates)"},
     )
+    memory_across_workers: bool = field(
+        default=False,
+        metadata={"help": "with several data-parallel workers, every worker's loss sees the whole "
+                  "global batch as memory (differentiable all-gather, exact gradients); no effect "
+                  "on --memory local. Pair with --grouped-shuffling so that workers hold consecutive "
+                  "segments"},
+    )
     memory_chunk_size: int = field(
         default=1024,
         metadata={"help": "queries per chunk when summing over memory; extra memory is "
@@ -49,7 +58,8 @@ class TrimeLossConfig(FairseqDataclass):
 
 @register_criterion("trime_loss", dataclass=TrimeLossConfig)
 class TrimeLoss(FairseqCriterion):
-    def __init__(self, task, memory="local", ce_warmup_updates=0, memory_chunk_size=1024):
+    def __init__(self, task, memory="local", ce_warmup_updates=0, memory_across_workers=False,
+                 memory_chunk_size=1024):
         super().__init__(task)
         if not isinstance(task, TrimeLMTask):
             raise ValueError(
@@ -69,7 +79,9 @@ class TrimeLoss(FairseqCriterion):
         self.memory = str(memory)
         self.ce_warmup_updates = ce_warmup_updates
         self.memory_chunk_size = memory_chunk_size
+        self.memory_across_workers = memory_across_workers
         self.num_updates = 0
+        self.dummy_batch = False  # set by the task: fairseq's filler batch at the end of an epoch
 
     def set_num_updates(self, num_updates):
         self.num_updates = num_updates
@@ -93,11 +105,7 @@ class TrimeLoss(FairseqCriterion):
         if model.training and self.num_updates < self.ce_warmup_updates:
             nll = lm_nll
         else:
-            labels, valid = memory_labels(src_tokens, target, self.padding_idx)
-            lse_all, lse_pos = batch_memory_logsumexp(
-                self.memory, query, labels, target, valid, chunk_size=self.memory_chunk_size,
-                doc_ids=sample.get("trime_doc"), segment_starts=sample.get("trime_segment_start"),
-            )
+            lse_all, lse_pos = self._memory_logsumexp(model, query, src_tokens, target, sample)
             nll = trime_nll(target_score, log_partition, lse_all, lse_pos)
 
         loss = nll[scored].sum()
@@ -110,6 +118,36 @@ class TrimeLoss(FairseqCriterion):
             "sample_size": ntokens,
         }
         return loss, ntokens, logging_output
+
+    def _memory_logsumexp(self, model, query, src_tokens, target, sample):
+        labels, valid = memory_labels(src_tokens, target, self.padding_idx)
+        doc_ids, starts = sample.get("trime_doc"), sample.get("trime_segment_start")
+        _, world_size, _ = data_parallel_world()
+        if not (self.memory_across_workers and model.training and self.memory != "local"
+                and world_size > 1):
+            return batch_memory_logsumexp(self.memory, query, labels, target, valid,
+                                          self.memory_chunk_size, doc_ids, starts)
+        if doc_ids is None or starts is None:
+            raise ValueError("--memory-across-workers needs the segment offsets that --task "
+                             "trime_lm adds to every batch")
+        memory = gather_batch_memory(query, labels, valid, doc_ids, starts,
+                                     contribute=not self.dummy_batch)
+        if self.dummy_batch:
+            # its loss is zeroed by fairseq; keep the gathered keys in the graph so that
+            # this worker joins the all-gather's backward like the others
+            lse_all, lse_pos = batch_memory_logsumexp(self.memory, query, labels, target, valid,
+                                                      self.memory_chunk_size, doc_ids, starts)
+            return lse_all + 0.0 * memory.keys.sum(), lse_pos
+        # every worker's rows are padded to the longest batch in the step
+        T, width = target.shape[1], memory.labels.shape[1]
+        pad_cols = (0, width - T)
+        lse_all, lse_pos = batch_memory_logsumexp(
+            self.memory, torch.nn.functional.pad(query, (0, 0) + pad_cols),
+            torch.nn.functional.pad(labels, pad_cols, value=self.padding_idx),
+            torch.nn.functional.pad(target, pad_cols, value=self.padding_idx),
+            torch.nn.functional.pad(valid, pad_cols, value=False), self.memory_chunk_size,
+            memory=memory)
+        return lse_all[:, :T], lse_pos[:, :T]
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:

@@ -16,6 +16,7 @@ the extra memory is O(N · chunk), never O(N²).
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -119,35 +120,67 @@ def memory_logsumexp(queries, keys, key_labels, query_targets, visibility,
     )
 
 
+@dataclass
+class BatchMemory:
+    """The memory of a batch when it is larger than the batch (``--memory-across-workers``).
+
+    keys [Bg, T, d], labels / key_valid / doc_ids [Bg, T], segment_starts [Bg] of
+    the global batch; ``own_rows`` [B]: the rows of the global batch that are
+    this batch's segments, in this batch's order.
+    """
+
+    keys: torch.Tensor
+    labels: torch.Tensor
+    key_valid: torch.Tensor
+    doc_ids: torch.Tensor
+    segment_starts: torch.Tensor
+    own_rows: torch.Tensor
+
+
 def batch_memory_logsumexp(rule, queries, labels, targets, key_valid, chunk_size=1024,
-                           doc_ids=None, segment_starts=None):
+                           doc_ids=None, segment_starts=None, memory: BatchMemory = None):
     """memory_logsumexp over a batch of segments [B, T] under a visibility rule.
 
-    - ``local``: each segment is its own group.
-    - ``long``: the segments are sorted by ``segment_starts`` (their offsets in the
-      corpus) and concatenated into one group, so "earlier in the group, same
-      ``doc_ids``" is "earlier in the document" whatever order the batch came in.
+    - ``local``: each segment is its own group (a larger ``memory`` changes nothing).
+    - ``long``: the memory's segments (by default the batch itself) are sorted by
+      ``segment_starts`` (their offsets in the corpus) and concatenated into one
+      group, so "earlier in the group, same ``doc_ids``" is "earlier in the
+      document" whatever order the batch came in; each query sits at its own
+      segment's place in that group.
     Returns (lse_all, lse_pos) as fp32 [B, T], in the batch's own order.
     """
     if rule != "long":
         visibility = build_visibility(rule, key_valid)
         return memory_logsumexp(queries, queries, labels, targets, visibility, chunk_size=chunk_size)
-    if doc_ids is None or segment_starts is None:
-        raise ValueError("--memory long needs each segment's corpus offset and document ids "
-                         "(use --task trime_lm)")
+    if memory is None:
+        if doc_ids is None or segment_starts is None:
+            raise ValueError("--memory long needs each segment's corpus offset and document ids "
+                             "(use --task trime_lm)")
+        memory = BatchMemory(queries, labels, key_valid, doc_ids, segment_starts,
+                             torch.arange(targets.shape[0], device=targets.device))
     B, T = targets.shape
-    order = torch.argsort(segment_starts)
+    num_memory = memory.labels.shape[0]
+    if memory.labels.shape[1] != T:
+        raise ValueError(f"memory segments have {memory.labels.shape[1]} positions, queries {T}")
+    order = torch.argsort(memory.segment_starts, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(num_memory, device=order.device)
 
     def flat(x):
-        return x[order].reshape(1, B * T, *x.shape[2:])
+        return x[order].reshape(1, num_memory * T, *x.shape[2:])
 
-    visibility = build_visibility("long", flat(key_valid), flat(doc_ids))
-    lse_all, lse_pos = memory_logsumexp(flat(queries), flat(queries), flat(labels), flat(targets),
-                                        visibility, chunk_size=chunk_size)
+    own_rank = rank[memory.own_rows]
+    query_order = torch.argsort(own_rank)  # this batch's rows in stream order
+    query_positions = ((own_rank[query_order] * T)[:, None]
+                       + torch.arange(T, device=order.device)[None, :]).reshape(-1)
+    visibility = build_visibility("long", flat(memory.key_valid), flat(memory.doc_ids), query_positions)
+    lse_all, lse_pos = memory_logsumexp(
+        queries[query_order].reshape(1, B * T, -1), flat(memory.keys), flat(memory.labels),
+        targets[query_order].reshape(1, B * T), visibility, chunk_size=chunk_size)
     restored = []
     for lse in (lse_all, lse_pos):
         out = torch.empty_like(lse.view(B, T))
-        out[order] = lse.view(B, T)
+        out[query_order] = lse.view(B, T)
         restored.append(out)
     return tuple(restored)
 

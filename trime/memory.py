@@ -62,30 +62,44 @@ class LongMemory:
     in the group and the same document" is exactly "earlier in my segment, or
     anywhere in an earlier segment of my document". ``doc_ids`` [G, Nk] (a group
     may mix documents; each document's positions must be contiguous);
-    ``key_valid`` [G, Nk] as in LocalMemory. A chunk of queries only scans keys
-    from the start of its first query's document.
+    ``key_valid`` [G, Nk] as in LocalMemory. ``query_positions`` [Nq]: where each
+    query sits on the key axis when the queries are only part of the memory (one
+    worker's segments among the global batch); by default query i is key i. A
+    chunk of queries only scans keys from the start of its first query's document.
     """
 
-    def __init__(self, key_valid: torch.Tensor, doc_ids: torch.Tensor):
+    def __init__(self, key_valid: torch.Tensor, doc_ids: torch.Tensor,
+                 query_positions: torch.Tensor = None):
         if doc_ids.shape != key_valid.shape:
             raise ValueError(f"doc_ids {tuple(doc_ids.shape)} and key_valid "
                              f"{tuple(key_valid.shape)} must have the same shape")
-        self.local = LocalMemory(key_valid)
+        self.key_valid = key_valid
         self.doc_ids = doc_ids
+        self.query_positions = query_positions
         # first position of each position's document run: running max of run starts
         positions = torch.arange(doc_ids.shape[1], device=doc_ids.device).expand_as(doc_ids)
         run_start = torch.ones_like(doc_ids, dtype=torch.bool)
         run_start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
         self.doc_start = torch.where(run_start, positions, torch.zeros_like(positions)).cummax(1).values
 
+    def _positions(self, q0: int, q1: int) -> torch.Tensor:
+        if self.query_positions is None:
+            return torch.arange(q0, q1, device=self.doc_ids.device)
+        return self.query_positions[q0:q1]
+
     def key_range(self, q0: int, q1: int):
         if q1 <= q0:
             return 0, 0
-        return int(self.doc_start[:, q0].min()), max(q1 - 1, 0)
+        positions = self._positions(q0, q1)
+        # the last query sees keys before its own position
+        return int(self.doc_start[:, positions].min()), int(positions.max())
 
     def visible(self, q0: int, q1: int, k0: int, k1: int) -> torch.Tensor:
-        same_doc = self.doc_ids[:, None, k0:k1] == self.doc_ids[:, q0:q1, None]
-        return self.local.visible(q0, q1, k0, k1) & same_doc
+        positions = self._positions(q0, q1)
+        key_pos = torch.arange(k0, k1, device=self.doc_ids.device)
+        earlier = key_pos[None, :] < positions[:, None]  # [C, K]
+        same_doc = self.doc_ids[:, None, k0:k1] == self.doc_ids[:, positions, None]
+        return earlier[None] & self.key_valid[:, None, k0:k1] & same_doc
 
 
 def check_memory_rule(rule: str) -> None:
@@ -101,12 +115,13 @@ def check_memory_rule(rule: str) -> None:
         )
 
 
-def build_visibility(rule: str, key_valid: torch.Tensor, doc_ids: torch.Tensor = None):
+def build_visibility(rule: str, key_valid: torch.Tensor, doc_ids: torch.Tensor = None,
+                     query_positions: torch.Tensor = None):
     """The visibility rule object for ``rule`` over a [G, N] layout."""
     if rule == "long":
         if doc_ids is None:
             raise ValueError("the long memory rule needs the document id of every position")
-        return LongMemory(key_valid, doc_ids)
+        return LongMemory(key_valid, doc_ids, query_positions)
     check_memory_rule(rule)
     return LocalMemory(key_valid)
 

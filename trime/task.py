@@ -143,6 +143,8 @@ class TrimeLMTask(LanguageModelingTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if hasattr(criterion, "set_num_updates"):
             criterion.set_num_updates(update_num)
+        if hasattr(criterion, "dummy_batch"):
+            criterion.dummy_batch = bool(ignore_grad)  # fairseq's filler batch: no memory rows
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def get_batch_iterator(self, dataset, **kwargs):

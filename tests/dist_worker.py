@@ -1,0 +1,71 @@
+"""One worker of tests/test_distributed.py: python dist_worker.py RANK WORLD PORT DATA OUT.
+
+Builds the same tiny model as the reference (same seed), takes its rows of the
+global batch (worker 0: 3 rows; worker 1: 2 shorter rows), computes the TRIME loss
+with --memory long --memory-across-workers, backpropagates and sums the loss and
+the parameter gradients over workers (what data-parallel training applies).
+"""
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+from fairseq_utils import build, write_dictionary
+
+ROWS = {0: slice(0, 3), 1: slice(3, 5)}
+SHORT = 1  # worker 1's segments are one position shorter (a batch with a final short segment)
+
+
+def global_batch(dictionary):
+    """5 segments of 8 positions; docs: segments 0-2 of doc 0, 3-4 of doc 1 (shuffled rows)."""
+    gen = torch.Generator().manual_seed(1)
+    B, T = 5, 8
+    src = torch.randint(4, len(dictionary), (B, T), generator=gen)
+    target = torch.randint(4, len(dictionary), (B, T), generator=gen)
+    corpus_order = torch.tensor([3, 0, 4, 1, 2])  # row r is corpus segment corpus_order[r]
+    starts = corpus_order * T
+    doc = (corpus_order >= 3).long()[:, None].expand(B, T).clone()
+    return dict(src=src, target=target, starts=starts, doc=doc)
+
+
+def sample_of(batch, rows, pad, width=None):
+    src, target = batch["src"][rows].clone(), batch["target"][rows].clone()
+    doc = batch["doc"][rows]
+    if width is not None:
+        src, target, doc = src[:, :width], target[:, :width], doc[:, :width]
+    return {"id": torch.arange(src.shape[0]), "nsentences": src.shape[0],
+            "ntokens": int(target.ne(pad).sum()),
+            "net_input": {"src_tokens": src, "src_lengths": src.ne(pad).sum(1)},
+            "target": target, "trime_doc": doc, "trime_segment_start": batch["starts"][rows]}
+
+
+def build_model(data, extra=()):
+    torch.manual_seed(0)
+    return build(data, ("--memory", "long", *extra))
+
+
+def main(rank, world, port, data, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    write_dictionary(data)
+    task, model, criterion = build_model(data, ("--memory-across-workers",))
+    model.train()
+    batch = global_batch(task.dictionary)
+    width = batch["src"].shape[1] - (SHORT if rank == 1 else 0)
+    loss, _, _ = criterion(model, sample_of(batch, ROWS[rank], task.dictionary.pad(), width))
+    loss.backward()
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    grads = {}
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            grads[name] = p.grad
+    if rank == 0:
+        torch.save({"loss": total, "grads": grads}, out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
