@@ -28,6 +28,7 @@ setup(
             "trime-user-dir = trime.cli:print_user_dir",
             "trime-options = trime.cli:print_options",
             "trime-toy-corpus = trime.toy_corpus:main",
+            "trime-memory-curve = trime.curve:main",
         ]
     },
 )

@@ -66,3 +66,25 @@ def test_bad_long_memory_options(trained):
                     "--path", root / "ckpt" / "checkpoint_last.pt", "--gen-subset", "valid", "--cpu",
                     "--eval-scoring", "cache", check=False)
     assert code != 0 and "--eval-scoring cache needs a memory" in out
+
+
+def test_memory_size_curve_writes_csv_and_plot(trained):
+    import csv
+    import importlib.util
+
+    root, _ = trained
+    code, out = run("trime-memory-curve", root / "bin", "--path", root / "ckpt" / "checkpoint_last.pt",
+                    "--sizes", "0,64,256", "--tokens-per-sample", L, "--batch-size", 4,
+                    "--doc-boundary", "empty-line", "--cache", "--cpu", "--out-dir", root / "curve")
+    with open(root / "curve" / "curve.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["scoring"], int(r["memory_size"])) for r in rows] == [
+        ("trime", 0), ("trime", 64), ("trime", 256), ("cache", 0), ("cache", 64), ("cache", 256)]
+    assert all(math.isfinite(float(r["perplexity"])) for r in rows)
+    # S = 0 is local memory alone: the same number fairseq-eval-lm reports
+    local, _ = _eval(root, "--eval-memory", "local")
+    assert abs(float(rows[0]["loss"]) - local) < 1e-4
+    if importlib.util.find_spec("matplotlib"):
+        assert (root / "curve" / "curve.png").stat().st_size > 0
+    else:
+        assert "pip install 'trime[plots]'" in out

@@ -31,9 +31,9 @@ def _finite_or_zero(lse: torch.Tensor) -> torch.Tensor:
 
 def _chunk_scores(queries, keys, scale, q0, q1, k0, k1):
     """fp32 similarity scores [G, C, K] of queries[q0:q1] against keys[k0:k1]."""
-    q = queries[:, q0:q1].float()
+    q = queries[:, q0:q1].float() * scale  # scale the C×d side, not the C×K scores
     k = keys[:, k0:k1].float()
-    return torch.bmm(q, k.transpose(1, 2)) * scale
+    return torch.bmm(q, k.transpose(1, 2))
 
 
 def _memory_chunks(queries, keys, key_labels, query_targets, visibility, scale, chunk_size):
@@ -192,22 +192,24 @@ def trime_nll(target_vocab_score, vocab_log_partition, lse_all, lse_pos):
     return denominator - numerator
 
 
-def _log_memory_mass(scores, visible, key_labels, vocab_size):
-    """log Σ_{visible j, x_j = w} exp(score_j) for every word w: fp32 [G, C, V], -inf where none.
+def _log_memory_mass(scores, visible, key_labels):
+    """Memory mass per distinct label: log Σ_{visible j, x_j = w} exp(score_j).
 
-    scores [G, C, K] fp32, visible [G, C, K] bool, key_labels [G, K].
+    scores [G, C, K] fp32 (overwritten), visible [G, C, K] bool, key_labels [G, K].
+    Returns (words [U], log_mass [G, C, U]; -inf where a query sees no entry of
+    that word): only the U ≤ K words present in the key span, never [G, C, V].
     """
-    scores = scores.masked_fill(~visible, NEG_INF)
-    shift = _finite_or_zero(scores.amax(-1, keepdim=True))  # per query, for a stable exp
-    weights = torch.exp(scores - shift)
-    labels = key_labels[:, None, :].expand_as(weights).clamp(0, vocab_size - 1)
-    mass = torch.zeros(*scores.shape[:2], vocab_size, dtype=torch.float32, device=scores.device)
-    mass.scatter_add_(-1, labels, weights)
-    return torch.log(mass) + shift
+    words, inverse = torch.unique(key_labels, return_inverse=True)
+    weights = scores.masked_fill_(~visible, NEG_INF)
+    shift = _finite_or_zero(weights.amax(-1, keepdim=True))  # per query, for a stable exp
+    weights.sub_(shift).exp_()
+    mass = weights.new_zeros(*weights.shape[:2], len(words))
+    mass.scatter_add_(-1, inverse[:, None, :].expand_as(weights), weights)
+    return words, torch.log(mass) + shift
 
 
 def memory_log_probs(vocab_scores, queries, keys, key_labels, visibility,
-                     temperature: float = 1.0, chunk_size: int = 256):
+                     temperature: float = 1.0, chunk_size: int = 512):
     """Full log-distribution of Eq. 6 over the vocabulary (evaluation; no grad needed).
 
     Args:
@@ -215,26 +217,36 @@ def memory_log_probs(vocab_scores, queries, keys, key_labels, visibility,
         queries, keys, key_labels, visibility, temperature: as in ``memory_logsumexp``.
     Returns:
         fp32 [G, Nq, V] log P(w | c); finite wherever s_w is finite.
+
+    log P(w) = logaddexp(s_w, log m_w) - log Z with Z = Z_vocab + Σ_w m_w: one
+    fused log-softmax gives s_w - log Z_vocab for every word; then every word is
+    shifted by log(Z / Z_vocab) and the words present in memory are corrected.
     """
-    G, Nq, V = vocab_scores.shape
+    V = vocab_scores.shape[-1]
     scale = 1.0 / (math.sqrt(queries.shape[-1]) * temperature)
-    out = torch.empty((G, Nq, V), dtype=torch.float32, device=vocab_scores.device)
-    for q0 in range(0, Nq, chunk_size):
-        q1 = min(Nq, q0 + chunk_size)
-        scores_v = vocab_scores[:, q0:q1].float()
+    out = torch.log_softmax(vocab_scores.float(), dim=-1)
+    for q0 in range(0, vocab_scores.shape[1], chunk_size):
+        q1 = min(vocab_scores.shape[1], q0 + chunk_size)
         k0, k1 = visibility.key_range(q0, q1)
         if k1 <= k0:
-            out[:, q0:q1] = torch.log_softmax(scores_v, dim=-1)
             continue
         scores = _chunk_scores(queries, keys, scale, q0, q1, k0, k1)
-        log_mass = _log_memory_mass(scores, visibility.visible(q0, q1, k0, k1), key_labels[:, k0:k1], V)
-        joint = torch.logaddexp(scores_v, log_mass)
-        out[:, q0:q1] = joint - joint.logsumexp(-1, keepdim=True)
+        words, log_mass = _log_memory_mass(scores, visibility.visible(q0, q1, k0, k1),
+                                           key_labels[:, k0:k1])
+        columns = words.clamp(0, V - 1)  # invisible padding keys carry no mass
+        chunk = out[:, q0:q1]  # a view: corrected in place
+        # log Z_vocab = s_w - (s_w - log Z_vocab) at any word; memory mass relative to it
+        log_z_vocab = vocab_scores[:, q0:q1, columns[:1]].float() - chunk[..., columns[:1]]
+        log_mass = log_mass - log_z_vocab
+        log_z_ratio = torch.nn.functional.softplus(log_mass.logsumexp(-1, keepdim=True))
+        at_words = torch.logaddexp(chunk[..., columns], log_mass) - log_z_ratio
+        chunk.sub_(log_z_ratio)
+        chunk[..., columns] = at_words
     return out
 
 
 def cache_log_probs(vocab_scores, queries, keys, key_labels, visibility, lam: float,
-                    theta: float, chunk_size: int = 256):
+                    theta: float, chunk_size: int = 512):
     """Continuous cache (Grave et al., 2017): log[(1-λ) p_LM(w) + λ p_cache(w)], fp32 [G, Nq, V].
 
     p_cache(w) ∝ Σ_{visible j, x_j = w} exp(θ h·h_j); where a query sees no
@@ -244,20 +256,24 @@ def cache_log_probs(vocab_scores, queries, keys, key_labels, visibility, lam: fl
         raise ValueError(f"--cache-lambda must be in [0, 1), got {lam}")
     if theta <= 0:
         raise ValueError(f"--cache-theta must be > 0, got {theta}")
-    G, Nq, V = vocab_scores.shape
+    V = vocab_scores.shape[-1]
     out = torch.log_softmax(vocab_scores.float(), dim=-1)
     if lam == 0.0:
         return out
-    for q0 in range(0, Nq, chunk_size):
-        q1 = min(Nq, q0 + chunk_size)
+    for q0 in range(0, vocab_scores.shape[1], chunk_size):
+        q1 = min(vocab_scores.shape[1], q0 + chunk_size)
         k0, k1 = visibility.key_range(q0, q1)
         if k1 <= k0:
             continue
         scores = _chunk_scores(queries, keys, theta, q0, q1, k0, k1)
         visible = visibility.visible(q0, q1, k0, k1)
-        log_mass = _log_memory_mass(scores, visible, key_labels[:, k0:k1], V)
-        log_cache = log_mass - log_mass.logsumexp(-1, keepdim=True)
-        mixed = torch.logaddexp(out[:, q0:q1] + math.log1p(-lam), log_cache + math.log(lam))
-        has_memory = visible.any(-1, keepdim=True)
-        out[:, q0:q1] = torch.where(has_memory, mixed, out[:, q0:q1])
+        # queries that see no memory keep p_LM: shift 0, no mass
+        shift = torch.where(visible.any(-1, keepdim=True), math.log1p(-lam), 0.0)
+        words, log_mass = _log_memory_mass(scores, visible, key_labels[:, k0:k1])
+        log_cache = log_mass - _finite_or_zero(log_mass.logsumexp(-1, keepdim=True))
+        columns = words.clamp(0, V - 1)
+        chunk = out[:, q0:q1]
+        at_words = torch.logaddexp(chunk[..., columns] + shift, log_cache + math.log(lam))
+        chunk.add_(shift)
+        chunk[..., columns] = at_words
     return out

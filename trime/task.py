@@ -160,12 +160,9 @@ class TrimeLMTask(LanguageModelingTask):
     def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
                            num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10,
                            context_window=0):
-        if "long" not in str(self.args.eval_memory):
-            return super().eval_lm_dataloader(
-                dataset, max_tokens=max_tokens, batch_size=batch_size, max_positions=max_positions,
-                num_shards=num_shards, shard_id=shard_id, num_workers=num_workers,
-                data_buffer_size=data_buffer_size, context_window=context_window)
-        if num_shards > 1:
+        # always in stream order, with the offset and document of every position, so that
+        # long memory (trime.scoring) can carry its FIFO from batch to batch
+        if num_shards > 1 and "long" in str(self.args.eval_memory):
             raise ValueError("--eval-memory local,long scores the split in stream order in one "
                              "process; drop --num-shards / distributed evaluation.")
         stream = dataset
@@ -175,8 +172,8 @@ class TrimeLMTask(LanguageModelingTask):
         stream = EvalStreamDataset(stream, dataset)
         return self.get_batch_iterator(
             dataset=stream, max_tokens=max_tokens, max_sentences=batch_size,
-            max_positions=max_positions, ignore_invalid_inputs=True, num_workers=num_workers,
-            data_buffer_size=data_buffer_size,
+            max_positions=max_positions, ignore_invalid_inputs=True, num_shards=num_shards,
+            shard_id=shard_id, num_workers=num_workers, data_buffer_size=data_buffer_size,
         ).next_epoch_itr(shuffle=False)
 
     def _consecutive_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, seed=1,

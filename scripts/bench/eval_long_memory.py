@@ -1,0 +1,103 @@
+"""Benchmark: fairseq-eval-lm speed with long memory vs local memory only (one run, same model).
+
+Prints tokens/s of fairseq's eval-lm loop with --eval-memory local and with
+--eval-memory local,long at S = --long-memory-size (default 12,288, the paper's
+247M setting), on the same checkpoint and the same batches, and their ratio
+(target: >= 0.8). The FIFO is never reset (--long-memory-reset never) so that it
+is full — the slowest case.
+
+Without --data/--path it needs no download: it generates the quickstart corpus,
+binarises it and trains a small TrimeLM for 1 update (speed does not depend on
+the weights).
+
+    python scripts/bench/eval_long_memory.py
+    python scripts/bench/eval_long_memory.py --data runs/wikitext2/bin --path runs/wikitext2/trime/checkpoint_best.pt
+"""
+
+import argparse
+import dataclasses
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import warnings
+
+warnings.filterwarnings("ignore")
+
+
+def small_checkpoint(work, tokens_per_sample):
+    from trime.toy_corpus import write_splits
+
+    import trime
+
+    write_splits(os.path.join(work, "raw"), train_stories=200, valid_stories=400, test_stories=1)
+    bin_dir = os.path.join(work, "bin")
+    quiet = dict(check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(["fairseq-preprocess", "--only-source", "--trainpref", f"{work}/raw/train.txt",
+                    "--validpref", f"{work}/raw/valid.txt", "--testpref", f"{work}/raw/test.txt",
+                    "--destdir", bin_dir, "--workers", "2"], **quiet)
+    subprocess.run(["fairseq-train", bin_dir, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
+                    "--criterion", "trime_loss", "--arch", "transformer_lm", "--decoder-layers", "4",
+                    "--decoder-embed-dim", "128", "--decoder-ffn-embed-dim", "512",
+                    "--decoder-attention-heads", "4", "--tokens-per-sample", str(tokens_per_sample),
+                    "--batch-size", "2", "--max-update", "1", "--optimizer", "adam", "--lr", "1e-4",
+                    "--save-dir", f"{work}/ckpt", "--no-epoch-checkpoints", "--cpu",
+                    "--num-workers", "0", "--disable-validation"], **quiet)
+    return bin_dir, os.path.join(work, "ckpt", "checkpoint_last.pt")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="binarised data (default: generated quickstart corpus)")
+    parser.add_argument("--path", help="checkpoint (default: a small TrimeLM trained for 1 update)")
+    parser.add_argument("--gen-subset", default="valid")
+    parser.add_argument("--tokens-per-sample", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=1, help="segments per batch (authors: 1)")
+    parser.add_argument("--long-memory-size", type=int, default=12288)
+    parser.add_argument("--max-batches", type=int, default=40,
+                        help="batches timed per setting and round (after the FIFO has filled)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians reported")
+    parser.add_argument("--cpu", action="store_true", default=True)
+    args = parser.parse_args()
+    if (args.data is None) != (args.path is None):
+        parser.error("give both --data and --path, or neither")
+
+    import torch
+    logging.disable(logging.WARNING)
+    from trime.curve import evaluate, load_for_eval
+    from trime.model import EvalSettings
+
+    work = tempfile.mkdtemp(prefix="trime-bench-eval-")
+    data, path = (args.data, args.path) if args.data else small_checkpoint(work, args.tokens_per_sample)
+    task, model, cfg, dataset = load_for_eval(
+        data, path, args.gen_subset, args.tokens_per_sample, 0, args.batch_size, args.cpu,
+        ("--eval-memory", "local,long", "--doc-boundary", "none"))
+    local = EvalSettings(memory="local")
+    long = EvalSettings(memory="local,long", long_memory_size=args.long_memory_size,
+                        reset_at_documents=False)
+    # the first `fill` batches fill the FIFO; only the batches after them are timed
+    fill = -(-args.long_memory_size // (args.tokens_per_sample * args.batch_size))
+    evaluate(task, model, cfg, dataset, local, max_batches=3)  # warm-up
+    speeds = {"local": [], "local,long": []}
+    for round_ in range(args.rounds):  # alternate the settings: drifts hit both alike
+        for name, settings in (("local", local), ("local,long", long)):
+            result = evaluate(task, model, cfg, dataset, settings, max_batches=fill + args.max_batches)
+            timed = result["batches"][fill:]
+            tokens, seconds = sum(n for n, _ in timed), sum(t for _, t in timed)
+            speeds[name].append(tokens / seconds)
+            print(f"round {round_ + 1}  {name:11s} {tokens:7d} tokens  {tokens / seconds:9.1f} tokens/s")
+    results = {name: statistics.median(values) for name, values in speeds.items()}
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params / 1e6:.1f}M parameters, vocabulary {len(task.dictionary)}, "
+          f"L = {args.tokens_per_sample}, batch = {args.batch_size}, device = cpu "
+          f"({torch.get_num_threads()} threads)")
+    ratio = results["local,long"] / results["local"]
+    print(f"median tokens/s: local {results['local']:.1f}, local,long {results['local,long']:.1f}")
+    print(f"tokens/s with local,long (S = {args.long_memory_size}, FIFO full) / tokens/s with local "
+          f"= {ratio:.3f}  (target >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
