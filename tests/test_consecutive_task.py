@@ -154,3 +154,32 @@ def test_consecutive_segments_must_divide_the_batch(corpus):
     data, _ = corpus
     with pytest.raises(ValueError, match=r"--consecutive-segments \(3\) must divide --batch-size \(4\)"):
         build(data, ("--batching", "consecutive", "--consecutive-segments", "3", "--batch-size", "4"))
+
+
+@pytest.mark.parametrize("context_window", [0, 3])
+def test_eval_batches_carry_the_stream_offset_of_every_label(corpus, context_window):
+    """What fairseq-eval-lm iterates: in stream order, and position j's label is the stream token
+    at trime_label_offset[j] (context positions included), with that token's document id."""
+    from fairseq.data import data_utils
+
+    from trime.memory import memory_labels
+
+    data, token_docs = corpus
+    task = _task(data)
+    task.args.eval_memory = "local,long"
+    task.load_dataset("valid")
+    stream = torch.cat([t for t in data_utils.load_indexed_dataset(str(data / "valid"), task.dictionary)])
+    batches = task.eval_lm_dataloader(task.dataset("valid"), batch_size=2, num_workers=0,
+                                      context_window=context_window)
+    last, scored = -1, 0
+    for sample in batches:
+        labels, valid = memory_labels(sample["net_input"]["src_tokens"], sample["target"],
+                                      task.dictionary.pad())
+        offsets = sample["trime_label_offset"]
+        assert torch.equal(labels[valid], stream[offsets[valid]])
+        assert torch.equal(sample["trime_doc"][valid], torch.from_numpy(token_docs)[offsets[valid]])
+        targets = sample["target"] != task.dictionary.pad()
+        assert int(offsets[targets].min()) > last  # stream order, nothing scored twice
+        last = int(offsets[targets].max())
+        scored += int(targets.sum())
+    assert scored == len(stream)

@@ -33,6 +33,12 @@ def _chunk_scores(queries, keys, scale, q0, q1, k0, k1):
     """fp32 similarity scores [G, C, K] of queries[q0:q1] against keys[k0:k1]."""
     q = queries[:, q0:q1].float() * scale  # scale the C×d side, not the C×K scores
     k = keys[:, k0:k1].float()
+    if q.shape[0] == 1:  # one group (evaluation): a plain matmul is faster than bmm on CPU
+        # rows padded to a multiple of 64 floats: an odd number of keys (e.g. 12,799)
+        # otherwise makes the matmul ~1.7x slower on CPU
+        num_keys = k.shape[1]
+        out = torch.empty(q.shape[1], -(-num_keys // 64) * 64, dtype=q.dtype, device=q.device)
+        return torch.mm(q[0], k[0].t(), out=out[:, :num_keys])[None]
     return torch.bmm(q, k.transpose(1, 2))
 
 
@@ -192,20 +198,34 @@ def trime_nll(target_vocab_score, vocab_log_partition, lse_all, lse_pos):
     return denominator - numerator
 
 
-def _log_memory_mass(scores, visible, key_labels):
+def mask_invisible_(scores, visibility, q0, q1, k0, k1):
+    """Set the scores of keys that queries [q0, q1) may not see to -inf, in place.
+
+    A rule may do it block by block (``mask_invisible_``) instead of building the
+    whole [G, C, K] mask (``visible``).
+    """
+    if hasattr(visibility, "mask_invisible_"):
+        return visibility.mask_invisible_(scores, q0, q1, k0, k1)
+    return scores.masked_fill_(~visibility.visible(q0, q1, k0, k1), NEG_INF)
+
+
+def _log_memory_mass(scores, key_labels):
     """Memory mass per distinct label: log Σ_{visible j, x_j = w} exp(score_j).
 
-    scores [G, C, K] fp32 (overwritten), visible [G, C, K] bool, key_labels [G, K].
+    scores [G, C, K] fp32, -inf for invisible keys (overwritten); key_labels [G, K].
     Returns (words [U], log_mass [G, C, U]; -inf where a query sees no entry of
-    that word): only the U ≤ K words present in the key span, never [G, C, V].
+    that word, sees_memory [G, C, 1]): only the U ≤ K words present in the key
+    span, never [G, C, V].
     """
     words, inverse = torch.unique(key_labels, return_inverse=True)
-    weights = scores.masked_fill_(~visible, NEG_INF)
-    shift = _finite_or_zero(weights.amax(-1, keepdim=True))  # per query, for a stable exp
+    weights = scores
+    peak = weights.amax(-1, keepdim=True)
+    sees_memory = torch.isfinite(peak)
+    shift = _finite_or_zero(peak)  # per query, for a stable exp
     weights.sub_(shift).exp_()
     mass = weights.new_zeros(*weights.shape[:2], len(words))
     mass.scatter_add_(-1, inverse[:, None, :].expand_as(weights), weights)
-    return words, torch.log(mass) + shift
+    return words, torch.log(mass) + shift, sees_memory
 
 
 def memory_log_probs(vocab_scores, queries, keys, key_labels, visibility,
@@ -230,18 +250,20 @@ def memory_log_probs(vocab_scores, queries, keys, key_labels, visibility,
         k0, k1 = visibility.key_range(q0, q1)
         if k1 <= k0:
             continue
-        scores = _chunk_scores(queries, keys, scale, q0, q1, k0, k1)
-        words, log_mass = _log_memory_mass(scores, visibility.visible(q0, q1, k0, k1),
-                                           key_labels[:, k0:k1])
-        columns = words.clamp(0, V - 1)  # invisible padding keys carry no mass
+        scores = mask_invisible_(_chunk_scores(queries, keys, scale, q0, q1, k0, k1),
+                                 visibility, q0, q1, k0, k1)
+        words, log_mass, _ = _log_memory_mass(scores, key_labels[:, k0:k1])
+        # invisible padding keys carry no mass; gather/scatter_ beat advanced indexing on CPU
+        columns = words.clamp(0, V - 1).expand(*log_mass.shape)
         chunk = out[:, q0:q1]  # a view: corrected in place
         # log Z_vocab = s_w - (s_w - log Z_vocab) at any word; memory mass relative to it
-        log_z_vocab = vocab_scores[:, q0:q1, columns[:1]].float() - chunk[..., columns[:1]]
+        log_z_vocab = (vocab_scores[:, q0:q1].gather(-1, columns[..., :1]).float()
+                       - chunk.gather(-1, columns[..., :1]))
         log_mass = log_mass - log_z_vocab
         log_z_ratio = torch.nn.functional.softplus(log_mass.logsumexp(-1, keepdim=True))
-        at_words = torch.logaddexp(chunk[..., columns], log_mass) - log_z_ratio
+        at_words = torch.logaddexp(chunk.gather(-1, columns), log_mass) - log_z_ratio
         chunk.sub_(log_z_ratio)
-        chunk[..., columns] = at_words
+        chunk.scatter_(-1, columns, at_words)
     return out
 
 
@@ -265,15 +287,15 @@ def cache_log_probs(vocab_scores, queries, keys, key_labels, visibility, lam: fl
         k0, k1 = visibility.key_range(q0, q1)
         if k1 <= k0:
             continue
-        scores = _chunk_scores(queries, keys, theta, q0, q1, k0, k1)
-        visible = visibility.visible(q0, q1, k0, k1)
+        scores = mask_invisible_(_chunk_scores(queries, keys, theta, q0, q1, k0, k1),
+                                 visibility, q0, q1, k0, k1)
+        words, log_mass, sees_memory = _log_memory_mass(scores, key_labels[:, k0:k1])
         # queries that see no memory keep p_LM: shift 0, no mass
-        shift = torch.where(visible.any(-1, keepdim=True), math.log1p(-lam), 0.0)
-        words, log_mass = _log_memory_mass(scores, visible, key_labels[:, k0:k1])
+        shift = torch.where(sees_memory, math.log1p(-lam), 0.0)
         log_cache = log_mass - _finite_or_zero(log_mass.logsumexp(-1, keepdim=True))
-        columns = words.clamp(0, V - 1)
+        columns = words.clamp(0, V - 1).expand(*log_cache.shape)
         chunk = out[:, q0:q1]
-        at_words = torch.logaddexp(chunk[..., columns] + shift, log_cache + math.log(lam))
+        at_words = torch.logaddexp(chunk.gather(-1, columns) + shift, log_cache + math.log(lam))
         chunk.add_(shift)
-        chunk[..., columns] = at_words
+        chunk.scatter_(-1, columns, at_words)
     return out

@@ -172,11 +172,11 @@ class FifoMemory:
             keys = torch.cat([self.keys, keys.to(self.keys.dtype)])
             labels, offsets, docs = (torch.cat([a, b]) for a, b in
                                      ((self.labels, labels), (self.offsets, offsets), (self.docs, docs)))
-        keep = torch.ones_like(labels, dtype=torch.bool)
+        # keep a suffix: the entries of the newest document (with reset), at most `size`
+        start = max(len(labels) - self.size, 0)
         if self.reset_at_documents:
-            keep &= docs == docs[-1]
-        keep &= keep.flip(0).cumsum(0).flip(0) <= self.size  # the last `size` kept entries
-        self.keys, self.labels, self.offsets, self.docs = keys[keep], labels[keep], offsets[keep], docs[keep]
+            start = max(start, int(torch.searchsorted(docs, docs[-1:]).item()))
+        self.keys, self.labels, self.offsets, self.docs = keys[start:], labels[start:], offsets[start:], docs[start:]
 
 
 class WindowAndFifoMemory:
@@ -202,14 +202,30 @@ class WindowAndFifoMemory:
     def key_range(self, q0: int, q1: int):
         return 0, self.num_fifo + max(q1 - 1, 0)
 
+    def _fifo_visible(self, q0, q1, f0, f1):
+        fifo = self.fifo_visible[:, :, f0:f1]
+        if self.fifo_docs is not None:
+            return fifo & (self.fifo_docs[None, None, f0:f1] == self.query_docs[:, q0:q1, None])
+        return fifo  # [1, 1, F]: the same for every query
+
+    def mask_invisible_(self, scores, q0, q1, k0, k1):
+        """``visible`` applied block by block: the FIFO block often needs no mask at all."""
+        f1 = min(k1, self.num_fifo)
+        if k0 < f1:
+            fifo = self._fifo_visible(q0, q1, k0, f1)
+            if not bool(fifo.all()):
+                scores[..., :f1 - k0].masked_fill_(~fifo, float("-inf"))
+        w0, w1 = max(k0, self.num_fifo) - self.num_fifo, k1 - self.num_fifo
+        if w0 < w1:
+            window = scores[..., max(k0, self.num_fifo) - k0:]
+            window.masked_fill_(~self.local.visible(q0, q1, w0, w1), float("-inf"))
+        return scores
+
     def visible(self, q0: int, q1: int, k0: int, k1: int) -> torch.Tensor:
         parts = []
         f1 = min(k1, self.num_fifo)
         if k0 < f1:
-            fifo = self.fifo_visible[:, :, k0:f1].expand(1, q1 - q0, f1 - k0)
-            if self.fifo_docs is not None:
-                fifo = fifo & (self.fifo_docs[None, None, k0:f1] == self.query_docs[:, q0:q1, None])
-            parts.append(fifo)
+            parts.append(self._fifo_visible(q0, q1, k0, f1).expand(1, q1 - q0, f1 - k0))
         w0, w1 = max(k0, self.num_fifo) - self.num_fifo, k1 - self.num_fifo
         if w0 < w1:
             parts.append(self.local.visible(q0, q1, w0, w1))
