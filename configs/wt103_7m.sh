@@ -6,6 +6,6 @@ MODEL_ARGS="--arch transformer_lm --decoder-layers 8 --decoder-embed-dim 128 --d
 TRAIN_ARGS="--tokens-per-sample 3072 --batch-size 8 --update-freq 1 --optimizer adam --lr 5e-4
   --lr-scheduler inverse_sqrt --warmup-updates 8000 --clip-norm 0.0 --max-update 200000
   --ce-warmup-updates 10000"
-# TrimeLM_long: --batching consecutive --consecutive-segments 8 --memory long (issue 3)
+LONG_ARGS="--batching consecutive --consecutive-segments 8 --memory long"  # TrimeLM_long (§4.2), added to TRAIN_ARGS
 EVAL_ARGS="--tokens-per-sample 3072 --context-window 2560 --batch-size 1"  # 512 new tokens per segment
-# long-term memory at eval: 12,288 tokens (issue 3)
+LONG_EVAL_ARGS="--eval-memory local,long --long-memory-size 12288"  # TrimeLM_long at eval

@@ -6,9 +6,9 @@ Prints tokens/s of fairseq's eval-lm loop with --eval-memory local and with
 (target: >= 0.8; the median over alternating rounds of the per-round ratio). The FIFO is never reset (--long-memory-reset never) so that it
 is full — the slowest case.
 
-Without --data/--path it needs no download: it generates the quickstart corpus,
-binarises it and trains a small TrimeLM for 1 update (speed does not depend on
-the weights).
+Without --data/--path it needs no download: it writes a synthetic Zipf corpus
+with WikiText-103's vocabulary size (267,744 words), binarises it and trains the
+paper's 7M model (Table 9) for 1 update (speed does not depend on the weights).
 
     python scripts/bench/eval_long_memory.py
     python scripts/bench/eval_long_memory.py --data runs/wikitext2/bin --path runs/wikitext2/trime/checkpoint_best.pt
@@ -27,22 +27,35 @@ import warnings
 warnings.filterwarnings("ignore")
 
 
-def small_checkpoint(work, tokens_per_sample):
-    from trime.toy_corpus import write_splits
+def small_checkpoint(work, tokens_per_sample, vocab):
+    """The paper's 7M model (Table 9: 8 layers, d = 128, FFN 512, adaptive input/softmax) on a
+    synthetic Zipf-distributed corpus with a `vocab`-word dictionary (WikiText-103: 267,744),
+    trained for 1 update: eval speed does not depend on the weights."""
+    import numpy as np
 
     import trime
 
-    write_splits(os.path.join(work, "raw"), train_stories=200, valid_stories=400, test_stories=1)
+    os.makedirs(work, exist_ok=True)
+    with open(os.path.join(work, "dict.txt"), "w") as f:
+        f.writelines(f"w{i} {vocab - i}\n" for i in range(vocab))
+    rng = np.random.default_rng(0)
+    for split, n_tokens in (("train", 20_000), ("valid", 400_000)):
+        ranks = np.minimum(rng.zipf(1.2, n_tokens), vocab) - 1
+        with open(os.path.join(work, f"{split}.txt"), "w") as f:
+            for i in range(0, n_tokens, 100):
+                f.write(" ".join(f"w{r}" for r in ranks[i:i + 100]) + "\n")
     bin_dir = os.path.join(work, "bin")
     quiet = dict(check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    subprocess.run(["fairseq-preprocess", "--only-source", "--trainpref", f"{work}/raw/train.txt",
-                    "--validpref", f"{work}/raw/valid.txt", "--testpref", f"{work}/raw/test.txt",
+    subprocess.run(["fairseq-preprocess", "--only-source", "--srcdict", f"{work}/dict.txt",
+                    "--trainpref", f"{work}/train.txt", "--validpref", f"{work}/valid.txt",
                     "--destdir", bin_dir, "--workers", "2"], **quiet)
     subprocess.run(["fairseq-train", bin_dir, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
-                    "--criterion", "trime_loss", "--arch", "transformer_lm", "--decoder-layers", "4",
+                    "--criterion", "trime_loss", "--arch", "transformer_lm", "--decoder-layers", "8",
                     "--decoder-embed-dim", "128", "--decoder-ffn-embed-dim", "512",
-                    "--decoder-attention-heads", "4", "--tokens-per-sample", str(tokens_per_sample),
-                    "--batch-size", "2", "--max-update", "1", "--optimizer", "adam", "--lr", "1e-4",
+                    "--decoder-attention-heads", "4", "--adaptive-input", "--adaptive-input-cutoff",
+                    "20000,60000", "--adaptive-softmax-cutoff", "20000,60000", "--tie-adaptive-weights",
+                    "--tokens-per-sample", str(tokens_per_sample), "--batch-size", "2",
+                    "--max-update", "1", "--optimizer", "adam", "--lr", "1e-4",
                     "--save-dir", f"{work}/ckpt", "--no-epoch-checkpoints", "--cpu",
                     "--num-workers", "0", "--disable-validation"], **quiet)
     return bin_dir, os.path.join(work, "ckpt", "checkpoint_last.pt")
@@ -51,7 +64,10 @@ def small_checkpoint(work, tokens_per_sample):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="binarised data (default: generated quickstart corpus)")
-    parser.add_argument("--path", help="checkpoint (default: a small TrimeLM trained for 1 update)")
+    parser.add_argument("--path", help="checkpoint (default: the paper's 7M config on a synthetic "
+                        "corpus, trained for 1 update)")
+    parser.add_argument("--vocab", type=int, default=267744,
+                        help="dictionary size of the synthetic corpus (default: WikiText-103's)")
     parser.add_argument("--gen-subset", default="valid")
     parser.add_argument("--tokens-per-sample", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=1, help="segments per batch (authors: 1)")
@@ -70,7 +86,7 @@ def main():
     from trime.model import EvalSettings
 
     work = tempfile.mkdtemp(prefix="trime-bench-eval-")
-    data, path = (args.data, args.path) if args.data else small_checkpoint(work, args.tokens_per_sample)
+    data, path = (args.data, args.path) if args.data else small_checkpoint(work, args.tokens_per_sample, args.vocab)
     task, model, cfg, dataset = load_for_eval(
         data, path, args.gen_subset, args.tokens_per_sample, 0, args.batch_size, args.cpu,
         ("--eval-memory", "local,long", "--doc-boundary", "none"))
