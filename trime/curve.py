@@ -83,9 +83,9 @@ def evaluate(task, model, cfg, dataset, settings, max_batches=None):
 
 
 def plot(rows, png):
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # before its import logs
     try:
         import matplotlib
-        logging.getLogger("matplotlib").setLevel(logging.WARNING)
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
