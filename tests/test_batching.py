@@ -56,14 +56,17 @@ def test_m_equal_one_is_plain_random_batching():
 
 
 def test_wikitext_documents_start_at_title_lines():
-    from trime.batching import is_wikitext_title, line_document_ids
+    from trime.batching import is_wikitext_title, line_document_ids, title_lines
 
-    text = [" = Valkyria = ", "", " = = Gameplay = = ", " The game .", " = Tower Building = ", " Text ."]
+    text = [" = Valkyria = ", "", " = = Gameplay = = ", " The game .", " = Goals ; A = ", " x .", "",
+            " = Tower Building = ", "", " Text ."]
     lines = [t.split() for t in text]
-    assert [is_wikitext_title(w) for w in lines] == [True, False, False, False, True, False]
-    assert line_document_ids(lines).tolist() == [0, 0, 0, 0, 1, 1]
+    assert [is_wikitext_title(w) for w in lines] == [True] + [False] * 3 + [True] + [False] * 2 + [True, False, False]
+    # a table legend " = Goals ; A = " matches the pattern but is not between empty lines
+    assert title_lines(lines).tolist() == [True] + [False] * 6 + [True, False, False]
+    assert line_document_ids(lines).tolist() == [0] * 7 + [1] * 3
     # text before the first title is a document of its own
-    assert line_document_ids([["intro"]] + lines).tolist() == [0, 1, 1, 1, 1, 2, 2]
+    assert line_document_ids([["intro"], []] + lines).tolist() == [0, 0] + [1] * 7 + [2] * 3
 
 
 def _stream(lines, vocab):
@@ -73,21 +76,23 @@ def _stream(lines, vocab):
 
 
 def test_document_starts_match_the_line_rule():
-    from trime.batching import document_starts, is_wikitext_title
+    from trime.batching import document_starts, is_wikitext_title, title_lines
 
-    text = ["intro", " = Valkyria = ", "", " = = Gameplay = = ", " The game .", " = = = x = = = ",
-            " = Tower Building = ", " Text = .", "", "", " = A = B = "]
+    text = ["intro", "", " = Valkyria = ", "", " = = Gameplay = = ", " The game .", " = = = x = = = ",
+            " = Goals ; A = ", "", " = Tower Building = ", "", " Text = .", "", "", " = A = B = "]
     vocab = {}
     tokens, sizes = _stream(text, vocab)
     line_starts = np.r_[0, np.cumsum(sizes)[:-1]]
-    expected = [0] + [int(line_starts[i]) for i, t in enumerate(text) if is_wikitext_title(t.split())]
+    lines = [t.split() for t in text]
+    expected = [0] + [int(line_starts[i]) for i in np.flatnonzero(title_lines(lines))]
     assert document_starts(tokens, sizes, "title", vocab["="]).tolist() == expected
-    assert len(expected) == 4  # intro, Valkyria, Tower Building, A = B
+    assert len(expected) == 4  # intro, Valkyria, Tower Building, A = B (last line); not Goals ; A
+    assert sum(is_wikitext_title(w) for w in lines) == 4
     # "=" absent from the dictionary: one document
     assert document_starts(tokens, sizes, "title", None).tolist() == [0]
     # empty-line: a document starts after each run of empty lines
     assert document_starts(tokens, sizes, "empty-line").tolist() == [
-        0, int(line_starts[3]), int(line_starts[10])]
+        0] + [int(line_starts[i]) for i in (2, 4, 9, 11, 14)]
     assert document_starts(tokens, sizes, "none").tolist() == [0]
     with pytest.raises(ValueError, match="--doc-boundary"):
         document_starts(tokens, sizes, "chapter")

@@ -21,10 +21,12 @@ def _raw_corpus(path):
     rng = np.random.default_rng(0)
     lines = []
     for doc, n_lines in enumerate([9, 2, 14, 1, 6]):
-        lines += [f" = Article{doc} = ", ""]
+        lines += ["", f" = Article{doc} = ", ""]  # WikiText: a title between empty lines
         for i in range(n_lines):
             if i == 3:
                 lines.append(f" = = Section{doc} = = ")
+            if i == 5:
+                lines.append(" = Legend ; A = ")  # a table legend: not a title
             lines.append(" ".join(f"w{rng.integers(20)}" for _ in range(rng.integers(3, 9))))
     path.mkdir(parents=True, exist_ok=True)
     for split in ("train", "valid", "test"):
@@ -33,13 +35,17 @@ def _raw_corpus(path):
 
 
 def _naive_token_docs(lines):
-    """Document id of every token of the stream (words + </s> per line), by a plain loop."""
-    docs, doc = [], -1
-    for line in lines:
+    """Document id of every token of the stream (words + </s> per line), by a plain loop:
+    a title is `= X =` (not `= = X = =`) with an empty line before and after it."""
+    docs, doc = [], 0  # text before the first title is a document of its own
+    for i, line in enumerate(lines):
         words = line.split()
-        if len(words) >= 3 and words[0] == words[-1] == "=" and words[1] != "=":
+        empty_before = i == 0 or not lines[i - 1].split()
+        empty_after = i == len(lines) - 1 or not lines[i + 1].split()
+        if (len(words) >= 3 and words[0] == words[-1] == "=" and words[1] != "="
+                and empty_before and empty_after and docs):
             doc += 1
-        docs += [max(doc, 0)] * (len(words) + 1)
+        docs += [doc] * (len(words) + 1)
     return np.array(docs)
 
 
@@ -124,13 +130,18 @@ def test_grouped_shuffling_gives_workers_consecutive_segments(corpus):
         _, samples = _epoch(task, seed=3, num_shards=2, shard_id=shard, grouped_shuffling=True)
         per_worker.append([s["id"].tolist() if len(s) else [] for s in samples])
     assert len(per_worker[0]) == len(per_worker[1])
-    full_steps = 0
+    # the groups in corpus order (documents' runs first, packed leftovers last), flattened
+    from trime.batching import consecutive_groups
+
+    in_order = [s for g in consecutive_groups(task.dataset("train").segment_documents(), M) for s in g]
+    runs = 0
     for ids0, ids1 in zip(*per_worker):
         step = ids0 + ids1
         if len(ids0) == len(ids1) == B:
-            full_steps += 1
-            assert step == list(range(step[0], step[0] + 2 * B))  # one run of 2·B segments
-    assert full_steps >= 2
+            start = in_order.index(step[0])
+            assert start % (2 * B) == 0 and step == in_order[start:start + 2 * B]
+            runs += step == list(range(step[0], step[0] + 2 * B))  # one run of 2·B segments
+    assert runs >= 2
     assert sorted(s for w in per_worker for b in w for s in b) == list(range(len(task.dataset("train"))))
 
 

@@ -43,7 +43,8 @@ class TrimeLMConfig(LanguageModelingConfig):
     doc_boundary: ChoiceEnum(list(DOC_BOUNDARIES)) = field(
         default="title",
         metadata={"help": "how documents are delimited in the data: title = a WikiText article "
-                  "title line ' = Title = ' starts one; empty-line = an empty line ends one; "
+                  "title (a ' = Title = ' line between empty lines) starts one; empty-line = an "
+                  "empty line ends one; "
                   "none = the whole split is one document. Long memory never crosses a document"},
     )
     eval_memory: ChoiceEnum(list(EVAL_MEMORIES)) = field(
