@@ -85,3 +85,34 @@ def test_softmax_batch_split_is_refused(tmp_path):
         features, extra = model(**sample["net_input"])
         with pytest.raises(ValueError, match="--softmax-batch"):
             model.get_normalized_probs((features[:1, :5], extra), log_probs=True, sample=sample)
+
+
+@pytest.mark.parametrize("cache_key", ["final", "last-ffn-input"])
+def test_continuous_cache_matches_naive(tmp_path, cache_key):
+    """--eval-scoring cache: (1-λ) p_LM + λ p_cache over local memory, h = the decoder's output
+    features (final) or g(c), built word by word."""
+    from naive import cache_distribution
+
+    d, model = _eval_model(tmp_path)
+    model.settings.memory, model.settings.scoring = "local", "cache"
+    model.settings.cache_lambda, model.settings.cache_theta = 0.3, 0.05
+    model.settings.cache_key = cache_key
+    sample = _context_window_sample(d)
+    with torch.no_grad():
+        ours = model.get_normalized_probs(model(**sample["net_input"]), log_probs=True, sample=sample)
+        captured = {}
+        handle = model.decoder.layers[-1].fc1.register_forward_pre_hook(
+            lambda m, inp: captured.update(g=inp[0]))
+        features, _ = model.decoder(sample["net_input"]["src_tokens"], features_only=True)
+        handle.remove()
+        logits = model.decoder.output_layer(features)
+    h = features if cache_key == "final" else captured["g"].transpose(0, 1)
+    src, target, pad = sample["net_input"]["src_tokens"], sample["target"], d.pad()
+    B, T = target.shape
+    for b in range(B):
+        labels = [int(target[b, j]) if int(target[b, j]) != pad
+                  else (int(src[b, j + 1]) if j + 1 < T else pad) for j in range(T)]
+        for t in range(T):
+            memory = [j for j in range(t) if labels[j] != pad]
+            p = cache_distribution(logits[b, t], h[b, t], h[b], labels, memory, 0.3, 0.05)
+            assert torch.allclose(ours[b, t].double(), p.log(), atol=1e-5), (b, t)
