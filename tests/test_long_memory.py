@@ -137,3 +137,35 @@ def test_each_worker_with_the_global_memory_sums_to_the_global_loss(split):
     assert torch.allclose(total.double(), reference.double(), rtol=1e-6)
     assert torch.allclose(g_in.grad, g_ref.grad, rtol=1e-4, atol=1e-6)
     assert g_in.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("keep_local", [True, False])
+@pytest.mark.parametrize("chunk", [1, 4, 100])
+def test_ext_rule_matches_naive(keep_local, chunk):
+    """ExtMemory (Eq. 4 in training): every token of the other segments + (unless dropped) the
+    earlier tokens of the own segment, against explicit lists; losses and gradients."""
+    from trime.loss import memory_logsumexp
+    from trime.memory import ExtMemory
+
+    scores, g, targets = _batch()
+    B = targets.shape[0]
+    valid = targets != PAD
+    memory = [[[(s2, j) for s2 in range(B) for j in range(T)
+                if valid[s2, j] and (s2 != s or (keep_local and j < t))] for t in range(T)]
+              for s in range(B)]
+    s1, g1 = scores.clone().requires_grad_(), g.clone().requires_grad_()
+    s2, g2 = scores.clone().requires_grad_(), g.clone().requires_grad_()
+    rule = ExtMemory(valid.reshape(1, -1), torch.arange(B)[:, None].expand(B, T).reshape(1, -1),
+                     keep_local=keep_local)
+    flat_g = g1.reshape(1, B * T, -1)
+    lse_all, lse_pos = memory_logsumexp(flat_g, flat_g, targets.reshape(1, -1), targets.reshape(1, -1),
+                                        rule, chunk_size=chunk)
+    target_score = s1.gather(-1, targets[..., None]).squeeze(-1).float()
+    nll = trime_nll(target_score, s1.float().logsumexp(-1), lse_all.view(B, T), lse_pos.view(B, T))
+    ours = nll[valid].sum()
+    ref = naive_loss_over_memory(s2, g2, targets, memory, PAD)
+    assert torch.allclose(ours.double(), ref, rtol=1e-5), (ours, ref)
+    ours.backward()
+    ref.backward()
+    assert torch.allclose(g1.grad, g2.grad, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(s1.grad, s2.grad, rtol=1e-4, atol=1e-6)

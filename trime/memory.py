@@ -13,7 +13,9 @@ the loss never builds a dense mask for the whole batch.
   id (consecutive-segment batching, ``trime.batching``, fills the batch).
   ``trime.loss.batch_memory_logsumexp`` sorts a batch's segments by corpus
   position to build that layout.
-- ``ext`` (Eq. 4, §4.3): not implemented yet.
+- ``ext`` (Eq. 4, §4.3): every token of the other segments of the batch plus
+  (unless dropped) the own segment's earlier tokens (``ExtMemory``); the rule is
+  tested, ``--memory ext`` on the command line comes with issue 4.
 
 At evaluation (``fairseq-eval-lm``), long memory is a FIFO (``FifoMemory``) of
 the (key, next token) pairs of the last S scored positions of the current
@@ -100,6 +102,41 @@ class LongMemory:
         earlier = key_pos[None, :] < positions[:, None]  # [C, K]
         same_doc = self.doc_ids[:, None, k0:k1] == self.doc_ids[:, positions, None]
         return earlier[None] & self.key_valid[:, None, k0:k1] & same_doc
+
+
+class ExtMemory:
+    """M_ext in training (Eq. 4, §4.3): every token of the *other* segments of the batch,
+    plus the earlier tokens of the query's own segment unless local memory is dropped
+    (``keep_local=False``; the paper drops it for a whole batch with probability p).
+
+    ``segment_ids`` [G, Nk]: which segment each key position belongs to;
+    ``query_positions`` as in LongMemory. Not yet on the command line (issue 4 wires
+    ``--memory ext`` and ``--local-drop-prob``).
+    """
+
+    def __init__(self, key_valid: torch.Tensor, segment_ids: torch.Tensor,
+                 query_positions: torch.Tensor = None, keep_local: bool = True):
+        if segment_ids.shape != key_valid.shape:
+            raise ValueError(f"segment_ids {tuple(segment_ids.shape)} and key_valid "
+                             f"{tuple(key_valid.shape)} must have the same shape")
+        self.key_valid = key_valid
+        self.segment_ids = segment_ids
+        self.query_positions = query_positions
+        self.keep_local = keep_local
+
+    def key_range(self, q0: int, q1: int):
+        return (0, self.key_valid.shape[1]) if q1 > q0 else (0, 0)
+
+    def visible(self, q0: int, q1: int, k0: int, k1: int) -> torch.Tensor:
+        device = self.key_valid.device
+        positions = (torch.arange(q0, q1, device=device) if self.query_positions is None
+                     else self.query_positions[q0:q1])
+        same_segment = self.segment_ids[:, None, k0:k1] == self.segment_ids[:, positions, None]
+        visible = ~same_segment
+        if self.keep_local:
+            earlier = torch.arange(k0, k1, device=device)[None, :] < positions[:, None]
+            visible = visible | (same_segment & earlier[None])
+        return visible & self.key_valid[:, None, k0:k1]
 
 
 def check_memory_rule(rule: str) -> None:
