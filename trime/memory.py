@@ -57,6 +57,12 @@ class LocalMemory:
         return earlier[None] & self.key_valid[:, None, k0:k1]
 
 
+def _check_same_shape(name, ids, key_valid):
+    if ids.shape != key_valid.shape:
+        raise ValueError(f"{name} {tuple(ids.shape)} and key_valid {tuple(key_valid.shape)} "
+                         "must have the same shape")
+
+
 class LongMemory:
     """M_local ∪ M_long (Eq. 2 + 3) on a layout of segments concatenated in stream order.
 
@@ -72,9 +78,7 @@ class LongMemory:
 
     def __init__(self, key_valid: torch.Tensor, doc_ids: torch.Tensor,
                  query_positions: torch.Tensor = None):
-        if doc_ids.shape != key_valid.shape:
-            raise ValueError(f"doc_ids {tuple(doc_ids.shape)} and key_valid "
-                             f"{tuple(key_valid.shape)} must have the same shape")
+        _check_same_shape("doc_ids", doc_ids, key_valid)
         self.key_valid = key_valid
         self.doc_ids = doc_ids
         self.query_positions = query_positions
@@ -116,9 +120,7 @@ class ExtMemory:
 
     def __init__(self, key_valid: torch.Tensor, segment_ids: torch.Tensor,
                  query_positions: torch.Tensor = None, keep_local: bool = True):
-        if segment_ids.shape != key_valid.shape:
-            raise ValueError(f"segment_ids {tuple(segment_ids.shape)} and key_valid "
-                             f"{tuple(key_valid.shape)} must have the same shape")
+        _check_same_shape("segment_ids", segment_ids, key_valid)
         self.key_valid = key_valid
         self.segment_ids = segment_ids
         self.query_positions = query_positions
