@@ -1,8 +1,8 @@
-"""One worker of tests/test_distributed.py: python dist_worker.py RANK WORLD PORT DATA OUT.
+"""One worker of tests/test_distributed.py: python dist_worker.py RANK WORLD PORT DATA OUT RULE.
 
 Builds the same tiny model as the reference (same seed), takes its rows of the
 global batch (worker 0: 3 rows; worker 1: 2 shorter rows), computes the TRIME loss
-with --memory long --memory-across-workers, backpropagates and sums the loss and
+with --memory RULE (long, or ext keeping local memory) --memory-across-workers, backpropagates and sums the loss and
 the parameter gradients over workers (what data-parallel training applies).
 """
 
@@ -40,16 +40,17 @@ def sample_of(batch, rows, pad, width=None):
             "target": target, "trime_doc": doc, "trime_segment_start": batch["starts"][rows]}
 
 
-def build_model(data, extra=()):
+def build_model(data, rule, extra=()):
     torch.manual_seed(0)
-    return build(data, ("--memory", "long", *extra))
+    rule_args = ("--memory", "ext", "--local-drop-prob", "0") if rule == "ext" else ("--memory", rule)
+    return build(data, (*rule_args, *extra))
 
 
-def main(rank, world, port, data, out):
+def main(rank, world, port, data, out, rule):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     write_dictionary(data)
-    task, model, criterion = build_model(data, ("--memory-across-workers",))
+    task, model, criterion = build_model(data, rule, ("--memory-across-workers",))
     model.train()
     batch = global_batch(task.dictionary)
     width = batch["src"].shape[1] - (SHORT if rank == 1 else 0)
@@ -68,4 +69,4 @@ def main(rank, world, port, data, out):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])

@@ -6,18 +6,22 @@ from cli import USER_DIR, run
 from fairseq_utils import TINY_MODEL, build, write_dictionary
 
 
-def test_memory_rule_not_implemented_yet(tmp_path):
+@pytest.mark.parametrize("extra,message", [
+    (("--memory", "ext", "--local-drop-prob", "1.5"), r"--local-drop-prob must be in \[0, 1\]"),
+    (("--memory", "local", "--local-drop-prob", "0.5"), "applies to --memory ext only"),
+])
+def test_bad_local_drop_prob(tmp_path, extra, message):
     write_dictionary(tmp_path / "data")
-    with pytest.raises(NotImplementedError, match="--memory ext.*Use --memory local"):
-        build(tmp_path / "data", ("--memory", "ext"))
+    with pytest.raises(ValueError, match=message):
+        build(tmp_path / "data", extra)
 
 
-def test_memory_rule_not_implemented_yet_on_the_command_line(tmp_path):
+def test_bad_local_drop_prob_on_the_command_line(tmp_path):
     write_dictionary(tmp_path / "data")
     code, out = run("fairseq-train", tmp_path / "data", *USER_DIR, "--task", "trime_lm",
-                    "--criterion", "trime_loss", "--memory", "ext", *TINY_MODEL, "--batch-size", "2", "--cpu",
-                    check=False)
-    assert code != 0 and "--memory ext" in out and "Use --memory local" in out
+                    "--criterion", "trime_loss", "--memory", "local", "--local-drop-prob", "0.5",
+                    *TINY_MODEL, "--batch-size", "2", "--cpu", check=False)
+    assert code != 0 and "applies to --memory ext only" in out
 
 
 def test_long_memory_with_random_batching_warns(tmp_path, caplog):

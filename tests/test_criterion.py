@@ -121,3 +121,40 @@ def test_bf16_model_loss_close_to_fp32(tmp_path):
     assert loss16.dtype == torch.float32 and torch.isfinite(loss16)
     # bf16 activations: documented tolerance 2e-2 relative on the summed loss
     assert torch.allclose(loss16, loss32, rtol=2e-2)
+
+
+@pytest.mark.parametrize("drop,training,keeps_local", [
+    ("1.0", True, False), ("0.0", True, True), ("1.0", False, True)])
+def test_ext_memory_and_local_drop_match_naive(tmp_path, drop, training, keeps_local):
+    """--memory ext: every token of the other segments + (unless dropped; never at validation)
+    the earlier tokens of the own segment; loss and parameter gradients vs explicit lists."""
+    from naive import naive_loss_over_memory
+
+    d = write_dictionary(tmp_path / "data")
+    torch.manual_seed(0)
+    task, model, criterion = build(tmp_path / "data", ("--memory", "ext", "--local-drop-prob", drop))
+    sample = lm_sample(d, _rows(2, [5, 6, 7, 8, 9]), pad_last=3)
+    model.train(training)
+    loss, _, _ = criterion(model, sample)
+    loss.backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    captured = {}
+    handle = model.decoder.layers[-1].fc1.register_forward_pre_hook(
+        lambda m, inp: captured.update(g=inp[0]))
+    scores = model.decoder(sample["net_input"]["src_tokens"])[0].double()
+    handle.remove()
+    g = captured["g"].transpose(0, 1)
+    target, pad = sample["target"], d.pad()
+    B, T = target.shape
+    valid = (target != pad).tolist()
+    memory = [[[(s2, j) for s2 in range(B) for j in range(T)
+                if valid[s2][j] and (s2 != s or (keeps_local and j < t))] for t in range(T)]
+              for s in range(B)]
+    ref = naive_loss_over_memory(scores, g, target, memory, pad)
+    ref.backward()
+    assert torch.allclose(loss.double(), ref, rtol=1e-5), (loss, ref)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(ours[name].double(), p.grad.double(), rtol=1e-3, atol=1e-6), name

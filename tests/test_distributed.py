@@ -24,10 +24,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _run_workers(data, out, world=2):
+def _run_workers(data, out, rule, world=2):
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "dist_worker.py"), str(rank),
-                               str(world), str(port), str(data), str(out)],
+                               str(world), str(port), str(data), str(out), rule],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={**os.environ, "PYTHONWARNINGS": "ignore"})
              for rank in range(world)]
@@ -36,13 +36,14 @@ def _run_workers(data, out, world=2):
         assert p.returncode == 0, output[-3000:]
 
 
-def test_cross_worker_memory_equals_one_process_with_the_global_batch(tmp_path):
+@pytest.mark.parametrize("rule", ["long", "ext"])
+def test_cross_worker_memory_equals_one_process_with_the_global_batch(tmp_path, rule):
     data = tmp_path / "data"
-    _run_workers(data, tmp_path / "out.pt")
+    _run_workers(data, tmp_path / "out.pt", rule)
     result = torch.load(tmp_path / "out.pt")
 
     dictionary = write_dictionary(data)
-    task, model, criterion = build_model(data)
+    task, model, criterion = build_model(data, rule)
     model.train()
     batch = global_batch(dictionary)
     pad = dictionary.pad()

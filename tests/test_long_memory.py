@@ -169,3 +169,59 @@ def test_ext_rule_matches_naive(keep_local, chunk):
     ref.backward()
     assert torch.allclose(g1.grad, g2.grad, rtol=1e-4, atol=1e-6)
     assert torch.allclose(s1.grad, s2.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("keep_local", [True, False])
+def test_ext_through_batch_memory_and_split_workers(keep_local):
+    """batch_memory_logsumexp("ext") on a shuffled batch, and two "workers" with the global batch
+    as memory, both equal the direct ExtMemory computation (loss and gradients)."""
+    from trime.distributed import NO_SEGMENT
+    from trime.loss import BatchMemory, memory_logsumexp
+    from trime.memory import ExtMemory
+
+    scores, g, targets = _batch()
+    B = targets.shape[0]
+    valid = targets != PAD
+
+    def loss_of(lse_all, lse_pos, rows):
+        target_score = scores[rows].gather(-1, targets[rows][..., None]).squeeze(-1).float()
+        nll = trime_nll(target_score, scores[rows].float().logsumexp(-1), lse_all, lse_pos)
+        return nll[valid[rows]].sum()
+
+    g_ref = g.clone().requires_grad_()
+    rule = ExtMemory(valid.reshape(1, -1), torch.arange(B)[:, None].expand(B, T).reshape(1, -1),
+                     keep_local=keep_local)
+    flat = g_ref.reshape(1, B * T, -1)
+    lse = memory_logsumexp(flat, flat, targets.reshape(1, -1), targets.reshape(1, -1), rule, chunk_size=4)
+    reference = loss_of(lse[0].view(B, T), lse[1].view(B, T), slice(None))
+    reference.backward()
+
+    g_batch = g.clone().requires_grad_()
+    lse_all, lse_pos = batch_memory_logsumexp("ext", g_batch, targets, targets, valid, chunk_size=3,
+                                              segment_starts=torch.tensor(BATCH_ORDER),
+                                              keep_local=keep_local)
+    batch_loss = loss_of(lse_all, lse_pos, slice(None))
+    batch_loss.backward()
+    assert torch.allclose(batch_loss.double(), reference.double(), rtol=1e-6)
+    assert torch.allclose(g_batch.grad, g_ref.grad, rtol=1e-4, atol=1e-6)
+
+    g_split = g.clone().requires_grad_()
+    parts, rows = [slice(0, 4), slice(4, B)], 4
+
+    def pad_rows(x, value):
+        return torch.cat([x, x.new_full((rows - x.shape[0], *x.shape[1:]), value)])
+
+    memory = BatchMemory(torch.cat([pad_rows(g_split[p], 0.0) for p in parts]),
+                         torch.cat([pad_rows(targets[p], PAD) for p in parts]),
+                         torch.cat([pad_rows(valid[p], False) for p in parts]),
+                         torch.cat([pad_rows(torch.zeros_like(targets[p]), -1) for p in parts]),
+                         torch.cat([pad_rows(torch.arange(B)[p], NO_SEGMENT) for p in parts]), None)
+    total = 0
+    for w, p in enumerate(parts):
+        memory.own_rows = w * rows + torch.arange(p.stop - p.start)
+        lse_all, lse_pos = batch_memory_logsumexp("ext", g_split[p], targets[p], targets[p], valid[p],
+                                                  chunk_size=4, memory=memory, keep_local=keep_local)
+        total = total + loss_of(lse_all, lse_pos, p)
+    total.backward()
+    assert torch.allclose(total.double(), reference.double(), rtol=1e-6)
+    assert torch.allclose(g_split.grad, g_ref.grad, rtol=1e-4, atol=1e-6)

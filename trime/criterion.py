@@ -13,6 +13,9 @@ vocabulary-only NLL of the same model, every word counted — unlike fairseq's
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
 
 import torch
 from fairseq import metrics, utils
@@ -35,12 +38,19 @@ class TrimeLossConfig(FairseqDataclass):
         metadata={"help": "training memory (paper §4): local = earlier tokens of the same "
                   "segment (TrimeLM); long = also every token of the earlier segments of the "
                   "same document in the batch (TrimeLM_long; use --batching consecutive); "
-                  "ext comes in a later version"},
+                  "ext = every token of the other segments of the batch, plus the own segment's "
+                  "earlier tokens unless dropped (TrimeLM_ext, §4.3; see --local-drop-prob)"},
     )
     ce_warmup_updates: int = field(
         default=0,
         metadata={"help": "train with the plain LM loss (Eq. 1) for this many updates first "
                   "(paper §5.2: the first ~5%% of updates)"},
+    )
+    local_drop_prob: Optional[float] = field(
+        default=None,
+        metadata={"help": "--memory ext only: probability of leaving the own segment's earlier "
+                  "tokens out of memory, drawn once per training batch (paper Table 15: 0.9, the "
+                  "default for ext)"},
     )
     memory_across_workers: bool = field(
         default=False,
@@ -58,8 +68,8 @@ class TrimeLossConfig(FairseqDataclass):
 
 @register_criterion("trime_loss", dataclass=TrimeLossConfig)
 class TrimeLoss(FairseqCriterion):
-    def __init__(self, task, memory="local", ce_warmup_updates=0, memory_across_workers=False,
-                 memory_chunk_size=1024):
+    def __init__(self, task, memory="local", ce_warmup_updates=0, local_drop_prob=None,
+                 memory_across_workers=False, memory_chunk_size=1024):
         super().__init__(task)
         if not isinstance(task, TrimeLMTask):
             raise ValueError(
@@ -80,11 +90,33 @@ class TrimeLoss(FairseqCriterion):
         self.ce_warmup_updates = ce_warmup_updates
         self.memory_chunk_size = memory_chunk_size
         self.memory_across_workers = memory_across_workers
+        if local_drop_prob is not None and self.memory != "ext":
+            raise ValueError(f"--local-drop-prob applies to --memory ext only (got --memory {memory}); "
+                             "drop the option or use --memory ext.")
+        self.local_drop_prob = 0.9 if local_drop_prob is None else local_drop_prob
+        if not 0.0 <= self.local_drop_prob <= 1.0:
+            raise ValueError(f"--local-drop-prob must be in [0, 1], got {local_drop_prob}")
+        self.seed = getattr(task.args, "seed", 1)
+        self.forwards_this_update = 0
         self.num_updates = 0
         self.dummy_batch = False  # set by the task: fairseq's filler batch at the end of an epoch
 
     def set_num_updates(self, num_updates):
+        if num_updates != self.num_updates:
+            self.forwards_this_update = 0
         self.num_updates = num_updates
+
+    def _keep_local(self, training):
+        """--memory ext: drop the own segment for this batch with probability p (training only).
+
+        Drawn from (seed, update, forward within the update): the same on every worker
+        and after a resume.
+        """
+        if self.memory != "ext" or not training:
+            return True
+        draw = np.random.default_rng([self.seed, self.num_updates, self.forwards_this_update]).random()
+        self.forwards_this_update += 1
+        return bool(draw >= self.local_drop_prob)
 
     def forward(self, model, sample, reduce=True):
         src_tokens = sample["net_input"]["src_tokens"]
@@ -122,11 +154,13 @@ class TrimeLoss(FairseqCriterion):
     def _memory_logsumexp(self, model, query, src_tokens, target, sample):
         labels, valid = memory_labels(src_tokens, target, self.padding_idx)
         doc_ids, starts = sample.get("trime_doc"), sample.get("trime_segment_start")
+        keep_local = self._keep_local(model.training)
         _, world_size, _ = data_parallel_world()
         if not (self.memory_across_workers and model.training and self.memory != "local"
                 and world_size > 1):
             return batch_memory_logsumexp(self.memory, query, labels, target, valid,
-                                          self.memory_chunk_size, doc_ids, starts)
+                                          self.memory_chunk_size, doc_ids, starts,
+                                          keep_local=keep_local)
         if doc_ids is None or starts is None:
             raise ValueError("--memory-across-workers needs the segment offsets that --task "
                              "trime_lm adds to every batch")
@@ -136,7 +170,8 @@ class TrimeLoss(FairseqCriterion):
             # its loss is zeroed by fairseq; keep the gathered keys in the graph so that
             # this worker joins the all-gather's backward like the others
             lse_all, lse_pos = batch_memory_logsumexp(self.memory, query, labels, target, valid,
-                                                      self.memory_chunk_size, doc_ids, starts)
+                                                      self.memory_chunk_size, doc_ids, starts,
+                                                      keep_local=keep_local)
             return lse_all + 0.0 * memory.keys.sum(), lse_pos
         # every worker's rows are padded to the longest batch in the step
         T, width = target.shape[1], memory.labels.shape[1]
@@ -146,7 +181,7 @@ class TrimeLoss(FairseqCriterion):
             torch.nn.functional.pad(labels, pad_cols, value=self.padding_idx),
             torch.nn.functional.pad(target, pad_cols, value=self.padding_idx),
             torch.nn.functional.pad(valid, pad_cols, value=False), self.memory_chunk_size,
-            memory=memory)
+            memory=memory, keep_local=keep_local)
         return lse_all[:, :T], lse_pos[:, :T]
 
     @staticmethod

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trime.memory import build_visibility
+from trime.memory import ExtMemory, build_visibility
 
 NEG_INF = float("-inf")
 
@@ -144,7 +144,8 @@ class BatchMemory:
 
 
 def batch_memory_logsumexp(rule, queries, labels, targets, key_valid, chunk_size=1024,
-                           doc_ids=None, segment_starts=None, memory: BatchMemory = None):
+                           doc_ids=None, segment_starts=None, memory: BatchMemory = None,
+                           keep_local=True):
     """memory_logsumexp over a batch of segments [B, T] under a visibility rule.
 
     - ``local``: each segment is its own group (a larger ``memory`` changes nothing).
@@ -153,17 +154,21 @@ def batch_memory_logsumexp(rule, queries, labels, targets, key_valid, chunk_size
       group, so "earlier in the group, same ``doc_ids``" is "earlier in the
       document" whatever order the batch came in; each query sits at its own
       segment's place in that group.
+    - ``ext``: the same layout; a query sees every token of the other segments and,
+      if ``keep_local``, the earlier tokens of its own segment (``ExtMemory``).
     Returns (lse_all, lse_pos) as fp32 [B, T], in the batch's own order.
     """
-    if rule != "long":
+    if rule == "local":
         visibility = build_visibility(rule, key_valid)
         return memory_logsumexp(queries, queries, labels, targets, visibility, chunk_size=chunk_size)
     if memory is None:
-        if doc_ids is None or segment_starts is None:
+        if rule == "long" and (doc_ids is None or segment_starts is None):
             raise ValueError("--memory long needs each segment's corpus offset and document ids "
                              "(use --task trime_lm)")
-        memory = BatchMemory(queries, labels, key_valid, doc_ids, segment_starts,
-                             torch.arange(targets.shape[0], device=targets.device))
+        rows = torch.arange(targets.shape[0], device=targets.device)
+        memory = BatchMemory(queries, labels, key_valid,
+                             torch.zeros_like(labels) if doc_ids is None else doc_ids,
+                             rows if segment_starts is None else segment_starts, rows)
     B, T = targets.shape
     num_memory = memory.labels.shape[0]
     if memory.labels.shape[1] != T:
@@ -179,7 +184,12 @@ def batch_memory_logsumexp(rule, queries, labels, targets, key_valid, chunk_size
     query_order = torch.argsort(own_rank)  # this batch's rows in stream order
     query_positions = ((own_rank[query_order] * T)[:, None]
                        + torch.arange(T, device=order.device)[None, :]).reshape(-1)
-    visibility = build_visibility("long", flat(memory.key_valid), flat(memory.doc_ids), query_positions)
+    if rule == "long":
+        visibility = build_visibility("long", flat(memory.key_valid), flat(memory.doc_ids),
+                                      query_positions)
+    else:  # ext: the segment of a key is its row in the layout
+        segment_ids = torch.arange(num_memory, device=order.device).repeat_interleave(T)[None]
+        visibility = ExtMemory(flat(memory.key_valid), segment_ids, query_positions, keep_local)
     lse_all, lse_pos = memory_logsumexp(
         queries[query_order].reshape(1, B * T, -1), flat(memory.keys), flat(memory.labels),
         targets[query_order].reshape(1, B * T), visibility, chunk_size=chunk_size)

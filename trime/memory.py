@@ -14,8 +14,9 @@ the loss never builds a dense mask for the whole batch.
   ``trime.loss.batch_memory_logsumexp`` sorts a batch's segments by corpus
   position to build that layout.
 - ``ext`` (Eq. 4, §4.3): every token of the other segments of the batch plus
-  (unless dropped) the own segment's earlier tokens (``ExtMemory``); the rule is
-  tested, ``--memory ext`` on the command line comes with issue 4.
+  (unless dropped) the own segment's earlier tokens (``ExtMemory``); with
+  ``--memory ext`` the own segment is dropped for a whole batch with probability
+  ``--local-drop-prob`` (training only).
 
 At evaluation (``fairseq-eval-lm``), long memory is a FIFO (``FifoMemory``) of
 the (key, next token) pairs of the last S scored positions of the current
@@ -29,10 +30,7 @@ import torch
 
 MEMORY_RULES = ("local", "long", "ext")
 
-_NOT_YET = {
-    "ext": "in-batch external memory (all other segments of the batch) "
-    "is not implemented yet",
-}
+_NOT_YET = {}  # rules listed in MEMORY_RULES but not implemented yet: none
 
 
 class LocalMemory:
@@ -114,8 +112,7 @@ class ExtMemory:
     (``keep_local=False``; the paper drops it for a whole batch with probability p).
 
     ``segment_ids`` [G, Nk]: which segment each key position belongs to;
-    ``query_positions`` as in LongMemory. Not yet on the command line (issue 4 wires
-    ``--memory ext`` and ``--local-drop-prob``).
+    ``query_positions`` as in LongMemory.
     """
 
     def __init__(self, key_valid: torch.Tensor, segment_ids: torch.Tensor,
