@@ -128,3 +128,24 @@ def test_consecutive_batches_grouped_across_workers():
     assert [0, 1, 2, 3, 4, 5, 6, 7] in full and all(s == list(range(s[0], s[0] + W * B)) for s in full)
     assert batches == consecutive_batches(docs, m=m, batch_size=B, seed=1, epoch=2, num_shards=W,
                                           grouped=True)
+
+
+def test_bm25_chain_follows_neighbours():
+    from trime.batching import bm25_chain
+
+    # a cycle 0 -> 1 -> 2 -> 3 -> 4 -> 0 (each lists itself first, as a BM25 query returns it):
+    # whatever the random start, the chain walks the whole cycle without restarting
+    cycle = [[i, (i + 1) % 5, (i + 2) % 5] for i in range(5)]
+    for seed in range(6):
+        order = bm25_chain(cycle, seed)
+        assert order == [(order[0] + i) % 5 for i in range(5)]
+    # two components {0, 1, 2} and {3, 4}: a restart only when no neighbour is unused
+    neighbours = [[1, 2], [2, 0], [0, 1], [4], [3]]
+    for seed in range(6):
+        order = bm25_chain(neighbours, seed)
+        assert sorted(order) == list(range(5))
+        for a, b in zip(order, order[1:]):
+            unused_before_b = set(range(5)) - set(order[:order.index(b)])
+            first_unused = next((n for n in neighbours[a] if n in unused_before_b), None)
+            assert b == first_unused or first_unused is None  # followed, or a restart
+    assert bm25_chain(neighbours, 3) == bm25_chain(neighbours, 3)

@@ -16,6 +16,11 @@ tested without fairseq.
   ``--memory-across-workers`` the long memory spans the global batch (what the
   authors did with 4 GPUs); fairseq shuffles whole steps.
 
+- bm25 (Algorithm 1, §4.3): ``bm25_chain`` orders segments by greedily following
+  each segment's most similar unused BM25 neighbour; batches are consecutive runs
+  of that order. (The BM25 index, the console script and ``--batching bm25`` come
+  with issue 4.)
+
 Documents (``--doc-boundary``) are found in the token stream that
 ``fairseq-preprocess`` wrote (one line = its tokens + </s>):
 - ``title``: a document starts at each WikiText article title line `` = Title = ``
@@ -180,3 +185,28 @@ def consecutive_batches(segment_docs: Sequence[int], m: int, batch_size: int, se
             if len(step) < batch_size * num_shards else np.arange(0, num_shards + 1) * batch_size
         batches.extend(step[bounds[w]:bounds[w + 1]] for w in range(num_shards))
     return batches
+
+
+def bm25_chain(neighbours: Sequence[Sequence[int]], seed: int) -> List[int]:
+    """Algorithm 1 (Appendix B): order segments by following BM25 neighbours greedily.
+
+    Start from a random unused segment; go to its most similar segment that is still
+    unused (``neighbours[c]``: segment ids, most similar first; the segment itself may
+    appear and is skipped); when none is left, restart from a random unused segment.
+    Cut the returned order into batches of B consecutive entries. Deterministic in seed.
+    (The authors' LM copy compared string and integer ids, so its chain never continued.)
+    """
+    num = len(neighbours)
+    unused = np.ones(num, dtype=bool)
+    restarts = np.random.default_rng(seed).permutation(num)  # random_sample(S), in order
+    next_restart = 0
+    order, current = [], None
+    while len(order) < num:
+        if current is None:
+            while not unused[restarts[next_restart]]:
+                next_restart += 1
+            current = int(restarts[next_restart])
+        order.append(current)
+        unused[current] = False
+        current = next((int(n) for n in neighbours[current] if unused[n]), None)
+    return order
