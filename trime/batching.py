@@ -124,8 +124,8 @@ def document_starts(line_tokens: np.ndarray, line_sizes: np.ndarray, boundary: s
     line_starts = np.r_[0, np.cumsum(sizes)[:-1]] if len(sizes) else np.zeros(0, np.int64)
     if boundary == "none" or len(sizes) == 0:
         return np.zeros(1, dtype=np.int64)
+    empty = sizes <= 1  # only </s>
     if boundary == "empty-line":
-        empty = sizes <= 1  # only </s>
         after_empty = np.r_[False, empty[:-1]] & ~empty
         return np.unique(np.r_[0, line_starts[after_empty]]).astype(np.int64)
     if boundary != "title":
@@ -139,7 +139,6 @@ def document_starts(line_tokens: np.ndarray, line_sizes: np.ndarray, boundary: s
     first, last = line_starts[idx], line_starts[idx] + words[idx] - 1
     title[idx] = ((tokens[first] == equals_id) & (tokens[last] == equals_id)
                   & (tokens[first + 1] != equals_id) & (tokens[last - 1] != equals_id))
-    empty = words == 0
     title &= np.r_[True, empty[:-1]] & np.r_[empty[1:], True]  # between empty lines (title_lines)
     return np.unique(np.r_[0, line_starts[title]]).astype(np.int64)
 

@@ -156,23 +156,22 @@ class TrimeLoss(FairseqCriterion):
         doc_ids, starts = sample.get("trime_doc"), sample.get("trime_segment_start")
         keep_local = self._keep_local(model.training)
         _, world_size, _ = data_parallel_world()
-        if not (self.memory_across_workers and model.training and self.memory != "local"
-                and world_size > 1):
-            return batch_memory_logsumexp(self.memory, query, labels, target, valid,
-                                          self.memory_chunk_size, doc_ids, starts,
-                                          keep_local=keep_local)
-        if doc_ids is None or starts is None:
-            raise ValueError("--memory-across-workers needs the segment offsets that --task "
-                             "trime_lm adds to every batch")
-        memory = gather_batch_memory(query, labels, valid, doc_ids, starts,
-                                     contribute=not self.dummy_batch)
-        if self.dummy_batch:
-            # its loss is zeroed by fairseq; keep the gathered keys in the graph so that
-            # this worker joins the all-gather's backward like the others
+        across = (self.memory_across_workers and model.training and self.memory != "local"
+                  and world_size > 1)
+        if across:
+            if doc_ids is None or starts is None:
+                raise ValueError("--memory-across-workers needs the segment offsets that --task "
+                                 "trime_lm adds to every batch")
+            memory = gather_batch_memory(query, labels, valid, doc_ids, starts,
+                                         contribute=not self.dummy_batch)
+        if not across or self.dummy_batch:
             lse_all, lse_pos = batch_memory_logsumexp(self.memory, query, labels, target, valid,
                                                       self.memory_chunk_size, doc_ids, starts,
                                                       keep_local=keep_local)
-            return lse_all + 0.0 * memory.keys.sum(), lse_pos
+            if across:  # a dummy batch: fairseq zeroes its loss; keep the gathered keys in
+                # the graph so that this worker joins the all-gather's backward like the others
+                lse_all = lse_all + 0.0 * memory.keys.sum()
+            return lse_all, lse_pos
         # every worker's rows are padded to the longest batch in the step
         T, width = target.shape[1], memory.labels.shape[1]
         pad_cols = (0, width - T)

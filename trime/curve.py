@@ -16,6 +16,8 @@ import logging
 import os
 import time
 
+from trime.batching import DOC_BOUNDARIES
+
 logger = logging.getLogger("trime.curve")
 
 
@@ -117,7 +119,7 @@ def main(argv=None):
     parser.add_argument("--context-window", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--memory-temp", type=float, default=1.0, help="τ of Eq. 6")
-    parser.add_argument("--doc-boundary", default="title", choices=["title", "empty-line", "none"])
+    parser.add_argument("--doc-boundary", default="title", choices=DOC_BOUNDARIES)
     parser.add_argument("--long-memory-reset", default="document", choices=["document", "never"])
     parser.add_argument("--cache", action="store_true", help="also the continuous-cache baseline")
     parser.add_argument("--cache-lambda", type=float, default=0.1)

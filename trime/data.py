@@ -62,16 +62,23 @@ class SegmentPositionsDataset(BaseWrapperDataset):
         """Document of each segment's first target token (for grouping segments)."""
         return token_document_ids(self.segment_starts, self.doc_starts)
 
+    def label_positions(self, starts: np.ndarray, width: int, context=0):
+        """(stream offsets [B, width] of each position's label, their document ids).
+
+        Position j of a row whose segment starts at s, after c context positions,
+        predicts the token at offset s - c + j.
+        """
+        offsets = (starts - context)[:, None] + np.arange(width)[None, :] + self.target_shift
+        return offsets, token_document_ids(offsets, self.doc_starts)
+
     def collater(self, samples):
         sample = self.dataset.collater(samples)
         if len(sample) == 0:
             return sample
-        ids = sample["id"].numpy()
-        starts = self.segment_starts[ids]
-        width = sample["target"].shape[1]
-        offsets = starts[:, None] + np.arange(width)[None, :] + self.target_shift
+        starts = self.segment_starts[sample["id"].numpy()]
+        _, docs = self.label_positions(starts, sample["target"].shape[1])
         sample["trime_segment_start"] = torch.from_numpy(starts)
-        sample["trime_doc"] = torch.from_numpy(token_document_ids(offsets, self.doc_starts))
+        sample["trime_doc"] = torch.from_numpy(docs)
         return sample
 
 
@@ -80,8 +87,7 @@ class EvalStreamDataset(BaseWrapperDataset):
 
     Wraps the evaluation dataset (after fairseq's ``LMContextWindowDataset``, if
     any) and adds ``trime_label_offset`` / ``trime_doc`` [B, T'] for every input
-    position, context positions included: position j of a row whose segment
-    starts at s and has c context tokens predicts the token at offset s - c + j.
+    position, context positions included (``SegmentPositionsDataset.label_positions``).
     Long memory at evaluation (``trime.scoring``) needs this order and these offsets.
     """
 
@@ -98,8 +104,7 @@ class EvalStreamDataset(BaseWrapperDataset):
             return sample
         starts = sample["trime_segment_start"].numpy()
         context = np.asarray(sample.get("start_indices", np.zeros(len(starts))), dtype=np.int64)
-        width = sample["target"].shape[1]
-        offsets = (starts - context)[:, None] + np.arange(width)[None, :] + self.positions.target_shift
+        offsets, docs = self.positions.label_positions(starts, sample["target"].shape[1], context)
         sample["trime_label_offset"] = torch.from_numpy(offsets)
-        sample["trime_doc"] = torch.from_numpy(token_document_ids(offsets, self.positions.doc_starts))
+        sample["trime_doc"] = torch.from_numpy(docs)  # over the window, context included
         return sample

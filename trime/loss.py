@@ -238,6 +238,31 @@ def _log_memory_mass(scores, key_labels):
     return words, torch.log(mass) + shift, sees_memory
 
 
+def _eval_memory_chunks(vocab_scores, queries, keys, key_labels, visibility, scale, chunk_size):
+    """(out, chunks): ``out`` starts as the vocabulary log-softmax s_w - log Z_vocab of every
+    query; ``chunks`` yields, for each chunk of queries that sees any key, (its rows of
+    ``out`` as a view to correct in place, its vocabulary scores, columns [G, C, U] of the
+    words in memory, log_mass [G, C, U], sees_memory [G, C, 1]).
+    """
+    V = vocab_scores.shape[-1]
+    out = torch.log_softmax(vocab_scores.float(), dim=-1)
+
+    def chunks():
+        for q0 in range(0, vocab_scores.shape[1], chunk_size):
+            q1 = min(vocab_scores.shape[1], q0 + chunk_size)
+            k0, k1 = visibility.key_range(q0, q1)
+            if k1 <= k0:
+                continue
+            scores = mask_invisible_(_chunk_scores(queries, keys, scale, q0, q1, k0, k1),
+                                     visibility, q0, q1, k0, k1)
+            words, log_mass, sees_memory = _log_memory_mass(scores, key_labels[:, k0:k1])
+            # invisible padding keys carry no mass; gather/scatter_ beat advanced indexing on CPU
+            columns = words.clamp(0, V - 1).expand(*log_mass.shape)
+            yield out[:, q0:q1], vocab_scores[:, q0:q1], columns, log_mass, sees_memory
+
+    return out, chunks()
+
+
 def memory_log_probs(vocab_scores, queries, keys, key_labels, visibility,
                      temperature: float = 1.0, chunk_size: int = 512):
     """Full log-distribution of Eq. 6 over the vocabulary (evaluation; no grad needed).
@@ -252,22 +277,12 @@ def memory_log_probs(vocab_scores, queries, keys, key_labels, visibility,
     fused log-softmax gives s_w - log Z_vocab for every word; then every word is
     shifted by log(Z / Z_vocab) and the words present in memory are corrected.
     """
-    V = vocab_scores.shape[-1]
     scale = 1.0 / (math.sqrt(queries.shape[-1]) * temperature)
-    out = torch.log_softmax(vocab_scores.float(), dim=-1)
-    for q0 in range(0, vocab_scores.shape[1], chunk_size):
-        q1 = min(vocab_scores.shape[1], q0 + chunk_size)
-        k0, k1 = visibility.key_range(q0, q1)
-        if k1 <= k0:
-            continue
-        scores = mask_invisible_(_chunk_scores(queries, keys, scale, q0, q1, k0, k1),
-                                 visibility, q0, q1, k0, k1)
-        words, log_mass, _ = _log_memory_mass(scores, key_labels[:, k0:k1])
-        # invisible padding keys carry no mass; gather/scatter_ beat advanced indexing on CPU
-        columns = words.clamp(0, V - 1).expand(*log_mass.shape)
-        chunk = out[:, q0:q1]  # a view: corrected in place
+    out, chunks = _eval_memory_chunks(vocab_scores, queries, keys, key_labels, visibility, scale,
+                                      chunk_size)
+    for chunk, chunk_scores, columns, log_mass, _ in chunks:
         # log Z_vocab = s_w - (s_w - log Z_vocab) at any word; memory mass relative to it
-        log_z_vocab = (vocab_scores[:, q0:q1].gather(-1, columns[..., :1]).float()
+        log_z_vocab = (chunk_scores.gather(-1, columns[..., :1]).float()
                        - chunk.gather(-1, columns[..., :1]))
         log_mass = log_mass - log_z_vocab
         log_z_ratio = torch.nn.functional.softplus(log_mass.logsumexp(-1, keepdim=True))
@@ -288,23 +303,14 @@ def cache_log_probs(vocab_scores, queries, keys, key_labels, visibility, lam: fl
         raise ValueError(f"--cache-lambda must be in [0, 1), got {lam}")
     if theta <= 0:
         raise ValueError(f"--cache-theta must be > 0, got {theta}")
-    V = vocab_scores.shape[-1]
-    out = torch.log_softmax(vocab_scores.float(), dim=-1)
     if lam == 0.0:
-        return out
-    for q0 in range(0, vocab_scores.shape[1], chunk_size):
-        q1 = min(vocab_scores.shape[1], q0 + chunk_size)
-        k0, k1 = visibility.key_range(q0, q1)
-        if k1 <= k0:
-            continue
-        scores = mask_invisible_(_chunk_scores(queries, keys, theta, q0, q1, k0, k1),
-                                 visibility, q0, q1, k0, k1)
-        words, log_mass, sees_memory = _log_memory_mass(scores, key_labels[:, k0:k1])
+        return torch.log_softmax(vocab_scores.float(), dim=-1)
+    out, chunks = _eval_memory_chunks(vocab_scores, queries, keys, key_labels, visibility, theta,
+                                      chunk_size)
+    for chunk, _, columns, log_mass, sees_memory in chunks:
         # queries that see no memory keep p_LM: shift 0, no mass
         shift = torch.where(sees_memory, math.log1p(-lam), 0.0)
         log_cache = log_mass - _finite_or_zero(log_mass.logsumexp(-1, keepdim=True))
-        columns = words.clamp(0, V - 1).expand(*log_cache.shape)
-        chunk = out[:, q0:q1]
         at_words = torch.logaddexp(chunk.gather(-1, columns) + shift, log_cache + math.log(lam))
         chunk.add_(shift)
         chunk.scatter_(-1, columns, at_words)

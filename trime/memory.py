@@ -245,7 +245,8 @@ class WindowAndFifoMemory:
         return fifo  # [1, 1, F]: the same for every query
 
     def mask_invisible_(self, scores, q0, q1, k0, k1):
-        """``visible`` applied block by block: the FIFO block often needs no mask at all."""
+        """Invisible keys' scores to -inf, block by block (the FIFO block often needs no mask
+        at all); ``visible`` is derived from it."""
         f1 = min(k1, self.num_fifo)
         if k0 < f1:
             fifo = self._fifo_visible(q0, q1, k0, f1)
@@ -258,11 +259,5 @@ class WindowAndFifoMemory:
         return scores
 
     def visible(self, q0: int, q1: int, k0: int, k1: int) -> torch.Tensor:
-        parts = []
-        f1 = min(k1, self.num_fifo)
-        if k0 < f1:
-            parts.append(self._fifo_visible(q0, q1, k0, f1).expand(1, q1 - q0, f1 - k0))
-        w0, w1 = max(k0, self.num_fifo) - self.num_fifo, k1 - self.num_fifo
-        if w0 < w1:
-            parts.append(self.local.visible(q0, q1, w0, w1))
-        return torch.cat(parts, dim=-1)
+        scores = torch.zeros(1, q1 - q0, k1 - k0, device=self.query_docs.device)
+        return torch.isfinite(self.mask_invisible_(scores, q0, q1, k0, k1))

@@ -28,7 +28,7 @@ from trime.scoring import score_with_long_memory
 
 @dataclass
 class EvalSettings:
-    """How ``fairseq-eval-lm`` scores with memory (the task's --eval-* options)."""
+    """How ``fairseq-eval-lm`` scores with memory (the task's --eval-* options), checked."""
 
     memory: str = "none"          # none | local | local,long
     temperature: float = 1.0      # τ of Eq. 6
@@ -38,6 +38,19 @@ class EvalSettings:
     cache_lambda: float = 0.1
     cache_theta: float = 0.3
     cache_key: str = "final"      # final | last-ffn-input
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"--memory-temp must be > 0, got {self.temperature}")
+        if self.long_memory_size < 0:
+            raise ValueError(f"--long-memory-size must be >= 0 (tokens kept in the FIFO), "
+                             f"got {self.long_memory_size}")
+        if self.scoring == "cache" and self.memory == "none":
+            raise ValueError("--eval-scoring cache needs a memory to cache: add --eval-memory local "
+                             "(or local,long)")
+        if self.scoring == "cache" and not (0 <= self.cache_lambda < 1 and self.cache_theta > 0):
+            raise ValueError(f"--cache-lambda must be in [0, 1) and --cache-theta > 0, got "
+                             f"{self.cache_lambda} and {self.cache_theta}")
 
     @classmethod
     def from_args(cls, args):

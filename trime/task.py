@@ -100,17 +100,7 @@ class TrimeLMTask(LanguageModelingTask):
 
     def __init__(self, args, dictionary, output_dictionary=None, targets=None):
         super().__init__(args, dictionary, output_dictionary, targets)
-        if args.memory_temp <= 0:
-            raise ValueError(f"--memory-temp must be > 0, got {args.memory_temp}")
-        if args.long_memory_size < 0:
-            raise ValueError(f"--long-memory-size must be >= 0 (tokens kept in the FIFO), "
-                             f"got {args.long_memory_size}")
-        if args.eval_scoring == "cache" and args.eval_memory == "none":
-            raise ValueError("--eval-scoring cache needs a memory to cache: add --eval-memory local "
-                             "(or local,long)")
-        if args.eval_scoring == "cache" and not (0 <= args.cache_lambda < 1 and args.cache_theta > 0):
-            raise ValueError(f"--cache-lambda must be in [0, 1) and --cache-theta > 0, got "
-                             f"{args.cache_lambda} and {args.cache_theta}")
+        self.eval_settings = EvalSettings.from_args(args)  # checks the --eval-* options
         check_consecutive_segments(
             args.consecutive_segments, args.batch_size if args.batching == "consecutive" else None)
 
@@ -137,9 +127,8 @@ class TrimeLMTask(LanguageModelingTask):
                 "TRIME does not support --checkpoint-activations: the hooked g(c) would be "
                 "recomputed outside the autograd graph. Drop the flag."
             )
-        settings = EvalSettings.from_args(self.args)
-        logger.info(f"TRIME: {settings.describe()}")
-        return TrimeLanguageModel(model, settings)
+        logger.info(f"TRIME: {self.eval_settings.describe()}")
+        return TrimeLanguageModel(model, self.eval_settings)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if hasattr(criterion, "set_num_updates"):
