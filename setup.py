@@ -29,6 +29,8 @@ setup(
             "trime-options = trime.cli:print_options",
             "trime-toy-corpus = trime.toy_corpus:main",
             "trime-memory-curve = trime.curve:main",
+            "trime-build-index = trime.index:main",
+            "trime-bm25-batches = trime.bm25:main",
         ]
     },
 )

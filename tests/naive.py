@@ -139,3 +139,52 @@ def fifo_stream_memory(rows, size, reset):
                 history.append((row["window_start"] + t, row["labels"][t], row["docs"][t],
                                 len(memory) - 1, t))
     return memory, history
+
+
+def knnlm_distribution(vocab_scores_t, retrieved_sims, retrieved_labels, lam, temperature):
+    """kNN-LM (Khandelwal et al., 2020): (1-λ) p_LM + λ p_kNN, entry by entry."""
+    p_lm = torch.softmax(vocab_scores_t.double(), dim=-1)
+    knn = torch.zeros_like(p_lm)
+    for sim, label in zip(retrieved_sims.tolist(), retrieved_labels.tolist()):
+        if sim != float("-inf"):
+            knn[int(label)] += math.exp(sim / temperature)
+    if knn.sum() == 0:
+        return p_lm
+    return (1 - lam) * p_lm + lam * knn / knn.sum()
+
+
+def trime_ext_distribution(vocab_scores_t, query_t, keys, labels, memory_t, retrieved_sims,
+                           retrieved_labels, tau, lam=0.0, tau_prime=1.0, interp_span=True):
+    """TrimeLM_ext (Appendix A): Eq. 6 over M_eval = memory_t (keys) ∪ retrieved entries
+    (sim given), then Eq. 8-9: (1-λ) P + λ P' with P' over M_eval (or the retrieved entries
+    only) at temperature τ′."""
+    d = query_t.shape[-1]
+    span = [(float(torch.dot(query_t.double(), keys[j].double())) / math.sqrt(d), int(labels[j]))
+            for j in memory_t]
+    ext = [(s, int(w)) for s, w in zip(retrieved_sims.tolist(), retrieved_labels.tolist())
+           if s != float("-inf")]
+    unnorm = torch.exp(vocab_scores_t.double()).clone()
+    for sim, word in span + ext:
+        unnorm[word] += math.exp(sim / tau)
+    p = unnorm / unnorm.sum()
+    interp_entries = (span + ext) if interp_span else ext
+    if lam == 0 or not interp_entries:
+        return p
+    p_prime = torch.zeros_like(p)
+    for sim, word in interp_entries:
+        p_prime[word] += math.exp(sim / tau_prime)
+    return (1 - lam) * p + lam * p_prime / p_prime.sum()
+
+
+def brute_force_knn(queries, keys, k, metric):
+    """Top-k rows of keys for each query by explicit similarity; (sims, rows), ties by row."""
+    out_sims, out_rows = [], []
+    for q in queries.double():
+        sims = []
+        for row, key in enumerate(keys.double()):
+            sim = float(torch.dot(q, key)) if metric == "ip" else -float(((q - key) ** 2).sum())
+            sims.append((-sim, row))
+        best = sorted(sims)[:k]
+        out_sims.append([-s for s, _ in best])
+        out_rows.append([r for _, r in best])
+    return torch.tensor(out_sims, dtype=torch.float64), torch.tensor(out_rows)

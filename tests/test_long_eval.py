@@ -79,7 +79,7 @@ def test_long_memory_eq6_matches_explicit_loops(size, reset, batch_rows):
     rows = _stream()
     tau = 1.3
 
-    def combine(scores, queries, keys, labels, visibility):
+    def combine(rows, scores, queries, keys, labels, visibility):
         return memory_log_probs(scores, queries, keys, labels, visibility, tau, chunk_size=4)
 
     ours, _ = _ours(rows, batch_rows, size, reset, combine)
@@ -92,7 +92,7 @@ def test_continuous_cache_matches_explicit_loops():
     rows = _stream(seed=1)
     lam, theta = 0.3, 0.7
 
-    def combine(scores, queries, keys, labels, visibility):
+    def combine(rows, scores, queries, keys, labels, visibility):
         return cache_log_probs(scores, queries, keys, labels, visibility, lam, theta, chunk_size=4)
 
     ours, _ = _ours(rows, 2, 8, True, combine)
@@ -106,7 +106,7 @@ def test_continuous_cache_matches_explicit_loops():
 def test_fifo_holds_exactly_the_last_scored_tokens_of_the_document(reset):
     rows = _stream(num_rows=6, doc_starts=(0, 13, 20))
     size = 5
-    _, fifo = _ours(rows, 2, size, reset, lambda s, q, k, l, v: torch.log_softmax(s.float(), -1))
+    _, fifo = _ours(rows, 2, size, reset, lambda _, s, q, k, l, v: torch.log_softmax(s.float(), -1))
     scored = [(int(r["offsets"][t]), int(r["docs"][t])) for r in rows for t in range(len(r["offsets"]))
               if r["scored"][t]]
     current_doc = scored[-1][1]

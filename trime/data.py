@@ -40,6 +40,7 @@ class SegmentPositionsDataset(BaseWrapperDataset):
         self.target_shift = target_shift  # -1 when --add-bos-token prepends a position
         self.segment_starts = np.asarray(segment_starts, dtype=np.int64)
         self.doc_starts = np.asarray(doc_starts, dtype=np.int64)
+        self.stream_tokens = None
         if len(self.segment_starts) != len(dataset):
             raise ValueError(f"{len(self.segment_starts)} segment offsets for {len(dataset)} segments")
 
@@ -52,7 +53,9 @@ class SegmentPositionsDataset(BaseWrapperDataset):
         equals_id = equals if equals != dictionary.unk() else None
         doc_starts = document_starts(tokens, sizes, boundary, equals_id)
         segment_starts = np.asarray(token_blocks.slice_indices)[:, 0]
-        return cls(dataset, segment_starts, doc_starts, target_shift=-1 if add_bos_token else 0)
+        positions = cls(dataset, segment_starts, doc_starts, target_shift=-1 if add_bos_token else 0)
+        positions.stream_tokens = tokens  # the split as one stream (row i of a datastore = token i)
+        return positions
 
     @property
     def num_documents(self) -> int:

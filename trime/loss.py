@@ -224,52 +224,130 @@ def _log_memory_mass(scores, key_labels):
 
     scores [G, C, K] fp32, -inf for invisible keys (overwritten); key_labels [G, K].
     Returns (words [U], log_mass [G, C, U]; -inf where a query sees no entry of
-    that word, sees_memory [G, C, 1]): only the U ≤ K words present in the key
-    span, never [G, C, V].
+    that word): only the U ≤ K words present in the key span, never [G, C, V].
     """
     words, inverse = torch.unique(key_labels, return_inverse=True)
+    if scores.shape[-1] == 0:  # a chunk that sees no key
+        return words, scores
     weights = scores
-    peak = weights.amax(-1, keepdim=True)
-    sees_memory = torch.isfinite(peak)
-    shift = _finite_or_zero(peak)  # per query, for a stable exp
+    shift = _finite_or_zero(weights.amax(-1, keepdim=True))  # per query, for a stable exp
     weights.sub_(shift).exp_()
     mass = weights.new_zeros(*weights.shape[:2], len(words))
     mass.scatter_add_(-1, inverse[:, None, :].expand_as(weights), weights)
-    return words, torch.log(mass) + shift, sees_memory
+    return words, torch.log(mass) + shift
 
 
-def _eval_memory_chunks(vocab_scores, queries, keys, key_labels, visibility, scale, chunk_size):
-    """(out, chunks): ``out`` starts as the vocabulary log-softmax s_w - log Z_vocab of every
-    query; ``chunks`` yields, for each chunk of queries that sees any key, (its rows of
-    ``out`` as a view to correct in place, its vocabulary scores, columns [G, C, U] of the
-    words in memory, log_mass [G, C, U], sees_memory [G, C, 1]).
+def _word_log_mass(scores, labels):
+    """For each entry j of each query: log Σ_{entries i of that query with the label of j} exp(score_i).
+
+    scores fp32 [..., M] (-inf = no entry), labels [..., M] word ids, one row per query
+    (e.g. the K entries retrieved for it). Duplicate labels all get their word's total.
     """
-    V = vocab_scores.shape[-1]
+    shape = labels.shape
+    labels = labels.reshape(-1, shape[-1]).long()
+    scores = scores.reshape(-1, shape[-1])
+    if labels.numel() == 0:
+        return scores.clone().view(shape)
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None]
+    _, inverse = torch.unique(rows * (int(labels.max()) + 1) + labels, return_inverse=True)
+    shift = _finite_or_zero(scores.amax(-1, keepdim=True))
+    weights = (scores - shift).exp()
+    mass = weights.new_zeros(int(inverse.max()) + 1)
+    mass.scatter_add_(0, inverse.view(-1), weights.view(-1))
+    return (mass[inverse].log() + shift).view(shape)
+
+
+def _eval_memory_chunks(vocab_scores, queries, keys, key_labels, visibility, scale, chunk_size,
+                        every_chunk=False):
+    """(out, chunks): ``out`` starts as the vocabulary log-softmax s_w - log Z_vocab of every
+    query; ``chunks`` yields, for each chunk of queries [q0, q1) that sees any key (or every
+    chunk if ``every_chunk``), (q0, q1, its rows of ``out`` as a view to correct in place,
+    scores [G, C, K] = scale·q·k with -inf for invisible keys, the span's key labels [G, K]);
+    a chunk that sees no key has K = 0.
+    """
     out = torch.log_softmax(vocab_scores.float(), dim=-1)
 
     def chunks():
         for q0 in range(0, vocab_scores.shape[1], chunk_size):
             q1 = min(vocab_scores.shape[1], q0 + chunk_size)
-            k0, k1 = visibility.key_range(q0, q1)
+            k0, k1 = visibility.key_range(q0, q1) if visibility is not None else (0, 0)
             if k1 <= k0:
+                if every_chunk:
+                    yield q0, q1, out[:, q0:q1], out.new_zeros(out.shape[0], q1 - q0, 0), \
+                        key_labels[:, :0]
                 continue
             scores = mask_invisible_(_chunk_scores(queries, keys, scale, q0, q1, k0, k1),
                                      visibility, q0, q1, k0, k1)
-            words, log_mass, sees_memory = _log_memory_mass(scores, key_labels[:, k0:k1])
-            # invisible padding keys carry no mass; gather/scatter_ beat advanced indexing on CPU
-            columns = words.clamp(0, V - 1).expand(*log_mass.shape)
-            yield out[:, q0:q1], vocab_scores[:, q0:q1], columns, log_mass, sees_memory
+            yield q0, q1, out[:, q0:q1], scores, key_labels[:, k0:k1]
 
     return out, chunks()
 
 
+def _memory_columns(words, log_mass, vocab_size):
+    # invisible padding keys carry no mass; gather/scatter_ beat advanced indexing on CPU
+    return words.clamp(0, vocab_size - 1).expand(*log_mass.shape)
+
+
+def _log_z_vocab(vocab_scores, log_softmax):
+    """log Z_vocab [G, C, 1] = s_w - (s_w - log Z_vocab) at word 0."""
+    return vocab_scores[..., :1].float() - log_softmax[..., :1]
+
+
+def _add_memory_(chunk, log_z_vocab, columns, word_log_mass, total_log_mass):
+    """Eq. 6 in place: chunk holds s_w - log Z_vocab; becomes log(exp(s_w) + m_w) - log Z with
+    Z = Z_vocab + Σ m. ``columns`` [G, C, M] words with memory, ``word_log_mass`` their log m_w
+    (equal for equal columns), ``total_log_mass`` [G, C, 1] log Σ_w m_w."""
+    log_z_ratio = torch.nn.functional.softplus(total_log_mass - log_z_vocab)
+    at_words = torch.logaddexp(chunk.gather(-1, columns), word_log_mass - log_z_vocab) - log_z_ratio
+    chunk.sub_(log_z_ratio)
+    chunk.scatter_(-1, columns, at_words)
+
+
+def interpolate_memory_(log_probs, entry_scores, entry_labels, lam: float):
+    """Eq. 9 (and kNN-LM): log[(1-λ) P(w) + λ P'(w)] in place on log_probs [..., V], with
+    P'(w) ∝ Σ_{entries j, label w} exp(entry_scores_j) (Eq. 8; scores already divided by
+    the temperature). entry_scores / entry_labels [..., M]; -inf = no entry. A query with
+    no entry keeps P."""
+    if not 0.0 <= lam < 1.0:
+        raise ValueError(f"the interpolation weight lambda must be in [0, 1), got {lam}")
+    if lam == 0.0 or entry_scores.shape[-1] == 0:
+        return log_probs
+    entry_labels = entry_labels.long()
+    total = entry_scores.logsumexp(-1, keepdim=True)
+    has_memory = torch.isfinite(total)
+    log_memory_probs = _word_log_mass(entry_scores, entry_labels) - _finite_or_zero(total)
+    shift = torch.where(has_memory, math.log1p(-lam), 0.0)
+    at_words = torch.logaddexp(log_probs.gather(-1, entry_labels) + shift,
+                               log_memory_probs + math.log(lam))
+    log_probs.add_(shift)
+    log_probs.scatter_(-1, entry_labels, at_words)
+    return log_probs
+
+
+@dataclass
+class RetrievedMemory:
+    """kNN(M_ext, g(c)) of Eq. 7 for every query: sims [G, Nq, K] = sim(g(c), g(c_j)) (before
+    any temperature; -inf = no entry) and labels [G, Nq, K] x_j."""
+
+    sims: torch.Tensor
+    labels: torch.Tensor
+
+
 def memory_log_probs(vocab_scores, queries, keys, key_labels, visibility,
-                     temperature: float = 1.0, chunk_size: int = 512):
+                     temperature: float = 1.0, chunk_size: int = 512,
+                     retrieved: RetrievedMemory = None, interp_lambda: float = 0.0,
+                     interp_temperature: float = 1.0, interp_span: bool = True):
     """Full log-distribution of Eq. 6 over the vocabulary (evaluation; no grad needed).
 
     Args:
         vocab_scores: [G, Nq, V] unnormalised vocabulary scores s_w.
-        queries, keys, key_labels, visibility, temperature: as in ``memory_logsumexp``.
+        queries, keys, key_labels, visibility, temperature: as in ``memory_logsumexp``
+            (the span memory: local / long; ``visibility`` None = no span memory).
+        retrieved: external memory entries of each query (TrimeLM_ext, Eq. 7), joining the
+            softmax with the same τ.
+        interp_lambda, interp_temperature: λ and τ′ of Eq. 8–9: the result is interpolated
+            with P' over the memory at temperature τ′ (λ = 0: Eq. 6 alone). ``interp_span``:
+            P' over M_eval = span ∪ retrieved (Eq. 8); False: over the retrieved entries only.
     Returns:
         fp32 [G, Nq, V] log P(w | c); finite wherever s_w is finite.
 
@@ -277,19 +355,45 @@ def memory_log_probs(vocab_scores, queries, keys, key_labels, visibility,
     fused log-softmax gives s_w - log Z_vocab for every word; then every word is
     shifted by log(Z / Z_vocab) and the words present in memory are corrected.
     """
-    scale = 1.0 / (math.sqrt(queries.shape[-1]) * temperature)
-    out, chunks = _eval_memory_chunks(vocab_scores, queries, keys, key_labels, visibility, scale,
-                                      chunk_size)
-    for chunk, chunk_scores, columns, log_mass, _ in chunks:
-        # log Z_vocab = s_w - (s_w - log Z_vocab) at any word; memory mass relative to it
-        log_z_vocab = (chunk_scores.gather(-1, columns[..., :1]).float()
-                       - chunk.gather(-1, columns[..., :1]))
-        log_mass = log_mass - log_z_vocab
-        log_z_ratio = torch.nn.functional.softplus(log_mass.logsumexp(-1, keepdim=True))
-        at_words = torch.logaddexp(chunk.gather(-1, columns), log_mass) - log_z_ratio
-        chunk.sub_(log_z_ratio)
-        chunk.scatter_(-1, columns, at_words)
+    sqrt_d = math.sqrt(queries.shape[-1])
+    out, chunks = _eval_memory_chunks(vocab_scores, queries, keys, key_labels, visibility,
+                                      1.0 / (sqrt_d * temperature), chunk_size,
+                                      every_chunk=retrieved is not None)
+    V = vocab_scores.shape[-1]
+    for q0, q1, chunk, scores, span_labels in chunks:
+        log_z_vocab = _log_z_vocab(vocab_scores[:, q0:q1], chunk)
+        span_for_interp = scores * (temperature / interp_temperature) \
+            if interp_lambda > 0 and interp_span else None
+        words, log_mass = _log_memory_mass(scores, span_labels)
+        columns = _memory_columns(words, log_mass, V)
+        if retrieved is None:
+            _add_memory_(chunk, log_z_vocab, columns, log_mass, log_mass.logsumexp(-1, keepdim=True))
+            if span_for_interp is not None:
+                interpolate_memory_(chunk, _log_memory_mass(span_for_interp, span_labels)[1],
+                                    columns, interp_lambda)
+            continue
+        ext_sims, ext_labels = retrieved.sims[:, q0:q1].float(), retrieved.labels[:, q0:q1].long()
+        entries = torch.cat([log_mass, ext_sims / temperature], -1)
+        columns = torch.cat([columns, ext_labels], -1)
+        _add_memory_(chunk, log_z_vocab, columns, _word_log_mass(entries, columns),
+                     entries.logsumexp(-1, keepdim=True))
+        if interp_lambda > 0:
+            if span_for_interp is not None:
+                interp_entries = torch.cat([_log_memory_mass(span_for_interp, span_labels)[1],
+                                            ext_sims / interp_temperature], -1)
+                interpolate_memory_(chunk, interp_entries, columns, interp_lambda)
+            else:
+                interpolate_memory_(chunk, ext_sims / interp_temperature, ext_labels, interp_lambda)
     return out
+
+
+def knnlm_log_probs(vocab_scores, retrieved: RetrievedMemory, lam: float, temperature: float):
+    """kNN-LM (Khandelwal et al., 2020): log[(1-λ) p_LM(w) + λ p_kNN(w)],
+    p_kNN(w) ∝ Σ_{retrieved j, x_j = w} exp(sim_j / T). fp32 [G, Nq, V]."""
+    if temperature <= 0:
+        raise ValueError(f"--knn-temp must be > 0, got {temperature}")
+    out = torch.log_softmax(vocab_scores.float(), dim=-1)
+    return interpolate_memory_(out, retrieved.sims.float() / temperature, retrieved.labels, lam)
 
 
 def cache_log_probs(vocab_scores, queries, keys, key_labels, visibility, lam: float,
@@ -307,11 +411,8 @@ def cache_log_probs(vocab_scores, queries, keys, key_labels, visibility, lam: fl
         return torch.log_softmax(vocab_scores.float(), dim=-1)
     out, chunks = _eval_memory_chunks(vocab_scores, queries, keys, key_labels, visibility, theta,
                                       chunk_size)
-    for chunk, _, columns, log_mass, sees_memory in chunks:
-        # queries that see no memory keep p_LM: shift 0, no mass
-        shift = torch.where(sees_memory, math.log1p(-lam), 0.0)
-        log_cache = log_mass - _finite_or_zero(log_mass.logsumexp(-1, keepdim=True))
-        at_words = torch.logaddexp(chunk.gather(-1, columns) + shift, log_cache + math.log(lam))
-        chunk.add_(shift)
-        chunk.scatter_(-1, columns, at_words)
+    V = vocab_scores.shape[-1]
+    for _, _, chunk, scores, span_labels in chunks:
+        words, log_mass = _log_memory_mass(scores, span_labels)
+        interpolate_memory_(chunk, log_mass, _memory_columns(words, log_mass, V), lam)
     return out

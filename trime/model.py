@@ -15,31 +15,54 @@ trained with trime load in plain fairseq. It adds no parameters.
   it from the perplexity).
 """
 
+import logging
+import sys
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from fairseq.models import FairseqLanguageModel
 
 from trime import vocab
-from trime.loss import cache_log_probs, memory_log_probs
+from trime.loss import RetrievedMemory, cache_log_probs, knnlm_log_probs, memory_log_probs
 from trime.memory import FifoMemory, build_visibility, memory_labels
 from trime.scoring import score_with_long_memory
+
+logger = logging.getLogger(__name__)
+
+
+EVAL_MEMORIES = ("none", "local", "local,long", "ext", "local,ext", "local,long,ext")
+KNN_DEFAULTS = {  # (similarity, lambda, temperature) when not given
+    "knnlm": ("l2", 0.25, 1.0),  # Khandelwal et al. (2020)
+    "trime": ("ip", 0.3, 1.0),   # TRIME's sim (§3); λ = 0.3 as in the authors' release; tune τ'
+}
 
 
 @dataclass
 class EvalSettings:
-    """How ``fairseq-eval-lm`` scores with memory (the task's --eval-* options), checked."""
+    """How ``fairseq-eval-lm`` scores with memory (the task's --eval-* / --knn-* options), checked."""
 
-    memory: str = "none"          # none | local | local,long
+    memory: str = "none"          # one of EVAL_MEMORIES
     temperature: float = 1.0      # τ of Eq. 6
     long_memory_size: int = 0     # S
     reset_at_documents: bool = True
-    scoring: str = "trime"        # trime (Eq. 6) | cache (Grave et al. 2017)
+    scoring: str = "trime"        # trime (Eq. 6) | cache (Grave et al. 2017) | knnlm
     cache_lambda: float = 0.1
     cache_theta: float = 0.3
     cache_key: str = "final"      # final | last-ffn-input
+    dstore: Optional[str] = None  # external memory (datastore folder)
+    knn_k: int = 1024
+    knn_nprobe: int = 32
+    knn_sim: Optional[str] = None      # ip | l2; None: by scoring (KNN_DEFAULTS)
+    knn_lambda: Optional[float] = None  # λ of Eq. 9 / kNN-LM
+    knn_temp: Optional[float] = None    # τ' of Eq. 8 / T of kNN-LM
+    knn_exact_scores: bool = False
+    knn_interp_memory: str = "eval"    # P' of Eq. 8 over M_eval, or the retrieved entries only
+    save_dstore: Optional[str] = None
 
     def __post_init__(self):
+        if self.memory not in EVAL_MEMORIES:
+            raise ValueError(f"--eval-memory must be one of {EVAL_MEMORIES}, got {self.memory!r}")
         if self.temperature <= 0:
             raise ValueError(f"--memory-temp must be > 0, got {self.temperature}")
         if self.long_memory_size < 0:
@@ -51,21 +74,77 @@ class EvalSettings:
         if self.scoring == "cache" and not (0 <= self.cache_lambda < 1 and self.cache_theta > 0):
             raise ValueError(f"--cache-lambda must be in [0, 1) and --cache-theta > 0, got "
                              f"{self.cache_lambda} and {self.cache_theta}")
+        if self.scoring == "cache" and self.uses_ext:
+            raise ValueError("--eval-scoring cache does not use external memory: for a datastore "
+                             "with a model trained without TRIME use --eval-scoring knnlm")
+        if self.scoring == "knnlm" and self.memory != "ext":
+            raise ValueError("--eval-scoring knnlm (kNN-LM) interpolates the LM with the external "
+                             f"datastore only: use --eval-memory ext (got {self.memory!r})")
+        if self.uses_ext and not self.dstore:
+            raise ValueError(f"--eval-memory {self.memory} needs --dstore DIR (a datastore from "
+                             "fairseq-eval-lm --save-dstore, indexed with trime-build-index)")
+        if self.dstore and not self.uses_ext:
+            raise ValueError(f"--dstore is only used with external memory: add ext to --eval-memory "
+                             f"(e.g. --eval-memory local,long,ext), got {self.memory!r}")
+        if self.uses_ext:
+            sim, lam, temp = KNN_DEFAULTS[self.scoring]
+            self.knn_sim = self.knn_sim or sim
+            self.knn_lambda = lam if self.knn_lambda is None else self.knn_lambda
+            self.knn_temp = temp if self.knn_temp is None else self.knn_temp
+            if self.knn_sim not in ("ip", "l2"):
+                raise ValueError(f"--knn-sim must be ip or l2, got {self.knn_sim!r}")
+            if not 0 <= self.knn_lambda < 1:
+                raise ValueError(f"--knn-lambda must be in [0, 1), got {self.knn_lambda}")
+            if self.knn_temp <= 0:
+                raise ValueError(f"--knn-temp must be > 0, got {self.knn_temp}")
+            if self.knn_k < 1 or self.knn_nprobe < 1:
+                raise ValueError(f"--knn-k and --knn-nprobe must be >= 1, got {self.knn_k} and "
+                                 f"{self.knn_nprobe}")
+            if self.knn_interp_memory not in ("eval", "ext"):
+                raise ValueError(f"--knn-interp-memory must be eval or ext, got {self.knn_interp_memory!r}")
+        elif (self.knn_sim, self.knn_lambda, self.knn_temp) != (None, None, None) or self.knn_exact_scores:
+            raise ValueError("--knn-sim / --knn-lambda / --knn-temp / --knn-exact-scores apply to "
+                             "external memory only: add ext to --eval-memory and give --dstore")
+
+    @property
+    def uses_ext(self) -> bool:
+        return "ext" in self.memory.split(",")
+
+    @property
+    def span_memory(self) -> str:
+        """The memory scored from the input itself: none | local | local,long."""
+        return ",".join(m for m in self.memory.split(",") if m != "ext") or "none"
 
     @classmethod
     def from_args(cls, args):
+        def opt(name, default=None):
+            return getattr(args, name, default)
+
         return cls(str(args.eval_memory), args.memory_temp, args.long_memory_size,
                    str(args.long_memory_reset) == "document", str(args.eval_scoring),
-                   args.cache_lambda, args.cache_theta, str(args.cache_key))
+                   args.cache_lambda, args.cache_theta, str(args.cache_key),
+                   opt("dstore"), opt("knn_k", 1024), opt("knn_nprobe", 32), opt("knn_sim"),
+                   opt("knn_lambda"), opt("knn_temp"), bool(opt("knn_exact_scores", False)),
+                   str(opt("knn_interp_memory", "eval")), opt("save_dstore"))
 
     def describe(self) -> str:
         text = f"eval memory = {self.memory}"
         if "long" in self.memory:
             text += (f" (FIFO of {self.long_memory_size} tokens, "
                      f"{'reset at each document' if self.reset_at_documents else 'never reset'})")
+        if self.uses_ext:
+            text += (f", datastore {self.dstore} (K = {self.knn_k}, nprobe = {self.knn_nprobe}, "
+                     f"sim = {self.knn_sim}{', exact scores' if self.knn_exact_scores else ''})")
+        if self.save_dstore:
+            text += f", saving a datastore to {self.save_dstore}"
         if self.scoring == "cache":
             return text + (f", continuous cache lambda = {self.cache_lambda}, "
                            f"theta = {self.cache_theta}, h = {self.cache_key}")
+        if self.scoring == "knnlm":
+            return text + f", kNN-LM lambda = {self.knn_lambda}, T = {self.knn_temp}"
+        if self.uses_ext:
+            text += (f", then (1-lambda) P + lambda P' with lambda = {self.knn_lambda}, "
+                     f"tau' = {self.knn_temp} over {'M_eval' if self.knn_interp_memory == 'eval' else 'the retrieved entries'}")
         return text + f", tau = {self.temperature}"
 
 
@@ -106,9 +185,43 @@ class TrimeLanguageModel(FairseqLanguageModel):
         self.settings = settings or EvalSettings()
         self.pad = inner.decoder.dictionary.pad()
         self.fifo = None  # long memory, carried from batch to batch (reset_long_memory)
+        self.retriever = None  # external memory (attach_external_memory)
+        self.exclude_own_tokens = False  # the datastore holds the split being evaluated
+        self.dstore_writer = None  # --save-dstore (begin_split)
+
+    @property
+    def query_dim(self) -> int:
+        return self.decoder.layers[-1].fc1.in_features
 
     def reset_long_memory(self):
         self.fifo = None
+
+    def attach_external_memory(self, retriever):
+        self.retriever = retriever
+
+    def begin_split(self, split: str, stream_tokens, meta: dict = None):
+        """Called before a split is scored in stream order (``trime_lm.eval_lm_dataloader``)."""
+        from trime.datastore import DatastoreWriter, model_fingerprint, stream_checksum
+
+        self.reset_long_memory()
+        if self.retriever is not None:
+            datastore = self.retriever.datastore
+            self.exclude_own_tokens = (datastore.meta.get("values_checksum")
+                                       == stream_checksum(stream_tokens))
+            if datastore.meta.get("model_fingerprint") != model_fingerprint(self.decoder):
+                logger.warning(f"TRIME: the datastore {datastore.path} was built with other model "
+                               "weights than this checkpoint: its keys live in another space "
+                               "unless that is intended (rebuild it with --save-dstore)")
+            if self.exclude_own_tokens:
+                logger.info(f"TRIME: the datastore was built from this split ({split}): each "
+                            "token's own entry is excluded from its retrieved neighbours")
+        if self.settings.save_dstore:
+            dictionary = self.decoder.dictionary
+            self.dstore_writer = DatastoreWriter(self.settings.save_dstore, len(stream_tokens),
+                                                 self.query_dim, dict(
+                meta or {}, split=split, dictionary_size=len(dictionary),
+                dictionary_checksum=vocab.dictionary_checksum(dictionary),
+                model_fingerprint=model_fingerprint(self.decoder), command=" ".join(sys.argv)))
 
     def forward(self, src_tokens, features_only=False, **kwargs):
         features, extra = self.decoder(src_tokens, features_only=True, **kwargs)
@@ -119,12 +232,39 @@ class TrimeLanguageModel(FairseqLanguageModel):
 
     def get_normalized_probs(self, net_output, log_probs, sample=None):
         decoder_out, extra = net_output[0], net_output[1]
+        if self.dstore_writer is not None and "trime_query" in extra:
+            self._save_to_datastore(extra["trime_query"], sample)
         if self.settings.memory == "none" or "trime_query" not in extra:
             probs = super().get_normalized_probs(net_output, log_probs=True, sample=sample).float()
         else:
             probs = self._memory_log_probs(decoder_out, extra, sample)
         self._refuse_non_finite(probs, sample, decoder_out.shape[:2])
         return probs if log_probs else probs.exp()
+
+    def _save_to_datastore(self, queries, sample):
+        if sample is None or "trime_label_offset" not in sample:
+            raise ValueError("--save-dstore needs the stream offsets that --task trime_lm adds to "
+                             "evaluation batches (fairseq-eval-lm --task trime_lm)")
+        target = sample["target"]
+        scored = target.ne(self.pad)
+        self.dstore_writer.add(sample["trime_label_offset"].to(target.device)[scored],
+                               queries[scored], target[scored])
+        if self.dstore_writer.complete:
+            self.dstore_writer = None
+
+    def _retrieve(self, queries, target, sample) -> RetrievedMemory:
+        """kNN(M_ext, g(c)) for every scored position: one FAISS search for the whole batch;
+        unscored positions (context, padding) get no entry."""
+        scored = target.ne(self.pad)
+        exclude = None
+        if self.exclude_own_tokens:
+            exclude = sample["trime_label_offset"].to(target.device)[scored]
+        found = self.retriever.search(queries[scored], exclude)
+        K = found.sims.shape[-1]
+        sims = queries.new_full((*target.shape, K), float("-inf"), dtype=torch.float32)
+        labels = torch.zeros((*target.shape, K), dtype=torch.long, device=target.device)
+        sims[scored], labels[scored] = found.sims, found.labels
+        return RetrievedMemory(sims, labels)
 
     def _memory_log_probs(self, decoder_out, extra, sample):
         if sample is None or tuple(sample["target"].shape) != tuple(decoder_out.shape[:2]):
@@ -135,20 +275,36 @@ class TrimeLanguageModel(FairseqLanguageModel):
         settings = self.settings
         scores = vocab.full_scores(self.decoder, decoder_out)
         target = sample["target"]
+        retrieved = None
+        if settings.uses_ext:
+            if self.retriever is None:
+                raise ValueError("--eval-memory ...,ext: no external memory attached to the model "
+                                 "(evaluate with fairseq-eval-lm --task trime_lm --dstore DIR)")
+            retrieved = self._retrieve(extra["trime_query"], target, sample)
+        if settings.scoring == "knnlm":
+            return knnlm_log_probs(scores, retrieved, settings.knn_lambda, settings.knn_temp)
         labels, valid = memory_labels(sample["net_input"]["src_tokens"], target, self.pad)
         if settings.scoring == "cache":
             keys = extra["trime_final"] if settings.cache_key == "final" else extra["trime_query"]
 
-            def combine(s, q, k, l, vis):
+            def combine(rows, s, q, k, l, vis):
                 return cache_log_probs(s, q, k, l, vis, settings.cache_lambda, settings.cache_theta)
         else:
             keys = extra["trime_query"]
 
-            def combine(s, q, k, l, vis):
-                return memory_log_probs(s, q, k, l, vis, settings.temperature)
+            def combine(rows, s, q, k, l, vis):
+                row_retrieved = None if retrieved is None else \
+                    RetrievedMemory(retrieved.sims[rows], retrieved.labels[rows])
+                return memory_log_probs(
+                    s, q, k, l, vis, settings.temperature, retrieved=row_retrieved,
+                    interp_lambda=settings.knn_lambda if retrieved is not None else 0.0,
+                    interp_temperature=settings.knn_temp or 1.0,
+                    interp_span=settings.knn_interp_memory == "eval")
 
-        if "long" not in settings.memory:
-            return combine(scores, keys, keys, labels, build_visibility("local", valid))
+        span = settings.span_memory
+        if "long" not in span:
+            visibility = build_visibility("local", valid) if span == "local" else None
+            return combine(slice(None), scores, keys, keys, labels, visibility)
         if "trime_label_offset" not in sample:
             raise ValueError("--eval-memory local,long needs the stream offsets that --task trime_lm "
                              "adds to evaluation batches (fairseq-eval-lm --task trime_lm).")

@@ -28,7 +28,8 @@ def score_with_long_memory(vocab_scores: torch.Tensor, keys: torch.Tensor, label
         label_offsets: [B, T] stream offset of each position's label token.
         docs: [B, T] document id of each position's label token.
         fifo: the FifoMemory carried from batch to batch (updated in place).
-        combine: f(vocab_scores [1,T,V], queries, keys, key_labels, visibility) -> [1,T,V].
+        combine: f(rows, vocab_scores [1,T,V], queries, keys, key_labels, visibility) -> [1,T,V],
+            rows = the slice of the batch being scored.
     """
     B, T, V = vocab_scores.shape
     out = torch.empty((B, T, V), dtype=torch.float32, device=vocab_scores.device)
@@ -42,8 +43,8 @@ def score_with_long_memory(vocab_scores: torch.Tensor, keys: torch.Tensor, label
             memory_labels = torch.cat([fifo.labels[None], labels[row:row + 1]], dim=1)
         else:
             memory_keys, memory_labels = row_keys, labels[row:row + 1]
-        out[row:row + 1] = combine(vocab_scores[row:row + 1], row_keys, memory_keys, memory_labels,
-                                   visibility)
+        out[row:row + 1] = combine(slice(row, row + 1), vocab_scores[row:row + 1], row_keys,
+                                   memory_keys, memory_labels, visibility)
         pushed = scored[row]
         fifo.append(keys[row][pushed], labels[row][pushed], label_offsets[row][pushed], docs[row][pushed])
     return out

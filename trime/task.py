@@ -12,6 +12,7 @@ the criterion sees g(c) and ``fairseq-eval-lm`` can score with memory (Eq. 6).
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Optional
 
 from fairseq.data import LMContextWindowDataset, iterators
 from fairseq.dataclass import ChoiceEnum
@@ -20,11 +21,10 @@ from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageMode
 
 from trime.batching import DOC_BOUNDARIES, check_consecutive_segments, consecutive_batches
 from trime.data import EvalStreamDataset, SegmentPositionsDataset
-from trime.model import EvalSettings, TrimeLanguageModel
+from trime.model import EVAL_MEMORIES, EvalSettings, TrimeLanguageModel
 
 logger = logging.getLogger(__name__)
 
-EVAL_MEMORIES = ("none", "local", "local,long")
 
 
 @dataclass
@@ -68,11 +68,13 @@ class TrimeLMConfig(LanguageModelingConfig):
         metadata={"help": "empty the long-memory FIFO when a new document starts (see "
                   "--doc-boundary), or never (the authors' evaluation of the concatenated stream)"},
     )
-    eval_scoring: ChoiceEnum(["trime", "cache"]) = field(
+    eval_scoring: ChoiceEnum(["trime", "cache", "knnlm"]) = field(
         default="trime",
         metadata={"help": "how memory enters the distribution: trime = Eq. 6 (joint softmax, "
-                  "--memory-temp); cache = continuous cache (Grave et al. 2017), "
-                  "(1-λ) p_LM + λ p_cache, for models trained without TRIME"},
+                  "--memory-temp), with ext memory followed by Eq. 8-9 (--knn-lambda, "
+                  "--knn-temp); cache = continuous cache (Grave et al. 2017), "
+                  "(1-λ) p_LM + λ p_cache, for models trained without TRIME; knnlm = kNN-LM "
+                  "(Khandelwal et al. 2020), (1-λ) p_LM + λ p_kNN, with --eval-memory ext"},
     )
     cache_lambda: float = field(
         default=0.1, metadata={"help": "λ of the continuous cache, in [0, 1); tune on valid"})
@@ -82,6 +84,46 @@ class TrimeLMConfig(LanguageModelingConfig):
         default="final",
         metadata={"help": "representation h of the continuous cache: final = the decoder's output "
                   "features (Grave et al.), last-ffn-input = g(c), TRIME's key"},
+    )
+    dstore: Optional[str] = field(
+        default=None,
+        metadata={"help": "external memory for --eval-memory ...,ext: a datastore folder written "
+                  "by --save-dstore and indexed with trime-build-index (index.{--knn-sim}.faiss)"},
+    )
+    knn_k: int = field(default=1024, metadata={"help": "K, datastore entries retrieved per token"})
+    knn_nprobe: int = field(
+        default=32, metadata={"help": "inverted lists searched by an IVFPQ index (ignored by Flat)"})
+    knn_sim: Optional[ChoiceEnum(["ip", "l2"])] = field(
+        default=None,
+        metadata={"help": "similarity of retrieved entries: ip = g·g'/√d (TRIME's sim, default "
+                  "with --eval-scoring trime), l2 = -‖g-g'‖² (kNN-LM, default with knnlm); the "
+                  "datastore needs an index built with the same trime-build-index --metric"},
+    )
+    knn_lambda: Optional[float] = field(
+        default=None,
+        metadata={"help": "λ in [0, 1): weight of the memory distribution (Eq. 9 for trime, "
+                  "default 0.3; kNN-LM's λ, default 0.25); tune with trime-tune"},
+    )
+    knn_temp: Optional[float] = field(
+        default=None,
+        metadata={"help": "temperature of the memory distribution: τ' of Eq. 8 (trime) or T of "
+                  "kNN-LM; default 1; tune with trime-tune"},
+    )
+    knn_exact_scores: bool = field(
+        default=False,
+        metadata={"help": "recompute the similarities of the retrieved entries from the stored "
+                  "keys instead of the index's approximate (quantised) ones (the paper's † rows)"},
+    )
+    knn_interp_memory: ChoiceEnum(["eval", "ext"]) = field(
+        default="eval",
+        metadata={"help": "memory of P' in Eq. 8: eval = M_eval (local, long and retrieved "
+                  "entries, as in the paper), ext = the retrieved entries only"},
+    )
+    save_dstore: Optional[str] = field(
+        default=None,
+        metadata={"help": "fairseq-eval-lm: save a datastore of the evaluated split to this new "
+                  "folder: the key g(c) (fp16) and next token (int32) of every scored token, "
+                  "row i = token i of the split; written to DIR.partial and renamed when complete"},
     )
 
 
@@ -101,6 +143,7 @@ class TrimeLMTask(LanguageModelingTask):
     def __init__(self, args, dictionary, output_dictionary=None, targets=None):
         super().__init__(args, dictionary, output_dictionary, targets)
         self.eval_settings = EvalSettings.from_args(args)  # checks the --eval-* options
+        self.trime_models = []  # built by build_model; told which split is evaluated
         check_consecutive_segments(
             args.consecutive_segments, args.batch_size if args.batching == "consecutive" else None)
 
@@ -128,7 +171,24 @@ class TrimeLMTask(LanguageModelingTask):
                 "recomputed outside the autograd graph. Drop the flag."
             )
         logger.info(f"TRIME: {self.eval_settings.describe()}")
-        return TrimeLanguageModel(model, self.eval_settings)
+        model = TrimeLanguageModel(model, self.eval_settings)
+        if self.eval_settings.uses_ext:
+            model.attach_external_memory(self._open_external_memory(model.query_dim))
+        self.trime_models.append(model)
+        return model
+
+    def _open_external_memory(self, query_dim):
+        from trime.datastore import Datastore
+        from trime.index import load_index
+        from trime.retrieval import Retriever
+
+        settings = self.eval_settings
+        datastore = Datastore.open(settings.dstore, self.dictionary, query_dim)
+        index = load_index(datastore, settings.knn_sim, settings.knn_nprobe)
+        logger.info(f"TRIME: external memory {datastore.path}: {len(datastore)} entries, "
+                    f"{type(index).__name__}, nprobe {settings.knn_nprobe}")
+        return Retriever(datastore, index, settings.knn_k, settings.knn_sim,
+                         settings.knn_exact_scores)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if hasattr(criterion, "set_num_updates"):
@@ -152,9 +212,14 @@ class TrimeLMTask(LanguageModelingTask):
                            context_window=0):
         # always in stream order, with the offset and document of every position, so that
         # long memory (trime.scoring) can carry its FIFO from batch to batch
-        if num_shards > 1 and "long" in str(self.args.eval_memory):
-            raise ValueError("--eval-memory local,long scores the split in stream order in one "
-                             "process; drop --num-shards / distributed evaluation.")
+        if num_shards > 1 and ("long" in str(self.args.eval_memory) or self.args.save_dstore):
+            raise ValueError("--eval-memory local,long and --save-dstore score the split in stream "
+                             "order in one process; drop --num-shards / distributed evaluation.")
+        split = next((name for name, d in self.datasets.items() if d is dataset), "?")
+        for model in self.trime_models:
+            model.begin_split(split, dataset.stream_tokens, meta={
+                "tokens_per_sample": self.args.tokens_per_sample, "context_window": context_window,
+                "data": self.args.data})
         stream = dataset
         if context_window > 0:
             stream = LMContextWindowDataset(stream, self.args.tokens_per_sample, context_window,

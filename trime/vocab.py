@@ -108,3 +108,12 @@ def full_scores(decoder, decoder_out):
     # the head may return [B*T, out] (TiedHeadModule): flatten, then restore
     log_z = asm.head(features.view(-1, C)).float().logsumexp(-1).view(B, T, 1)
     return asm.get_log_prob(features, None).float() + log_z
+
+
+def dictionary_checksum(dictionary) -> str:
+    """A short fingerprint of a fairseq dictionary's symbols (in order), stored with
+    datastores and BM25 batch files so that a file made with another vocabulary is refused."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(dictionary.symbols).encode("utf-8"))
+    return digest.hexdigest()[:16]

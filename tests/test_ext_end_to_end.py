@@ -1,0 +1,131 @@
+"""External memory end to end: fairseq-train --memory ext → fairseq-eval-lm --save-dstore →
+trime-build-index → fairseq-eval-lm --eval-memory local,long,ext; kNN-LM on a vanilla model."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("fairseq")
+
+from cli import USER_DIR, last_float, preprocess, run  # noqa: E402
+from trime.toy_corpus import write_splits  # noqa: E402
+
+L = 32
+MODEL = ["--arch", "transformer_lm", "--decoder-layers", "2", "--decoder-embed-dim", "32",
+         "--decoder-ffn-embed-dim", "64", "--decoder-attention-heads", "2"]
+DATA = ["--doc-boundary", "empty-line", "--tokens-per-sample", L]
+TRAIN = ["--optimizer", "adam", "--lr", "1e-3", "--batch-size", 8, "--max-update", 6,
+         "--no-epoch-checkpoints", "--cpu", "--num-workers", 0, "--seed", 3]
+LOSS = r"Loss \(base 2\): ([0-9.]+)"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ext")
+    write_splits(root / "raw", train_stories=40, valid_stories=5, test_stories=5)
+    preprocess(root / "raw", root / "bin")
+    run("fairseq-train", root / "bin", *USER_DIR, "--task", "trime_lm", "--criterion", "trime_loss",
+        "--memory", "ext", *DATA, *MODEL, *TRAIN, "--save-dir", root / "trime")
+    run("fairseq-train", root / "bin", *USER_DIR, "--task", "trime_lm", "--criterion",
+        "cross_entropy", *DATA, *MODEL, *TRAIN, "--save-dir", root / "vanilla")
+    return root
+
+
+def _eval(root, model, *extra, split="valid", check=True):
+    code, out = run("fairseq-eval-lm", root / "bin", *USER_DIR, "--task", "trime_lm", *DATA,
+                    "--path", root / model / "checkpoint_last.pt", "--gen-subset", split,
+                    "--batch-size", 4, "--cpu", *extra, check=check)
+    return (last_float(LOSS, out) if code == 0 else None), out
+
+
+@pytest.fixture(scope="module")
+def trime_dstore(trained):
+    root = trained
+    _, out = _eval(root, "trime", "--save-dstore", root / "dstore", split="train")
+    run("trime-build-index", root / "dstore", "--metric", "ip")
+    return root / "dstore", out
+
+
+def test_datastore_keys_are_the_criterions_g(trained, trime_dstore):
+    """Row i of the datastore = the g(c) that trime_loss uses for token i of the train split."""
+    from fairseq import checkpoint_utils
+
+    import trime  # noqa: F401  (registers the task)
+
+    root = trained
+    dstore, log = trime_dstore
+    meta = json.load(open(dstore / "meta.json"))
+    keys = np.load(dstore / "keys.npy", mmap_mode="r")
+    values = np.load(dstore / "values.npy")
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(root / "trime" / "checkpoint_last.pt")], arg_overrides={"data": str(root / "bin")})
+    model = models[0].eval()
+    task.load_dataset("train")
+    dataset = task.dataset("train")
+    assert meta["num_tokens"] == len(values) == len(dataset.stream_tokens)
+    assert meta["split"] == "train" and meta["dim"] == 32 and values.dtype == np.int32
+    assert np.array_equal(values, dataset.stream_tokens)  # every token once, in stream order
+    batch = dataset.collater([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        _, extra = model(**batch["net_input"])
+    g = extra["trime_query"]  # what trime_loss reads (criterion.py)
+    scored = batch["target"].ne(task.dictionary.pad())
+    rows = (batch["trime_segment_start"][:, None] + torch.arange(g.shape[1])[None])[scored]
+    assert torch.allclose(torch.from_numpy(keys[rows.numpy()].astype(np.float32)),
+                          g[scored].half().float(), atol=1e-3)
+    assert len(rows) == meta["num_tokens"]
+
+
+def test_trime_ext_eval_is_finite(trained, trime_dstore):
+    root = trained
+    dstore, _ = trime_dstore
+    local_long, _ = _eval(root, "trime", "--eval-memory", "local,long", "--long-memory-size", 200)
+    ext, out = _eval(root, "trime", "--eval-memory", "local,long,ext", "--long-memory-size", 200,
+                     "--dstore", dstore, "--knn-k", 16, "--context-window", 8)
+    assert "datastore" in out and "K = 16" in out and math.isfinite(ext)
+    assert "inf scores" not in out
+    # λ = 0 and no retrieved entry close enough to matter is not assumed: only finiteness and that
+    # ext memory changes the numbers
+    assert ext != local_long
+    # evaluating the split the datastore holds: each token's own entry is excluded
+    own, out = _eval(root, "trime", "--eval-memory", "ext", "--dstore", dstore, "--knn-k", 8,
+                     split="train")
+    assert "own entry is excluded" in out and math.isfinite(own)
+
+
+def test_knnlm_on_a_vanilla_model(trained):
+    root = trained
+    _, out = _eval(root, "vanilla", "--save-dstore", root / "vanilla_dstore", split="train")
+    run("trime-build-index", root / "vanilla_dstore", "--metric", "l2", "--index-type", "ivfpq",
+        "--nlist", 8, "--pq-m", 8, "--pq-bits", 4)
+    plain, _ = _eval(root, "vanilla")
+    knn, out = _eval(root, "vanilla", "--eval-memory", "ext", "--eval-scoring", "knnlm",
+                     "--dstore", root / "vanilla_dstore", "--knn-k", 32, "--knn-nprobe", 4)
+    assert "kNN-LM lambda = 0.25" in out and "sim = l2" in out and math.isfinite(knn)
+    exact, _ = _eval(root, "vanilla", "--eval-memory", "ext", "--eval-scoring", "knnlm",
+                     "--dstore", root / "vanilla_dstore", "--knn-k", 32, "--knn-nprobe", 4,
+                     "--knn-exact-scores")
+    assert math.isfinite(exact) and exact != knn
+    off, _ = _eval(root, "vanilla", "--eval-memory", "ext", "--eval-scoring", "knnlm",
+                   "--dstore", root / "vanilla_dstore", "--knn-lambda", 0)
+    assert off == plain  # λ = 0 is the LM alone
+
+
+def test_bad_external_memory_options(trained, trime_dstore):
+    root = trained
+    dstore, _ = trime_dstore
+    cases = [
+        (["--eval-memory", "local,ext"], "needs --dstore DIR"),
+        (["--dstore", dstore], "--dstore is only used with external memory"),
+        (["--eval-memory", "local,ext", "--dstore", dstore, "--knn-k", 10 ** 6], "larger than the datastore"),
+        (["--eval-memory", "ext", "--dstore", dstore, "--knn-sim", "l2"], "trime-build-index .* --metric l2"),
+        (["--eval-memory", "ext", "--dstore", root / "nowhere"], "no datastore at"),
+        (["--eval-memory", "local,ext", "--eval-scoring", "knnlm", "--dstore", dstore], "use --eval-memory ext"),
+        (["--save-dstore", dstore], "already exists"),
+    ]
+    for extra, message in cases:
+        _, out = _eval(root, "trime", *extra, check=False)
+        assert __import__("re").search(message, out), (extra, out[-1500:])

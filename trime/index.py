@@ -1,0 +1,217 @@
+"""FAISS indexes over a datastore (``trime-build-index``) and loading them for evaluation.
+
+Exact search (``Flat``) for small datastores; ``IVFPQ`` (inverted lists + product
+quantisation, as in kNN-LM and the paper's external memory: 4,096 lists, 64-byte
+codes, nprobe 32) for large ones. The index is saved inside the datastore folder
+as ``index.{metric}.faiss`` with ``index.{metric}.json`` describing it; FAISS ids
+are datastore rows.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+
+import numpy as np
+
+from trime.datastore import Datastore
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("ip", "l2")
+FLAT_UP_TO = 500_000  # --index-type auto: exact search up to this many keys
+
+
+def index_paths(datastore_dir: str, metric: str):
+    return (os.path.join(datastore_dir, f"index.{metric}.faiss"),
+            os.path.join(datastore_dir, f"index.{metric}.json"))
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as error:  # pragma: no cover - faiss-cpu is a dependency
+        raise ImportError("trime's external memory needs FAISS: pip install faiss-cpu "
+                          "(or trime[gpu] for faiss-gpu)") from error
+    return faiss
+
+
+def gpu_available() -> bool:
+    faiss = _faiss()
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def default_ivfpq(num_keys: int, dim: int):
+    """(nlist, M): about 4·√N inverted lists (a power of two, 64 to 4,096) and the largest
+    number of sub-quantisers ≤ 64 that divides d (64-byte codes with 8 bits each)."""
+    nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(num_keys))))
+    nlist = int(min(4096, max(64, nlist)))
+    num_sub = max(m for m in range(1, min(64, dim) + 1) if dim % m == 0)
+    return nlist, num_sub
+
+
+def _keys_fp32(datastore: Datastore, rows) -> np.ndarray:
+    return np.ascontiguousarray(datastore.keys[rows], dtype=np.float32)
+
+
+def build_index(datastore: Datastore, metric: str = "ip", index_type: str = "auto",
+                nlist: int = None, num_sub: int = None, nbits: int = 8, train_size: int = 1_000_000,
+                add_chunk: int = 500_000, use_gpu: bool = False, seed: int = 1, progress: bool = True):
+    """Build (and return) a FAISS index over every key of ``datastore``; ids = rows."""
+    faiss = _faiss()
+    if metric not in METRICS:
+        raise ValueError(f"--metric must be one of {METRICS}, got {metric!r}")
+    num_keys, dim = len(datastore), datastore.dim
+    if index_type == "auto":
+        index_type = "flat" if num_keys <= FLAT_UP_TO else "ivfpq"
+    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+    info = {"metric": metric, "index_type": index_type, "num_keys": num_keys, "dim": dim}
+    if index_type == "flat":
+        index = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
+    elif index_type == "ivfpq":
+        default_nlist, default_sub = default_ivfpq(num_keys, dim)
+        nlist, num_sub = nlist or default_nlist, num_sub or default_sub
+        if dim % num_sub:
+            raise ValueError(f"--pq-m {num_sub} must divide the key dimension {dim}")
+        quantizer = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, num_sub, nbits, faiss_metric)
+        num_train = min(num_keys, train_size)
+        if num_train < max(nlist, 2 ** nbits):
+            raise ValueError(
+                f"IVFPQ with {nlist} lists and {nbits}-bit codes needs at least "
+                f"{max(nlist, 2 ** nbits)} training keys, the datastore has {num_keys}: use "
+                "--index-type flat (exact) or smaller --nlist / --pq-bits.")
+        info.update(nlist=nlist, pq_m=num_sub, pq_bits=nbits, train_keys=num_train)
+    else:
+        raise ValueError(f"--index-type must be auto, flat or ivfpq, got {index_type!r}")
+
+    gpu_resources = None
+    if use_gpu:
+        gpu_resources = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(gpu_resources, 0, index)
+    info["built_on"] = "gpu" if use_gpu else "cpu"
+    started = time.time()
+    if index_type == "ivfpq":
+        rows = np.sort(np.random.default_rng(seed).choice(num_keys, num_train, replace=False))
+        logger.info(f"training IVFPQ ({nlist} lists, {num_sub} x {nbits}-bit codes, "
+                    f"{metric}) on {num_train} random keys")
+        index.train(_keys_fp32(datastore, rows))
+        logger.info(f"trained in {time.time() - started:.1f} s")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=num_keys, desc="adding keys", unit="key", unit_scale=True)
+    for start in range(0, num_keys, add_chunk):
+        chunk = _keys_fp32(datastore, slice(start, min(num_keys, start + add_chunk)))
+        index.add(chunk)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    if use_gpu:
+        index = faiss.index_gpu_to_cpu(index)
+    info["build_seconds"] = round(time.time() - started, 2)
+    return index, info
+
+
+def save_index(index, info: dict, datastore_dir: str) -> str:
+    """Write ``index.{metric}.faiss`` + ``.json`` atomically (temporary files, then rename)."""
+    faiss = _faiss()
+    index_path, info_path = index_paths(datastore_dir, info["metric"])
+    faiss.write_index(index, index_path + ".tmp")
+    with open(info_path + ".tmp", "w") as f:
+        json.dump(info, f, indent=2)
+    os.replace(index_path + ".tmp", index_path)
+    os.replace(info_path + ".tmp", info_path)
+    return index_path
+
+
+def load_index(datastore: Datastore, metric: str, nprobe: int = 32, use_gpu: bool = False):
+    """The FAISS index of ``datastore`` for ``metric``, checked against it."""
+    faiss = _faiss()
+    index_path, _ = index_paths(datastore.path, metric)
+    if not os.path.isfile(index_path):
+        others = [m for m in METRICS if m != metric and os.path.isfile(index_paths(datastore.path, m)[0])]
+        hint = f" (there is one for --knn-sim {others[0]})" if others else ""
+        raise FileNotFoundError(
+            f"no {metric} index in {datastore.path}{hint}: build it with "
+            f"`trime-build-index {datastore.path} --metric {metric}`")
+    index = faiss.read_index(index_path)
+    if not index.is_trained:
+        raise ValueError(f"{index_path} is not trained: rebuild it with trime-build-index")
+    if index.ntotal != len(datastore) or index.d != datastore.dim:
+        raise ValueError(f"{index_path} holds {index.ntotal} keys of dimension {index.d}, the "
+                         f"datastore {len(datastore)} of dimension {datastore.dim}: it was built for "
+                         "another datastore. Rebuild it with trime-build-index.")
+    if nprobe < 1:
+        raise ValueError(f"--knn-nprobe must be >= 1, got {nprobe}")
+    try:
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    except (RuntimeError, AttributeError):
+        pass  # not an IVF index: exact search
+    if use_gpu:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    return index
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="trime-build-index",
+        description="Build a FAISS index over a trime datastore (fairseq-eval-lm --save-dstore DIR), "
+                    "for evaluation with external memory (fairseq-eval-lm --eval-memory ...,ext "
+                    "--dstore DIR). Written into DIR as index.{metric}.faiss.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("dstore", help="datastore folder (from fairseq-eval-lm --save-dstore)")
+    parser.add_argument("--metric", choices=METRICS, default="ip",
+                        help="similarity searched: ip = inner product (TRIME's sim, Eq. 6), l2 = "
+                             "squared Euclidean distance (kNN-LM); must match --knn-sim at evaluation")
+    parser.add_argument("--index-type", choices=("auto", "flat", "ivfpq"), default="auto",
+                        help=f"flat = exact search (memory 4·N·d bytes, search time linear in N); "
+                             f"ivfpq = approximate (inverted lists + product quantisation, as in "
+                             f"kNN-LM); auto = flat up to {FLAT_UP_TO:,} keys, ivfpq above")
+    parser.add_argument("--nlist", type=int, default=None,
+                        help="IVFPQ inverted lists (default: about 4·sqrt(N), a power of two in "
+                             "[64, 4096]; the paper used 4,096 for 100M keys)")
+    parser.add_argument("--pq-m", type=int, default=None,
+                        help="IVFPQ sub-quantisers = bytes per code with 8 bits (default: the largest "
+                             "divisor of d up to 64; the paper used 64)")
+    parser.add_argument("--pq-bits", type=int, default=8, help="bits per IVFPQ sub-quantiser code")
+    parser.add_argument("--train-size", type=int, default=1_000_000,
+                        help="random keys used to train IVFPQ (the paper used 1M)")
+    parser.add_argument("--add-chunk", type=int, default=500_000, help="keys added per step")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                        help="where to train and fill the index: gpu needs faiss-gpu (pip install "
+                             "trime[gpu]) and a GPU; auto = gpu when available, else cpu")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the training sample")
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        level=logging.INFO)
+    for name in ("nlist", "pq_m", "train_size", "add_chunk"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    try:
+        datastore = Datastore.open(args.dstore)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
+    use_gpu = args.device == "gpu" or (args.device == "auto" and gpu_available())
+    if args.device == "gpu" and not gpu_available():
+        parser.error("--device gpu: no GPU FAISS here (install trime[gpu] on a machine with a GPU) "
+                     "- use --device cpu")
+    logger.info(f"datastore {datastore.path}: {len(datastore)} keys of dimension {datastore.dim}; "
+                f"building on {'GPU' if use_gpu else 'CPU'}"
+                + ("" if use_gpu or args.device == "cpu" else " (no GPU FAISS found)"))
+    try:
+        index, info = build_index(datastore, args.metric, args.index_type, args.nlist, args.pq_m,
+                                  args.pq_bits, args.train_size, args.add_chunk, use_gpu, args.seed)
+    except ValueError as error:
+        parser.error(str(error))
+    path = save_index(index, info, datastore.path)
+    logger.info(f"index written to {path}: {json.dumps(info)}")
+
+
+if __name__ == "__main__":
+    main()
