@@ -31,6 +31,7 @@ setup(
             "trime-memory-curve = trime.curve:main",
             "trime-build-index = trime.index:main",
             "trime-bm25-batches = trime.bm25:main",
+            "trime-tune = trime.tune:main",
         ]
     },
 )

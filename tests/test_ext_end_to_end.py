@@ -114,16 +114,39 @@ def test_knnlm_on_a_vanilla_model(trained):
     assert off == plain  # λ = 0 is the LM alone
 
 
+def test_tune_grid_points_equal_eval_lm(trained, trime_dstore):
+    """trime-tune scores its grid from one pass; two of its points, run through fairseq-eval-lm."""
+    import csv
+
+    root = trained
+    dstore, _ = trime_dstore
+    memory = ["--eval-memory", "local,long,ext", "--long-memory-size", 100, "--dstore", dstore,
+              "--knn-k", 16]
+    _, out = run("trime-tune", root / "bin", "--path", root / "trime" / "checkpoint_last.pt",
+                 "--tokens-per-sample", L, "--batch-size", 4, "--cpu", "--taus", "1.0,1.2",
+                 "--interp-temps", "1,2", "--lambdas", "0,0.3", "--out-dir", root / "tune", "--",
+                 "--doc-boundary", "empty-line", *memory)
+    rows = {(float(r["tau"]), float(r["lambda"]), float(r["interp_temp"])): float(r["loss"])
+            for r in csv.DictReader(open(root / "tune" / "tune.csv"))}
+    assert len(rows) == 8 and "best: --memory-temp" in out
+    for tau, lam, temp in ((1.2, 0.0, 1.0), (1.0, 0.3, 2.0)):
+        loss, _ = _eval(root, "trime", *memory, "--memory-temp", tau, "--knn-lambda", lam,
+                        "--knn-temp", temp)
+        assert abs(rows[(tau, lam, temp)] - loss) < 1e-4
+    best = json.load(open(root / "tune" / "best.json"))
+    assert [a["K"] for a in best["retrieval_accuracy"]] == [1, 8]  # K <= --knn-k 16
+    accuracy = [a["accuracy"] for a in best["retrieval_accuracy"]]
+    assert 0 <= accuracy[0] <= accuracy[1] <= 1
+    assert sum(b["tokens"] for b in best["frequency_buckets"]) == best["tokens"]
+
+
 def test_bad_external_memory_options(trained, trime_dstore):
     root = trained
     dstore, _ = trime_dstore
     cases = [
         (["--eval-memory", "local,ext"], "needs --dstore DIR"),
-        (["--dstore", dstore], "--dstore is only used with external memory"),
         (["--eval-memory", "local,ext", "--dstore", dstore, "--knn-k", 10 ** 6], "larger than the datastore"),
         (["--eval-memory", "ext", "--dstore", dstore, "--knn-sim", "l2"], "trime-build-index .* --metric l2"),
-        (["--eval-memory", "ext", "--dstore", root / "nowhere"], "no datastore at"),
-        (["--eval-memory", "local,ext", "--eval-scoring", "knnlm", "--dstore", dstore], "use --eval-memory ext"),
         (["--save-dstore", dstore], "already exists"),
     ]
     for extra, message in cases:

@@ -217,3 +217,59 @@ def test_missing_untrained_or_stale_index_and_large_k_are_refused(store, tmp_pat
         load_index(datastore, "ip")
     with pytest.raises(ValueError, match="--knn-k 301 is larger than the datastore"):
         Retriever(datastore, small, 301)
+
+
+# ---------------------------------------------------------------- trime-tune statistics
+
+@pytest.mark.parametrize("lam,interp_memory", [(0.0, "eval"), (0.35, "eval"), (0.35, "ext")])
+@pytest.mark.parametrize("local", [True, False], ids=["local+ext", "ext-only"])
+def test_tuning_statistics_give_the_full_distribution_at_the_target(lam, interp_memory, local):
+    """trime-tune scores a grid from per-token statistics; they must give exactly what the full
+    distribution (memory_log_probs / knnlm_log_probs) gives at the target."""
+    from trime.loss import memory_target_stats, target_log_prob_from_stats
+
+    torch.manual_seed(8)
+    G, T = 2, 7
+    scores, g = torch.randn(G, T, V) * 2, torch.randn(G, T, D)
+    labels = torch.randint(4, 10, (G, T))
+    targets = labels.clone()
+    visibility = LocalMemory(torch.ones(G, T, dtype=torch.bool)) if local else None
+    retrieved = _retrieved(G, T, seed=9, empty_rows=[(1, 2)])
+    temps = [0.7, 1.3, 2.5]
+    stats = memory_target_stats(scores, g, g, labels, visibility, targets, temps, retrieved,
+                                chunk_size=3)
+    for tau, tau_prime in ((1.3, 2.5), (0.7, 0.7)):
+        full = memory_log_probs(scores, g, g, labels, visibility, tau, retrieved=retrieved,
+                                interp_lambda=lam, interp_temperature=tau_prime,
+                                interp_span=interp_memory == "eval")
+        ours = target_log_prob_from_stats(stats, temps, "trime", tau, lam, tau_prime, interp_memory)
+        assert torch.allclose(ours, full.gather(-1, targets[..., None])[..., 0], atol=1e-5)
+    knn = knnlm_log_probs(scores, retrieved, 0.3, 2.5).gather(-1, targets[..., None])[..., 0]
+    assert torch.allclose(target_log_prob_from_stats(stats, temps, "knnlm", lam=0.3,
+                                                     interp_temperature=2.5), knn, atol=1e-5)
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(memory="local,ext"), "needs --dstore DIR"),
+    (dict(memory="local", dstore="d"), "--dstore is only used with external memory"),
+    (dict(memory="local,ext", dstore="d", scoring="knnlm"), "use --eval-memory ext"),
+    (dict(memory="ext", dstore="d", scoring="cache"), "use --eval-scoring knnlm"),
+    (dict(memory="ext", dstore="d", knn_lambda=1.0), "--knn-lambda must be in"),
+    (dict(memory="ext", dstore="d", knn_temp=0.0), "--knn-temp must be > 0"),
+    (dict(memory="local", knn_temp=2.0), "apply to external memory only"),
+    (dict(memory="ext", dstore="d", knn_k=0), "--knn-k and --knn-nprobe must be >= 1"),
+])
+def test_bad_external_memory_settings(options, message):
+    from trime.model import EvalSettings
+
+    with pytest.raises(ValueError, match=message):
+        EvalSettings(**options)
+
+
+def test_external_memory_defaults_follow_the_scoring():
+    from trime.model import EvalSettings
+
+    knn = EvalSettings(memory="ext", dstore="d", scoring="knnlm")
+    assert (knn.knn_sim, knn.knn_lambda, knn.knn_temp) == ("l2", 0.25, 1.0)
+    trime = EvalSettings(memory="local,long,ext", dstore="d")
+    assert (trime.knn_sim, trime.knn_lambda, trime.knn_temp) == ("ip", 0.3, 1.0)

@@ -416,3 +416,89 @@ def cache_log_probs(vocab_scores, queries, keys, key_labels, visibility, lam: fl
         words, log_mass = _log_memory_mass(scores, span_labels)
         interpolate_memory_(chunk, log_mass, _memory_columns(words, log_mass, V), lam)
     return out
+
+
+STAT_SETS = ("span", "ext", "eval")  # memory sets summarised by memory_target_stats
+
+
+def stat_column(memory_set: str, temperature_index: int, positive: bool, num_temperatures: int):
+    """Column of ``memory_target_stats``'s output holding log Σ exp(sim/t) over ``memory_set``
+    (all entries, or only those labelled w* if ``positive``) for the t-th temperature."""
+    return 2 + (STAT_SETS.index(memory_set) * num_temperatures + temperature_index) * 2 + int(positive)
+
+
+def memory_target_stats(vocab_scores, queries, keys, key_labels, visibility, targets,
+                        temperatures, retrieved: RetrievedMemory = None, chunk_size: int = 512):
+    """Per-token statistics from which log P(w*) of Eq. 6–9 and kNN-LM follow for any λ and any
+    temperature in ``temperatures``, without running the model again (``trime-tune``).
+
+    Same arguments as ``memory_log_probs`` plus targets [G, Nq] (w* of each query).
+    Returns fp32 [G, Nq, 2 + 6·len(temperatures)]: s_w*, log Z_vocab, then for each memory
+    set in STAT_SETS (span = local/long, ext = retrieved, eval = both) and temperature t,
+    log Σ_j exp(sim_j / t) over its entries and over its entries labelled w*
+    (``stat_column``); -inf for an empty set. sim = g·g'/√d for span entries.
+    """
+    G, num_queries, _ = vocab_scores.shape
+    num_temps = len(temperatures)
+    out = torch.full((G, num_queries, 2 + 6 * num_temps), NEG_INF, dtype=torch.float32,
+                     device=vocab_scores.device)
+    scores32 = vocab_scores.float()
+    out[..., 0] = scores32.gather(-1, targets[..., None].long())[..., 0]
+    out[..., 1] = scores32.logsumexp(-1)
+    inv_sqrt_d = 1.0 / math.sqrt(queries.shape[-1])
+    for q0 in range(0, num_queries, chunk_size):
+        q1 = min(num_queries, q0 + chunk_size)
+        target = targets[:, q0:q1, None]
+        k0, k1 = visibility.key_range(q0, q1) if visibility is not None else (0, 0)
+        sets = {}
+        if k1 > k0:
+            span = mask_invisible_(_chunk_scores(queries, keys, inv_sqrt_d, q0, q1, k0, k1),
+                                   visibility, q0, q1, k0, k1)
+            sets["span"] = (span, key_labels[:, None, k0:k1] == target)
+        if retrieved is not None:
+            ext = retrieved.sims[:, q0:q1].float()
+            sets["ext"] = (ext, retrieved.labels[:, q0:q1] == target)
+        if sets:
+            sims = torch.cat([s for s, _ in sets.values()], -1)
+            sets["eval"] = (sims, torch.cat([p for _, p in sets.values()], -1))
+        for name, (sims, positive) in sets.items():
+            for i, t in enumerate(temperatures):
+                scaled = sims / t
+                out[:, q0:q1, stat_column(name, i, False, num_temps)] = scaled.logsumexp(-1)
+                out[:, q0:q1, stat_column(name, i, True, num_temps)] = \
+                    scaled.masked_fill(~positive, NEG_INF).logsumexp(-1)
+    return out
+
+
+def _log_ratio(numerator, denominator):
+    """log(numerator / denominator) in log space; -inf (no memory) where the set is empty."""
+    return torch.where(torch.isfinite(denominator), numerator - _finite_or_zero(denominator),
+                       torch.full_like(numerator, NEG_INF))
+
+
+def target_log_prob_from_stats(stats, temperatures, scoring="trime", tau=1.0, lam=0.0,
+                               interp_temperature=1.0, interp_memory="eval", memory="eval"):
+    """log P_final(w*) [...] from ``memory_target_stats`` (temperatures must hold τ and τ′).
+
+    scoring trime: Eq. 6 over ``memory`` (eval, span or ext) at τ, then Eq. 9 with P' over
+    ``interp_memory`` at τ′ (λ = 0: Eq. 6 alone); knnlm: (1-λ) p_LM + λ p_kNN with
+    p_kNN over the retrieved entries at T = ``interp_temperature``.
+    """
+    num_temps = len(temperatures)
+
+    def lse(memory_set, t, positive):
+        return stats[..., stat_column(memory_set, temperatures.index(t), positive, num_temps)]
+
+    target_score, log_z_vocab = stats[..., 0], stats[..., 1]
+    if scoring == "knnlm":
+        log_p = target_score - log_z_vocab
+        interp_memory = "ext"
+    else:
+        log_p = (torch.logaddexp(target_score, lse(memory, tau, True))
+                 - torch.logaddexp(log_z_vocab, lse(memory, tau, False)))
+    if lam == 0:
+        return log_p
+    all_memory = lse(interp_memory, interp_temperature, False)
+    log_p_memory = _log_ratio(lse(interp_memory, interp_temperature, True), all_memory)
+    mixed = torch.logaddexp(log_p + math.log1p(-lam), log_p_memory + math.log(lam))
+    return torch.where(torch.isfinite(all_memory), mixed, log_p)  # no memory: P alone

@@ -24,7 +24,8 @@ import torch
 from fairseq.models import FairseqLanguageModel
 
 from trime import vocab
-from trime.loss import RetrievedMemory, cache_log_probs, knnlm_log_probs, memory_log_probs
+from trime.loss import (RetrievedMemory, cache_log_probs, knnlm_log_probs, memory_log_probs,
+                        memory_target_stats)
 from trime.memory import FifoMemory, build_visibility, memory_labels
 from trime.scoring import score_with_long_memory
 
@@ -188,6 +189,7 @@ class TrimeLanguageModel(FairseqLanguageModel):
         self.retriever = None  # external memory (attach_external_memory)
         self.exclude_own_tokens = False  # the datastore holds the split being evaluated
         self.dstore_writer = None  # --save-dstore (begin_split)
+        self.last_first_hit = None  # trime-tune: rank of the first retrieved entry labelled w*
 
     @property
     def query_dim(self) -> int:
@@ -266,7 +268,15 @@ class TrimeLanguageModel(FairseqLanguageModel):
         sims[scored], labels[scored] = found.sims, found.labels
         return RetrievedMemory(sims, labels)
 
-    def _memory_log_probs(self, decoder_out, extra, sample):
+    def target_statistics(self, net_output, sample, temperatures):
+        """Per-token ``trime.loss.memory_target_stats`` [B, T, 2 + 6·len(temperatures)] under
+        the current settings' memories (trime-tune), plus the rank of the first retrieved entry
+        labelled w* [B, T] (K if none; -1 without external memory)."""
+        self.last_first_hit = None
+        stats = self._memory_log_probs(net_output[0], net_output[1], sample, temperatures)
+        return stats, self.last_first_hit
+
+    def _memory_log_probs(self, decoder_out, extra, sample, stats_temperatures=None):
         if sample is None or tuple(sample["target"].shape) != tuple(decoder_out.shape[:2]):
             raise ValueError(
                 "TRIME evaluation memory needs the whole batch at once: leave "
@@ -281,10 +291,26 @@ class TrimeLanguageModel(FairseqLanguageModel):
                 raise ValueError("--eval-memory ...,ext: no external memory attached to the model "
                                  "(evaluate with fairseq-eval-lm --task trime_lm --dstore DIR)")
             retrieved = self._retrieve(extra["trime_query"], target, sample)
-        if settings.scoring == "knnlm":
+        if stats_temperatures is not None:
+            if retrieved is not None:
+                hits = retrieved.labels == target[..., None]
+                K = hits.shape[-1]
+                self.last_first_hit = torch.where(hits.any(-1), hits.float().argmax(-1),
+                                                  torch.full_like(target, K))
+            else:
+                self.last_first_hit = torch.full_like(target, -1)
+        if settings.scoring == "knnlm" and stats_temperatures is None:
             return knnlm_log_probs(scores, retrieved, settings.knn_lambda, settings.knn_temp)
         labels, valid = memory_labels(sample["net_input"]["src_tokens"], target, self.pad)
-        if settings.scoring == "cache":
+        if stats_temperatures is not None:
+            keys = extra["trime_query"]
+
+            def combine(rows, s, q, k, l, vis):
+                row_retrieved = None if retrieved is None else \
+                    RetrievedMemory(retrieved.sims[rows], retrieved.labels[rows])
+                return memory_target_stats(s, q, k, l, vis, target[rows], stats_temperatures,
+                                           row_retrieved)
+        elif settings.scoring == "cache":
             keys = extra["trime_final"] if settings.cache_key == "final" else extra["trime_query"]
 
             def combine(rows, s, q, k, l, vis):

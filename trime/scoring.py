@@ -18,7 +18,8 @@ from trime.memory import FifoMemory, WindowAndFifoMemory
 def score_with_long_memory(vocab_scores: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor,
                            valid: torch.Tensor, scored: torch.Tensor, label_offsets: torch.Tensor,
                            docs: torch.Tensor, fifo: FifoMemory, combine: Callable) -> torch.Tensor:
-    """Log-distributions [B, T, V] for rows that are consecutive windows of the stream.
+    """combine's result [B, T, ...] (log-distributions [B, T, V]) for rows that are
+    consecutive windows of the stream.
 
     Args:
         vocab_scores: [B, T, V] unnormalised vocabulary scores.
@@ -28,11 +29,10 @@ def score_with_long_memory(vocab_scores: torch.Tensor, keys: torch.Tensor, label
         label_offsets: [B, T] stream offset of each position's label token.
         docs: [B, T] document id of each position's label token.
         fifo: the FifoMemory carried from batch to batch (updated in place).
-        combine: f(rows, vocab_scores [1,T,V], queries, keys, key_labels, visibility) -> [1,T,V],
+        combine: f(rows, vocab_scores [1,T,V], queries, keys, key_labels, visibility) -> [1,T,...],
             rows = the slice of the batch being scored.
     """
-    B, T, V = vocab_scores.shape
-    out = torch.empty((B, T, V), dtype=torch.float32, device=vocab_scores.device)
+    out = None  # [B, T, ...] like combine's result (a distribution, or trime-tune statistics)
     # rows in stream order (a batch of consecutive segments arrives that way already)
     for row in torch.argsort(label_offsets[:, 0]).tolist():
         visibility = WindowAndFifoMemory(valid[row:row + 1], docs[row:row + 1], fifo,
@@ -43,8 +43,11 @@ def score_with_long_memory(vocab_scores: torch.Tensor, keys: torch.Tensor, label
             memory_labels = torch.cat([fifo.labels[None], labels[row:row + 1]], dim=1)
         else:
             memory_keys, memory_labels = row_keys, labels[row:row + 1]
-        out[row:row + 1] = combine(slice(row, row + 1), vocab_scores[row:row + 1], row_keys,
-                                   memory_keys, memory_labels, visibility)
+        result = combine(slice(row, row + 1), vocab_scores[row:row + 1], row_keys,
+                         memory_keys, memory_labels, visibility)
+        if out is None:
+            out = result.new_empty((vocab_scores.shape[0], *result.shape[1:]))
+        out[row:row + 1] = result
         pushed = scored[row]
         fifo.append(keys[row][pushed], labels[row][pushed], label_offsets[row][pushed], docs[row][pushed])
     return out
