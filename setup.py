@@ -13,6 +13,7 @@ setup(
         "numpy",
         "faiss-cpu",
         "sacrebleu",
+        "scipy",
         "bm25s",
         "tqdm",
         'fairseq==0.12.2; python_version < "3.11"',

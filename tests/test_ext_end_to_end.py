@@ -1,5 +1,6 @@
-"""External memory end to end: fairseq-train --memory ext → fairseq-eval-lm --save-dstore →
-trime-build-index → fairseq-eval-lm --eval-memory local,long,ext; kNN-LM on a vanilla model."""
+"""External memory end to end: trime-bm25-batches → fairseq-train --memory ext --batching bm25 →
+fairseq-eval-lm --save-dstore → trime-build-index → fairseq-eval-lm --eval-memory local,long,ext;
+kNN-LM on a vanilla model; trime-tune."""
 
 import json
 import math
@@ -27,8 +28,13 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ext")
     write_splits(root / "raw", train_stories=40, valid_stories=5, test_stories=5)
     preprocess(root / "raw", root / "bin")
-    run("fairseq-train", root / "bin", *USER_DIR, "--task", "trime_lm", "--criterion", "trime_loss",
-        "--memory", "ext", *DATA, *MODEL, *TRAIN, "--save-dir", root / "trime")
+    run("trime-bm25-batches", root / "bin", "--tokens-per-sample", L, "--k", 5, "--batch-size", 8,
+        "-o", root / "bm25.json")
+    _, log = run("fairseq-train", root / "bin", *USER_DIR, "--task", "trime_lm", "--criterion",
+                 "trime_loss", "--memory", "ext", "--batching", "bm25", "--bm25-batches",
+                 root / "bm25.json", *DATA, *MODEL, *TRAIN, "--save-dir", root / "trime")
+    assert "BM25 batches of up to 8 segments" in log
+    assert math.isfinite(last_float(r"train \| epoch \d+ \| loss ([0-9.]+)", log))
     run("fairseq-train", root / "bin", *USER_DIR, "--task", "trime_lm", "--criterion",
         "cross_entropy", *DATA, *MODEL, *TRAIN, "--save-dir", root / "vanilla")
     return root
@@ -152,3 +158,36 @@ def test_bad_external_memory_options(trained, trime_dstore):
     for extra, message in cases:
         _, out = _eval(root, "trime", *extra, check=False)
         assert __import__("re").search(message, out), (extra, out[-1500:])
+
+
+def test_bm25_batching_uses_the_file_and_refuses_another_dataset(trained):
+    from fairseq_utils import build
+
+    root = trained
+    batches = json.load(open(root / "bm25.json"))["batches"]
+
+    def task_for(length, batch_size=8):
+        task, _, _ = build(root / "bin", ("--batching", "bm25", "--bm25-batches", str(root / "bm25.json"),
+                                          "--memory", "ext", "--batch-size", str(batch_size),
+                                          "--tokens-per-sample", str(length), "--doc-boundary",
+                                          "empty-line"))
+        task.load_dataset("train")
+        return task
+
+    task = task_for(L)
+    epochs = []
+    for epoch in (1, 2):
+        itr = task.get_batch_iterator(task.dataset("train"), max_sentences=8, seed=1, epoch=epoch,
+                                      disable_iterator_cache=True)
+        epochs.append([sample["id"].tolist() for sample in itr.next_epoch_itr(shuffle=True)])
+    for ids in epochs:  # every batch of the file, whole, in a shuffled order
+        assert sorted(map(sorted, ids)) == sorted(map(sorted, batches))
+    assert epochs[0] != epochs[1]
+    with pytest.raises(ValueError, match="segments of 32 tokens.*rerun"):
+        task = task_for(16)
+        task.get_batch_iterator(task.dataset("train"), max_sentences=8)
+    with pytest.raises(ValueError, match="--batch-size 8"):
+        task = task_for(L, batch_size=4)
+        task.get_batch_iterator(task.dataset("train"), max_sentences=4)
+    with pytest.raises(ValueError, match="go together"):
+        build(root / "bin", ("--bm25-batches", str(root / "bm25.json"), "--tokens-per-sample", str(L)))

@@ -82,6 +82,11 @@ class TrimeLoss(FairseqCriterion):
                 "--memory long with --batching %s: a batch rarely holds two segments of one "
                 "document, so long memory sees almost nothing beyond local memory. Use "
                 "--batching consecutive --consecutive-segments m (paper §4.2).", task.args.batching)
+        if str(memory) == "ext" and str(task.args.batching) != "bm25":
+            logger.warning(
+                "--memory ext with --batching %s: the other segments of a batch are unrelated to "
+                "each other; the paper packs similar segments together with BM25 (§4.3): "
+                "trime-bm25-batches, then --batching bm25 --bm25-batches FILE.", task.args.batching)
         if ce_warmup_updates < 0:
             raise ValueError(f"--ce-warmup-updates must be >= 0, got {ce_warmup_updates}")
         if memory_chunk_size < 1:

@@ -237,24 +237,30 @@ def _log_memory_mass(scores, key_labels):
     return words, torch.log(mass) + shift
 
 
-def _word_log_mass(scores, labels):
-    """For each entry j of each query: log Σ_{entries i of that query with the label of j} exp(score_i).
+def word_groups(labels):
+    """Groups entries of each row by word: an id per (row, word) pair, [..., M] int64
+    (labels [..., M], one row per query). Computed once, shared by Eq. 6 and Eq. 8."""
+    flat = labels.reshape(-1, labels.shape[-1]).long()
+    if flat.numel() == 0:
+        return flat.view(labels.shape)
+    rows = torch.arange(flat.shape[0], device=flat.device)[:, None]
+    _, inverse = torch.unique(rows * (int(flat.max()) + 1) + flat, return_inverse=True)
+    return inverse.view(labels.shape)
 
-    scores fp32 [..., M] (-inf = no entry), labels [..., M] word ids, one row per query
-    (e.g. the K entries retrieved for it). Duplicate labels all get their word's total.
+
+def _word_log_mass(scores, groups):
+    """For each entry j of each query: log Σ_{entries i of that query with the word of j} exp(score_i).
+
+    scores fp32 [..., M] (-inf = no entry); groups [..., M] from ``word_groups``.
+    Duplicate words all get their word's total.
     """
-    shape = labels.shape
-    labels = labels.reshape(-1, shape[-1]).long()
-    scores = scores.reshape(-1, shape[-1])
-    if labels.numel() == 0:
-        return scores.clone().view(shape)
-    rows = torch.arange(labels.shape[0], device=labels.device)[:, None]
-    _, inverse = torch.unique(rows * (int(labels.max()) + 1) + labels, return_inverse=True)
+    if groups.numel() == 0:
+        return scores.clone()
     shift = _finite_or_zero(scores.amax(-1, keepdim=True))
     weights = (scores - shift).exp()
-    mass = weights.new_zeros(int(inverse.max()) + 1)
-    mass.scatter_add_(0, inverse.view(-1), weights.view(-1))
-    return (mass[inverse].log() + shift).view(shape)
+    mass = weights.new_zeros(int(groups.max()) + 1)
+    mass.scatter_add_(0, groups.reshape(-1), weights.reshape(-1))
+    return mass[groups].log() + shift
 
 
 def _eval_memory_chunks(vocab_scores, queries, keys, key_labels, visibility, scale, chunk_size,
@@ -303,11 +309,11 @@ def _add_memory_(chunk, log_z_vocab, columns, word_log_mass, total_log_mass):
     chunk.scatter_(-1, columns, at_words)
 
 
-def interpolate_memory_(log_probs, entry_scores, entry_labels, lam: float):
+def interpolate_memory_(log_probs, entry_scores, entry_labels, lam: float, groups=None):
     """Eq. 9 (and kNN-LM): log[(1-λ) P(w) + λ P'(w)] in place on log_probs [..., V], with
     P'(w) ∝ Σ_{entries j, label w} exp(entry_scores_j) (Eq. 8; scores already divided by
-    the temperature). entry_scores / entry_labels [..., M]; -inf = no entry. A query with
-    no entry keeps P."""
+    the temperature). entry_scores / entry_labels [..., M]; -inf = no entry; ``groups``:
+    ``word_groups(entry_labels)`` if already known. A query with no entry keeps P."""
     if not 0.0 <= lam < 1.0:
         raise ValueError(f"the interpolation weight lambda must be in [0, 1), got {lam}")
     if lam == 0.0 or entry_scores.shape[-1] == 0:
@@ -315,7 +321,8 @@ def interpolate_memory_(log_probs, entry_scores, entry_labels, lam: float):
     entry_labels = entry_labels.long()
     total = entry_scores.logsumexp(-1, keepdim=True)
     has_memory = torch.isfinite(total)
-    log_memory_probs = _word_log_mass(entry_scores, entry_labels) - _finite_or_zero(total)
+    groups = word_groups(entry_labels) if groups is None else groups
+    log_memory_probs = _word_log_mass(entry_scores, groups) - _finite_or_zero(total)
     shift = torch.where(has_memory, math.log1p(-lam), 0.0)
     at_words = torch.logaddexp(log_probs.gather(-1, entry_labels) + shift,
                                log_memory_probs + math.log(lam))
@@ -375,13 +382,14 @@ def memory_log_probs(vocab_scores, queries, keys, key_labels, visibility,
         ext_sims, ext_labels = retrieved.sims[:, q0:q1].float(), retrieved.labels[:, q0:q1].long()
         entries = torch.cat([log_mass, ext_sims / temperature], -1)
         columns = torch.cat([columns, ext_labels], -1)
-        _add_memory_(chunk, log_z_vocab, columns, _word_log_mass(entries, columns),
+        groups = word_groups(columns)
+        _add_memory_(chunk, log_z_vocab, columns, _word_log_mass(entries, groups),
                      entries.logsumexp(-1, keepdim=True))
         if interp_lambda > 0:
             if span_for_interp is not None:
                 interp_entries = torch.cat([_log_memory_mass(span_for_interp, span_labels)[1],
                                             ext_sims / interp_temperature], -1)
-                interpolate_memory_(chunk, interp_entries, columns, interp_lambda)
+                interpolate_memory_(chunk, interp_entries, columns, interp_lambda, groups)
             else:
                 interpolate_memory_(chunk, ext_sims / interp_temperature, ext_labels, interp_lambda)
     return out

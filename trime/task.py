@@ -2,8 +2,9 @@
 
 Reads ``fairseq-preprocess`` output; segments are fixed blocks of
 ``--tokens-per-sample`` tokens (``--sample-break-mode none``), batched at random
-(paper §4.1, Fig. 2a) or as groups of consecutive segments of one document
-(``--batching consecutive``, §4.2, Fig. 2b; rules in ``trime.batching``). Every
+(paper §4.1, Fig. 2a), as groups of consecutive segments of one document
+(``--batching consecutive``, §4.2, Fig. 2b; rules in ``trime.batching``) or as the
+BM25-packed batches of ``trime-bm25-batches`` (``--batching bm25``, §4.3, Algorithm 1). Every
 batch carries its segments' corpus offsets and document ids (``trime.data``) for
 the long memory rule. The model is wrapped in ``TrimeLanguageModel`` so that
 the criterion sees g(c) and ``fairseq-eval-lm`` can score with memory (Eq. 6).
@@ -19,7 +20,8 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 
-from trime.batching import DOC_BOUNDARIES, check_consecutive_segments, consecutive_batches
+from trime.batching import (DOC_BOUNDARIES, check_consecutive_segments, consecutive_batches,
+                            shuffled_batches)
 from trime.data import EvalStreamDataset, SegmentPositionsDataset
 from trime.model import EVAL_MEMORIES, EvalSettings, TrimeLanguageModel
 
@@ -29,11 +31,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrimeLMConfig(LanguageModelingConfig):
-    batching: ChoiceEnum(["random", "consecutive"]) = field(
+    batching: ChoiceEnum(["random", "consecutive", "bm25"]) = field(
         default="random",
         metadata={"help": "how training segments are grouped into batches: random (paper "
-                  "Fig. 2a) or consecutive = groups of --consecutive-segments consecutive "
-                  "segments of one document (Fig. 2b, for --memory long); bm25 comes later"},
+                  "Fig. 2a); consecutive = groups of --consecutive-segments consecutive "
+                  "segments of one document (Fig. 2b, for --memory long); bm25 = the batches "
+                  "of --bm25-batches FILE, similar segments together (Fig. 2c, Algorithm 1, "
+                  "for --memory ext)"},
+    )
+    bm25_batches: Optional[str] = field(
+        default=None,
+        metadata={"help": "with --batching bm25: the file written by trime-bm25-batches for this "
+                  "data, --tokens-per-sample and --batch-size"},
     )
     consecutive_segments: int = field(
         default=1,
@@ -146,6 +155,9 @@ class TrimeLMTask(LanguageModelingTask):
         self.trime_models = []  # built by build_model; told which split is evaluated
         check_consecutive_segments(
             args.consecutive_segments, args.batch_size if args.batching == "consecutive" else None)
+        if (args.batching == "bm25") != bool(args.bm25_batches):
+            raise ValueError("--batching bm25 and --bm25-batches FILE go together (the file from "
+                             "trime-bm25-batches gives the batches; it is unused otherwise)")
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
@@ -203,8 +215,8 @@ class TrimeLMTask(LanguageModelingTask):
         # but train that silently leaves tokens out of the reported perplexity.
         if dataset is not self.datasets.get("train"):
             kwargs["required_batch_size_multiple"] = 1
-        elif self.args.batching == "consecutive":
-            return self._consecutive_batch_iterator(dataset, **kwargs)
+        elif self.args.batching in ("consecutive", "bm25"):
+            return self._planned_batch_iterator(dataset, **kwargs)
         return super().get_batch_iterator(dataset, **kwargs)
 
     def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
@@ -231,25 +243,34 @@ class TrimeLMTask(LanguageModelingTask):
             shard_id=shard_id, num_workers=num_workers, data_buffer_size=data_buffer_size,
         ).next_epoch_itr(shuffle=False)
 
-    def _consecutive_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, seed=1,
-                                    num_shards=1, shard_id=0, num_workers=0, epoch=1,
-                                    data_buffer_size=0, disable_iterator_cache=False,
-                                    skip_remainder_batch=False, grouped_shuffling=False, **unused):
+    def _planned_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, seed=1,
+                                num_shards=1, shard_id=0, num_workers=0, epoch=1,
+                                data_buffer_size=0, disable_iterator_cache=False,
+                                skip_remainder_batch=False, grouped_shuffling=False, **unused):
+        """Training batches planned by trime (--batching consecutive | bm25) instead of fairseq."""
         if dataset in self.dataset_to_epoch_iter and not disable_iterator_cache:
             return self.dataset_to_epoch_iter[dataset]
+        batching = self.args.batching
         batch_size = max_sentences
         if batch_size is None:
             if max_tokens is None:
-                raise ValueError("--batching consecutive needs --batch-size (segments per batch)")
+                raise ValueError(f"--batching {batching} needs --batch-size (segments per batch)")
             batch_size = max(1, max_tokens // self.args.tokens_per_sample)
-        m = self.args.consecutive_segments
-        segment_docs = dataset.segment_documents()
+        if batching == "consecutive":
+            m = self.args.consecutive_segments
+            segment_docs = dataset.segment_documents()
 
-        def make_batches(dataset, epoch):
-            # called by fairseq once per epoch; deterministic in (seed, epoch), so a
-            # resumed run rebuilds the same list and skips the batches already done
-            return consecutive_batches(segment_docs, m, batch_size, seed, epoch,
-                                       num_shards=num_shards, grouped=grouped_shuffling)
+            def make_batches(dataset, epoch):
+                # called by fairseq once per epoch; deterministic in (seed, epoch), so a
+                # resumed run rebuilds the same list and skips the batches already done
+                return consecutive_batches(segment_docs, m, batch_size, seed, epoch,
+                                           num_shards=num_shards, grouped=grouped_shuffling)
+        else:
+            bm25_batches = self._load_bm25_batches(dataset, batch_size)
+
+            def make_batches(dataset, epoch):
+                # Algorithm 1's batches stay together; their order is shuffled per (seed, epoch)
+                return shuffled_batches(bm25_batches, 1, seed, epoch)
 
         dataset.set_epoch(epoch)
         epoch_iter = iterators.EpochBatchIterator(
@@ -260,3 +281,20 @@ class TrimeLMTask(LanguageModelingTask):
         )
         self.dataset_to_epoch_iter[dataset] = epoch_iter
         return epoch_iter
+
+    def _load_bm25_batches(self, dataset, batch_size):
+        from trime.bm25 import load_bm25_batches
+
+        path = self.args.bm25_batches
+        if not path:
+            raise ValueError("--batching bm25 needs --bm25-batches FILE, made by `trime-bm25-batches "
+                             f"DATA --tokens-per-sample {self.args.tokens_per_sample} "
+                             f"--batch-size {batch_size} -o FILE`")
+        batches = load_bm25_batches(path, len(dataset), self.args.tokens_per_sample, self.dictionary)
+        file_batch_size = max(len(b) for b in batches)
+        if file_batch_size != batch_size:
+            raise ValueError(f"{path} holds batches of {file_batch_size} segments, but --batch-size "
+                             f"is {batch_size}: use --batch-size {file_batch_size} or rerun "
+                             f"trime-bm25-batches with --batch-size {batch_size}")
+        logger.info(f"TRIME: {len(batches)} BM25 batches of up to {batch_size} segments from {path}")
+        return [list(map(int, b)) for b in batches]
