@@ -53,9 +53,16 @@ def test_eval_local_memory_matches_naive_eq6(tmp_path, adaptive):
     sample = _context_window_sample(d)
     with torch.no_grad():
         out = model(**sample["net_input"])
+        at_targets = model.get_normalized_probs(out, log_probs=True, sample=sample)
+        model.settings.full_distribution = True
         ours = model.get_normalized_probs(out, log_probs=True, sample=sample)
     ref = _naive_log_probs(model, sample, d.pad(), 1.3)
     assert torch.allclose(ours.double(), ref, atol=1e-5)
+    # what fairseq-eval-lm reads by default: only each target's entry is computed
+    target = sample["target"]
+    scored = target != d.pad()
+    gather = (lambda x: x.gather(-1, target[..., None])[..., 0][scored])
+    assert torch.allclose(gather(at_targets).double(), gather(ref), atol=1e-5)
 
 
 def test_eval_memory_none_is_plain_lm(tmp_path):

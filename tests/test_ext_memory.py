@@ -236,8 +236,8 @@ def test_tuning_statistics_give_the_full_distribution_at_the_target(lam, interp_
     visibility = LocalMemory(torch.ones(G, T, dtype=torch.bool)) if local else None
     retrieved = _retrieved(G, T, seed=9, empty_rows=[(1, 2)])
     temps = [0.7, 1.3, 2.5]
-    stats = memory_target_stats(scores, g, g, labels, visibility, targets, temps, retrieved,
-                                chunk_size=3)
+    stats = memory_target_stats(scores.gather(-1, targets[..., None])[..., 0], scores.logsumexp(-1),
+                                g, g, labels, visibility, targets, temps, retrieved, chunk_size=3)
     for tau, tau_prime in ((1.3, 2.5), (0.7, 0.7)):
         full = memory_log_probs(scores, g, g, labels, visibility, tau, retrieved=retrieved,
                                 interp_lambda=lam, interp_temperature=tau_prime,

@@ -98,13 +98,20 @@ class DatastoreWriter:
         if rows.min() < 0 or rows.max() >= self.num_tokens:
             raise ValueError(f"token offsets {rows.min()}..{rows.max()} outside the split's "
                              f"{self.num_tokens} tokens")
-        if self.written[rows].any() or len(np.unique(rows)) != len(rows):
+        keys = keys.detach().to("cpu", torch.float16).numpy()
+        values = values.detach().cpu().numpy().astype(np.int32)
+        order = np.argsort(rows, kind="stable")
+        rows, keys, values = rows[order], keys[order], values[order]
+        if self.written[rows].any() or (np.diff(rows) == 0).any():
             raise RuntimeError("a token was scored twice while saving the datastore; every token "
                                "of the split must be scored exactly once (do not combine "
                                "--save-dstore with --num-shards)")
-        order = np.argsort(rows)  # sorted rows: sequential writes into the memmap
-        self.keys[rows[order]] = keys.detach().to("cpu", torch.float16).numpy()[order]
-        self.values[rows[order]] = values.detach().cpu().numpy().astype(np.int32)[order]
+        if rows[-1] - rows[0] + 1 == len(rows):  # a contiguous run (stream order): one copy
+            self.keys[rows[0]:rows[-1] + 1] = keys
+            self.values[rows[0]:rows[-1] + 1] = values
+        else:
+            self.keys[rows] = keys
+            self.values[rows] = values
         self.written[rows] = True
         self.count += len(rows)
         if self.progress is not None:

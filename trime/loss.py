@@ -263,15 +263,44 @@ def _word_log_mass(scores, groups):
     return mass[groups].log() + shift
 
 
+@dataclass
+class VocabLogProbs:
+    """The vocabulary distribution, already normalised: log_probs [G, Nq, V] fp32 = s_w - log Z_vocab
+    (the memory functions correct it in place) and log_z [G, Nq, 1] = log Z_vocab. Pass this
+    instead of unnormalised scores when the normalised form is at hand (adaptive softmax) to
+    save a log-softmax over [tokens × V]."""
+
+    log_probs: torch.Tensor
+    log_z: torch.Tensor
+
+    @property
+    def shape(self):
+        return self.log_probs.shape
+
+    def __getitem__(self, index):
+        return VocabLogProbs(self.log_probs[index], self.log_z[index])
+
+
+def vocab_log_probs(vocab_scores) -> VocabLogProbs:
+    """VocabLogProbs of unnormalised scores s_w [G, Nq, V] (returned as is if already one)."""
+    if isinstance(vocab_scores, VocabLogProbs):
+        return vocab_scores
+    log_probs = torch.log_softmax(vocab_scores.float(), dim=-1)
+    # log Z = s_w - (s_w - log Z) at word 0: no second pass over V
+    return VocabLogProbs(log_probs, vocab_scores[..., :1].float() - log_probs[..., :1])
+
+
 def _eval_memory_chunks(vocab_scores, queries, keys, key_labels, visibility, scale, chunk_size,
                         every_chunk=False):
-    """(out, chunks): ``out`` starts as the vocabulary log-softmax s_w - log Z_vocab of every
-    query; ``chunks`` yields, for each chunk of queries [q0, q1) that sees any key (or every
-    chunk if ``every_chunk``), (q0, q1, its rows of ``out`` as a view to correct in place,
-    scores [G, C, K] = scale·q·k with -inf for invisible keys, the span's key labels [G, K]);
-    a chunk that sees no key has K = 0.
+    """(vocab, chunks): ``vocab.log_probs`` starts as the vocabulary log-softmax
+    s_w - log Z_vocab of every query (``vocab_scores`` unnormalised, or a VocabLogProbs whose
+    log_probs are then corrected in place); ``chunks`` yields, for each chunk of queries
+    [q0, q1) that sees any key (or every chunk if ``every_chunk``), (q0, q1, its rows of
+    ``vocab.log_probs`` as a view to correct in place, scores [G, C, K] = scale·q·k with -inf
+    for invisible keys, the span's key labels [G, K]); a chunk that sees no key has K = 0.
     """
-    out = torch.log_softmax(vocab_scores.float(), dim=-1)
+    vocab = vocab_log_probs(vocab_scores)
+    out = vocab.log_probs
 
     def chunks():
         for q0 in range(0, vocab_scores.shape[1], chunk_size):
@@ -286,7 +315,7 @@ def _eval_memory_chunks(vocab_scores, queries, keys, key_labels, visibility, sca
                                      visibility, q0, q1, k0, k1)
             yield q0, q1, out[:, q0:q1], scores, key_labels[:, k0:k1]
 
-    return out, chunks()
+    return vocab, chunks()
 
 
 def _memory_columns(words, log_mass, vocab_size):
@@ -294,18 +323,22 @@ def _memory_columns(words, log_mass, vocab_size):
     return words.clamp(0, vocab_size - 1).expand(*log_mass.shape)
 
 
-def _log_z_vocab(vocab_scores, log_softmax):
-    """log Z_vocab [G, C, 1] = s_w - (s_w - log Z_vocab) at word 0."""
-    return vocab_scores[..., :1].float() - log_softmax[..., :1]
-
-
-def _add_memory_(chunk, log_z_vocab, columns, word_log_mass, total_log_mass):
+def _add_memory_(chunk, log_z_vocab, columns, word_log_mass, total_log_mass, interp=None):
     """Eq. 6 in place: chunk holds s_w - log Z_vocab; becomes log(exp(s_w) + m_w) - log Z with
     Z = Z_vocab + Σ m. ``columns`` [G, C, M] words with memory, ``word_log_mass`` their log m_w
-    (equal for equal columns), ``total_log_mass`` [G, C, 1] log Σ_w m_w."""
+    (equal for equal columns), ``total_log_mass`` [G, C, 1] log Σ_w m_w.
+
+    ``interp`` = (λ, log P'_w at the columns, whether a query has any P' entry [G, C, 1]):
+    also Eq. 9, log[(1-λ) P + λ P'], with one pass over the vocabulary for both shifts."""
     log_z_ratio = torch.nn.functional.softplus(total_log_mass - log_z_vocab)
     at_words = torch.logaddexp(chunk.gather(-1, columns), word_log_mass - log_z_vocab) - log_z_ratio
-    chunk.sub_(log_z_ratio)
+    shift = -log_z_ratio
+    if interp is not None:
+        lam, log_memory_probs, has_memory = interp
+        keep = torch.where(has_memory, math.log1p(-lam), 0.0)
+        at_words = torch.logaddexp(at_words + keep, log_memory_probs + math.log(lam))
+        shift = shift + keep
+    chunk.add_(shift)
     chunk.scatter_(-1, columns, at_words)
 
 
@@ -347,7 +380,8 @@ def memory_log_probs(vocab_scores, queries, keys, key_labels, visibility,
     """Full log-distribution of Eq. 6 over the vocabulary (evaluation; no grad needed).
 
     Args:
-        vocab_scores: [G, Nq, V] unnormalised vocabulary scores s_w.
+        vocab_scores: [G, Nq, V] unnormalised vocabulary scores s_w, or a VocabLogProbs
+            (whose log_probs then become the result, corrected in place).
         queries, keys, key_labels, visibility, temperature: as in ``memory_logsumexp``
             (the span memory: local / long; ``visibility`` None = no span memory).
         retrieved: external memory entries of each query (TrimeLM_ext, Eq. 7), joining the
@@ -363,36 +397,41 @@ def memory_log_probs(vocab_scores, queries, keys, key_labels, visibility,
     shifted by log(Z / Z_vocab) and the words present in memory are corrected.
     """
     sqrt_d = math.sqrt(queries.shape[-1])
-    out, chunks = _eval_memory_chunks(vocab_scores, queries, keys, key_labels, visibility,
-                                      1.0 / (sqrt_d * temperature), chunk_size,
-                                      every_chunk=retrieved is not None)
-    V = vocab_scores.shape[-1]
+    if not 0.0 <= interp_lambda < 1.0:
+        raise ValueError(f"the interpolation weight lambda must be in [0, 1), got {interp_lambda}")
+    vocab, chunks = _eval_memory_chunks(vocab_scores, queries, keys, key_labels, visibility,
+                                        1.0 / (sqrt_d * temperature), chunk_size,
+                                        every_chunk=retrieved is not None)
+    V = vocab.shape[-1]
     for q0, q1, chunk, scores, span_labels in chunks:
-        log_z_vocab = _log_z_vocab(vocab_scores[:, q0:q1], chunk)
+        log_z_vocab = vocab.log_z[:, q0:q1]
         span_for_interp = scores * (temperature / interp_temperature) \
             if interp_lambda > 0 and interp_span else None
         words, log_mass = _log_memory_mass(scores, span_labels)
         columns = _memory_columns(words, log_mass, V)
-        if retrieved is None:
+        if retrieved is None and interp_lambda == 0:  # Eq. 6 over local/long memory only
             _add_memory_(chunk, log_z_vocab, columns, log_mass, log_mass.logsumexp(-1, keepdim=True))
-            if span_for_interp is not None:
-                interpolate_memory_(chunk, _log_memory_mass(span_for_interp, span_labels)[1],
-                                    columns, interp_lambda)
             continue
-        ext_sims, ext_labels = retrieved.sims[:, q0:q1].float(), retrieved.labels[:, q0:q1].long()
-        entries = torch.cat([log_mass, ext_sims / temperature], -1)
-        columns = torch.cat([columns, ext_labels], -1)
+        # per query: entries = the span's words (their mass) + the retrieved entries
+        if retrieved is not None:
+            ext_sims = retrieved.sims[:, q0:q1].float()
+            entries = torch.cat([log_mass, ext_sims / temperature], -1)
+            columns = torch.cat([columns, retrieved.labels[:, q0:q1].long()], -1)
+        else:
+            ext_sims, entries = log_mass[..., :0], log_mass
         groups = word_groups(columns)
+        interp = None
+        if interp_lambda > 0:  # P' of Eq. 8 at τ′ over the same columns (-inf: not in P')
+            span_prime = _log_memory_mass(span_for_interp, span_labels)[1] if interp_span \
+                else torch.full_like(log_mass, NEG_INF)
+            interp_entries = torch.cat([span_prime, ext_sims / interp_temperature], -1)
+            interp_total = interp_entries.logsumexp(-1, keepdim=True)
+            interp = (interp_lambda,
+                      _word_log_mass(interp_entries, groups) - _finite_or_zero(interp_total),
+                      torch.isfinite(interp_total))
         _add_memory_(chunk, log_z_vocab, columns, _word_log_mass(entries, groups),
-                     entries.logsumexp(-1, keepdim=True))
-        if interp_lambda > 0:
-            if span_for_interp is not None:
-                interp_entries = torch.cat([_log_memory_mass(span_for_interp, span_labels)[1],
-                                            ext_sims / interp_temperature], -1)
-                interpolate_memory_(chunk, interp_entries, columns, interp_lambda, groups)
-            else:
-                interpolate_memory_(chunk, ext_sims / interp_temperature, ext_labels, interp_lambda)
-    return out
+                     entries.logsumexp(-1, keepdim=True), interp)
+    return vocab.log_probs
 
 
 def knnlm_log_probs(vocab_scores, retrieved: RetrievedMemory, lam: float, temperature: float):
@@ -400,7 +439,7 @@ def knnlm_log_probs(vocab_scores, retrieved: RetrievedMemory, lam: float, temper
     p_kNN(w) ∝ Σ_{retrieved j, x_j = w} exp(sim_j / T). fp32 [G, Nq, V]."""
     if temperature <= 0:
         raise ValueError(f"--knn-temp must be > 0, got {temperature}")
-    out = torch.log_softmax(vocab_scores.float(), dim=-1)
+    out = vocab_log_probs(vocab_scores).log_probs
     return interpolate_memory_(out, retrieved.sims.float() / temperature, retrieved.labels, lam)
 
 
@@ -416,14 +455,14 @@ def cache_log_probs(vocab_scores, queries, keys, key_labels, visibility, lam: fl
     if theta <= 0:
         raise ValueError(f"--cache-theta must be > 0, got {theta}")
     if lam == 0.0:
-        return torch.log_softmax(vocab_scores.float(), dim=-1)
-    out, chunks = _eval_memory_chunks(vocab_scores, queries, keys, key_labels, visibility, theta,
-                                      chunk_size)
-    V = vocab_scores.shape[-1]
+        return vocab_log_probs(vocab_scores).log_probs
+    vocab, chunks = _eval_memory_chunks(vocab_scores, queries, keys, key_labels, visibility, theta,
+                                        chunk_size)
+    V = vocab.shape[-1]
     for _, _, chunk, scores, span_labels in chunks:
         words, log_mass = _log_memory_mass(scores, span_labels)
         interpolate_memory_(chunk, log_mass, _memory_columns(words, log_mass, V), lam)
-    return out
+    return vocab.log_probs
 
 
 STAT_SETS = ("span", "ext", "eval")  # memory sets summarised by memory_target_stats
@@ -435,46 +474,57 @@ def stat_column(memory_set: str, temperature_index: int, positive: bool, num_tem
     return 2 + (STAT_SETS.index(memory_set) * num_temperatures + temperature_index) * 2 + int(positive)
 
 
-def memory_target_stats(vocab_scores, queries, keys, key_labels, visibility, targets,
-                        temperatures, retrieved: RetrievedMemory = None, chunk_size: int = 512):
+def memory_target_stats(target_score, log_z_vocab, queries, keys, key_labels, visibility, targets,
+                        temperatures, retrieved: RetrievedMemory = None, sets=STAT_SETS,
+                        chunk_size: int = 512):
     """Per-token statistics from which log P(w*) of Eq. 6–9 and kNN-LM follow for any λ and any
-    temperature in ``temperatures``, without running the model again (``trime-tune``).
+    temperature in ``temperatures`` (``target_log_prob_from_stats``): what ``fairseq-eval-lm``
+    reads (the target's log-probability) without a [tokens × V] distribution, and what
+    ``trime-tune`` keeps to score a whole grid from one model pass.
 
-    Same arguments as ``memory_log_probs`` plus targets [G, Nq] (w* of each query).
+    Args:
+        target_score, log_z_vocab: [G, Nq] s_w* and log Z_vocab (``vocab.eval_target_scores``).
+        queries, keys, key_labels, visibility, retrieved: as in ``memory_log_probs``.
+        targets: [G, Nq] w* of each query.
+        sets: the memory sets to summarise, among STAT_SETS (span = local/long, ext =
+            retrieved, eval = both); the others' columns are NaN.
     Returns fp32 [G, Nq, 2 + 6·len(temperatures)]: s_w*, log Z_vocab, then for each memory
-    set in STAT_SETS (span = local/long, ext = retrieved, eval = both) and temperature t,
-    log Σ_j exp(sim_j / t) over its entries and over its entries labelled w*
-    (``stat_column``); -inf for an empty set. sim = g·g'/√d for span entries.
+    set and temperature t, log Σ_j exp(sim_j / t) over its entries and over its entries
+    labelled w* (``stat_column``); -inf for an empty set. sim = g·g'/√d for span entries.
     """
-    G, num_queries, _ = vocab_scores.shape
+    G, num_queries = targets.shape
     num_temps = len(temperatures)
     out = torch.full((G, num_queries, 2 + 6 * num_temps), NEG_INF, dtype=torch.float32,
-                     device=vocab_scores.device)
-    scores32 = vocab_scores.float()
-    out[..., 0] = scores32.gather(-1, targets[..., None].long())[..., 0]
-    out[..., 1] = scores32.logsumexp(-1)
+                     device=targets.device)
+    out[..., 0], out[..., 1] = target_score, log_z_vocab
+    for name in STAT_SETS:
+        if name not in sets:
+            for i in range(num_temps):
+                for positive in (False, True):
+                    out[..., stat_column(name, i, positive, num_temps)] = float("nan")
     inv_sqrt_d = 1.0 / math.sqrt(queries.shape[-1])
     for q0 in range(0, num_queries, chunk_size):
         q1 = min(num_queries, q0 + chunk_size)
         target = targets[:, q0:q1, None]
         k0, k1 = visibility.key_range(q0, q1) if visibility is not None else (0, 0)
-        sets = {}
+        found = {}
         if k1 > k0:
             span = mask_invisible_(_chunk_scores(queries, keys, inv_sqrt_d, q0, q1, k0, k1),
                                    visibility, q0, q1, k0, k1)
-            sets["span"] = (span, key_labels[:, None, k0:k1] == target)
+            found["span"] = (span, key_labels[:, None, k0:k1] == target)
         if retrieved is not None:
-            ext = retrieved.sims[:, q0:q1].float()
-            sets["ext"] = (ext, retrieved.labels[:, q0:q1] == target)
-        if sets:
-            sims = torch.cat([s for s, _ in sets.values()], -1)
-            sets["eval"] = (sims, torch.cat([p for _, p in sets.values()], -1))
-        for name, (sims, positive) in sets.items():
+            found["ext"] = (retrieved.sims[:, q0:q1].float(), retrieved.labels[:, q0:q1] == target)
+        if "eval" in sets and found:
+            found["eval"] = (torch.cat([s for s, _ in found.values()], -1),
+                             torch.cat([p for _, p in found.values()], -1))
+        for name, (sims, positive) in found.items():
+            if name not in sets:
+                continue
+            positive_sims = sims.masked_fill(~positive, NEG_INF)
             for i, t in enumerate(temperatures):
-                scaled = sims / t
-                out[:, q0:q1, stat_column(name, i, False, num_temps)] = scaled.logsumexp(-1)
+                out[:, q0:q1, stat_column(name, i, False, num_temps)] = (sims / t).logsumexp(-1)
                 out[:, q0:q1, stat_column(name, i, True, num_temps)] = \
-                    scaled.masked_fill(~positive, NEG_INF).logsumexp(-1)
+                    (positive_sims / t).logsumexp(-1)
     return out
 
 

@@ -24,8 +24,8 @@ import torch
 from fairseq.models import FairseqLanguageModel
 
 from trime import vocab
-from trime.loss import (RetrievedMemory, cache_log_probs, knnlm_log_probs, memory_log_probs,
-                        memory_target_stats)
+from trime.loss import (STAT_SETS, RetrievedMemory, cache_log_probs, knnlm_log_probs,
+                        memory_log_probs, memory_target_stats, target_log_prob_from_stats)
 from trime.memory import FifoMemory, build_visibility, memory_labels
 from trime.scoring import score_with_long_memory
 
@@ -60,6 +60,7 @@ class EvalSettings:
     knn_exact_scores: bool = False
     knn_interp_memory: str = "eval"    # P' of Eq. 8 over M_eval, or the retrieved entries only
     save_dstore: Optional[str] = None
+    full_distribution: bool = False     # compute all of [B, T, V], not only the targets (API)
 
     def __post_init__(self):
         if self.memory not in EVAL_MEMORIES:
@@ -277,13 +278,17 @@ class TrimeLanguageModel(FairseqLanguageModel):
         return stats, self.last_first_hit
 
     def _memory_log_probs(self, decoder_out, extra, sample, stats_temperatures=None):
+        """Log-probabilities [B, T, V] with memory. fairseq's scorers read only each target's
+        entry (fairseq's adaptive softmax computes only the targets' clusters too), so unless
+        ``settings.full_distribution`` is set, only log P(w*) is computed (from per-token
+        statistics, as trime-tune does) and returned broadcast over V; the continuous cache
+        always builds the full distribution. ``stats_temperatures``: return the statistics."""
         if sample is None or tuple(sample["target"].shape) != tuple(decoder_out.shape[:2]):
             raise ValueError(
                 "TRIME evaluation memory needs the whole batch at once: leave "
                 "fairseq-eval-lm's --softmax-batch at its default."
             )
         settings = self.settings
-        scores = vocab.full_scores(self.decoder, decoder_out)
         target = sample["target"]
         retrieved = None
         if settings.uses_ext:
@@ -299,34 +304,55 @@ class TrimeLanguageModel(FairseqLanguageModel):
                                                   torch.full_like(target, K))
             else:
                 self.last_first_hit = torch.full_like(target, -1)
-        if settings.scoring == "knnlm" and stats_temperatures is None:
-            return knnlm_log_probs(scores, retrieved, settings.knn_lambda, settings.knn_temp)
         labels, valid = memory_labels(sample["net_input"]["src_tokens"], target, self.pad)
-        if stats_temperatures is not None:
-            keys = extra["trime_query"]
+        keys = extra["trime_query"]
 
-            def combine(rows, s, q, k, l, vis):
-                row_retrieved = None if retrieved is None else \
-                    RetrievedMemory(retrieved.sims[rows], retrieved.labels[rows])
-                return memory_target_stats(s, q, k, l, vis, target[rows], stats_temperatures,
-                                           row_retrieved)
-        elif settings.scoring == "cache":
-            keys = extra["trime_final"] if settings.cache_key == "final" else extra["trime_query"]
+        def rows_of(retrieved, rows):
+            return None if retrieved is None else \
+                RetrievedMemory(retrieved.sims[rows], retrieved.labels[rows])
 
-            def combine(rows, s, q, k, l, vis):
-                return cache_log_probs(s, q, k, l, vis, settings.cache_lambda, settings.cache_theta)
+        full = settings.scoring == "cache" or (settings.full_distribution and stats_temperatures is None)
+        if full:
+            scores = vocab.full_log_probs(self.decoder, decoder_out)
+            if settings.scoring == "knnlm":
+                return knnlm_log_probs(scores, retrieved, settings.knn_lambda, settings.knn_temp)
+            if settings.scoring == "cache":
+                keys = extra["trime_final"] if settings.cache_key == "final" else keys
+
+                def combine(rows, s, q, k, l, vis):
+                    return cache_log_probs(s, q, k, l, vis, settings.cache_lambda,
+                                           settings.cache_theta)
+            else:
+                def combine(rows, s, q, k, l, vis):
+                    return memory_log_probs(
+                        s, q, k, l, vis, settings.temperature, retrieved=rows_of(retrieved, rows),
+                        interp_lambda=settings.knn_lambda if retrieved is not None else 0.0,
+                        interp_temperature=settings.knn_temp or 1.0,
+                        interp_span=settings.knn_interp_memory == "eval")
         else:
-            keys = extra["trime_query"]
+            target_score, log_z = vocab.eval_target_scores(self.decoder, decoder_out, target)
+            scores = torch.stack([target_score, log_z], -1)  # [B, T, 2], sliced per row
+            temperatures = stats_temperatures or sorted({settings.temperature,
+                                                         settings.knn_temp or 1.0})
+            sets = STAT_SETS if stats_temperatures else \
+                ("ext",) if settings.scoring == "knnlm" else ("ext", "eval")
 
             def combine(rows, s, q, k, l, vis):
-                row_retrieved = None if retrieved is None else \
-                    RetrievedMemory(retrieved.sims[rows], retrieved.labels[rows])
-                return memory_log_probs(
-                    s, q, k, l, vis, settings.temperature, retrieved=row_retrieved,
-                    interp_lambda=settings.knn_lambda if retrieved is not None else 0.0,
-                    interp_temperature=settings.knn_temp or 1.0,
-                    interp_span=settings.knn_interp_memory == "eval")
+                return memory_target_stats(s[..., 0], s[..., 1], q, k, l, vis, target[rows],
+                                           temperatures, rows_of(retrieved, rows), sets)
 
+        stats_or_log_probs = self._score_rows(scores, keys, labels, valid, target, sample, combine)
+        if full or stats_temperatures is not None:
+            return stats_or_log_probs
+        target_log_probs = target_log_prob_from_stats(
+            stats_or_log_probs, temperatures, settings.scoring, settings.temperature,
+            settings.knn_lambda or 0.0, settings.knn_temp or 1.0, settings.knn_interp_memory)
+        return target_log_probs[..., None].expand(*target.shape, len(self.decoder.dictionary))
+
+    def _score_rows(self, scores, keys, labels, valid, target, sample, combine):
+        """combine(rows, scores, queries, keys, key_labels, visibility) over the batch with
+        local memory (or none), or row by row in stream order with the long-memory FIFO."""
+        settings = self.settings
         span = settings.span_memory
         if "long" not in span:
             visibility = build_visibility("local", valid) if span == "local" else None

@@ -11,7 +11,7 @@ Writes to --out-dir: ``tune.csv`` (every grid point), ``best.json``, a heat map
 ``tune.png`` (λ × τ′ at the best τ, or perplexity vs τ without a datastore), and, with
 external memory, ``retrieval_accuracy.csv`` (paper Table 13: share of tokens whose
 target is among the top-K retrieved values) and ``frequency_buckets.csv`` (Table 14:
-perplexity by the target's training-set frequency, from dict.txt counts).
+perplexity by the target's frequency in the tuned split, as in the paper).
 
     trime-tune data-bin --path ckpt/checkpoint_best.pt --gen-subset valid --tokens-per-sample 512 \\
         --taus 1.0,1.1,1.2,1.3 --interp-temps 0.5,1,2,5,10 --lambdas 0.1,0.2,0.3,0.4 \\
@@ -96,13 +96,14 @@ def grid(stats, temperatures, scoring, settings, taus, interp_temps, lambdas):
     return rows
 
 
-def frequency_table(stats, targets, dictionary, temperatures, scoring, best, settings):
-    """Table 14: perplexity per training-frequency bucket of the target (dict.txt counts)."""
+def frequency_table(stats, targets, temperatures, scoring, best, settings):
+    """Table 14: perplexity per frequency bucket of the target, the frequency being its count in
+    the evaluated split (as in the paper: "their frequency on the development set")."""
     import torch
 
     from trime.loss import target_log_prob_from_stats
 
-    counts = torch.tensor(dictionary.count, dtype=torch.float64)[targets]
+    counts = torch.bincount(targets)[targets]
     columns = {"LM only": stats[:, 0] - stats[:, 1]}
     if scoring == "trime" and settings.span_memory != "none":
         columns[f"{settings.span_memory} (Eq. 6)"] = target_log_prob_from_stats(
@@ -235,8 +236,7 @@ def main(argv=None):
         for row in accuracy:
             print(f"retrieval accuracy (target among the top-{row['K']} retrieved values): "
                   f"{100 * row['accuracy']:.1f}%")
-    buckets = frequency_table(stats, targets, task.source_dictionary, temperatures, args.scoring,
-                              best, settings)
+    buckets = frequency_table(stats, targets, temperatures, args.scoring, best, settings)
     _write_csv(os.path.join(args.out_dir, "frequency_buckets.csv"), buckets)
     report["frequency_buckets"] = buckets
     with open(os.path.join(args.out_dir, "best.json"), "w") as f:

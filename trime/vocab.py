@@ -93,21 +93,37 @@ def _adaptive_target_scores(asm, features, targets):
     return (log_z + log_p).view(B, T), log_z.view(B, T)
 
 
-def full_scores(decoder, decoder_out):
-    """Unnormalised scores s_w for the whole vocabulary, fp32 [B, T, V] (evaluation).
+def eval_target_scores(decoder, decoder_out, targets):
+    """(s_w* [B, T], log Z_vocab [B, T]) fp32 at evaluation, from what the decoder returned
+    (logits for a plain softmax, features for an adaptive one): the two numbers Eq. 6–9
+    need from the vocabulary at each target. An adaptive softmax computes only the tail
+    clusters that hold targets, as fairseq's own scoring does."""
+    asm = _adaptive_softmax(decoder)
+    if asm is None:
+        logits = decoder_out
+        return (logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float(),
+                logits.float().logsumexp(-1))
+    return _adaptive_target_scores(asm, decoder_out, targets)
+
+
+def full_log_probs(decoder, decoder_out):
+    """The vocabulary distribution of every position (evaluation), as a
+    ``trime.loss.VocabLogProbs``: log p(w) fp32 [B, T, V] and log Z [B, T, 1], s_w = both summed.
 
     ``decoder_out`` is what the decoder returns without ``features_only``: the
     logits for a plain softmax, the features for an adaptive softmax (whose
-    ``output_layer`` is the identity).
+    ``output_layer`` is the identity; Z is the head's partition function).
     """
+    from trime.loss import VocabLogProbs, vocab_log_probs
+
     asm = _adaptive_softmax(decoder)
     if asm is None:
-        return decoder_out.float()
+        return vocab_log_probs(decoder_out)
     B, T, C = decoder_out.shape
     features = decoder_out.contiguous()
     # the head may return [B*T, out] (TiedHeadModule): flatten, then restore
     log_z = asm.head(features.view(-1, C)).float().logsumexp(-1).view(B, T, 1)
-    return asm.get_log_prob(features, None).float() + log_z
+    return VocabLogProbs(asm.get_log_prob(features, None).float(), log_z)
 
 
 def dictionary_checksum(dictionary) -> str:
