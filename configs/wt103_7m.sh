@@ -9,3 +9,5 @@ TRAIN_ARGS="--tokens-per-sample 3072 --batch-size 8 --update-freq 1 --optimizer 
 LONG_ARGS="--batching consecutive --consecutive-segments 8 --memory long"  # TrimeLM_long (§4.2), added to TRAIN_ARGS
 EVAL_ARGS="--tokens-per-sample 3072 --context-window 2560 --batch-size 1"  # 512 new tokens per segment
 LONG_EVAL_ARGS="--eval-memory local,long --long-memory-size 12288"  # TrimeLM_long at eval
+EXT_ARGS="--memory ext --local-drop-prob 0.9 --batching bm25 --bm25-batches ${BM25_BATCHES:-bm25.json}"  # TrimeLM_ext (Tables 11, 13, 15; §4.3, App. H: p = 0.9); file from trime-bm25-batches --k 20
+EXT_EVAL_ARGS="--eval-memory local,long,ext --long-memory-size 12288 --dstore ${DSTORE:-dstore} --knn-k 1024 --knn-nprobe 32 --knn-lambda 0.3"  # App. A; τ, τ' tuned on dev (trime-tune); the authors' IVFPQ: trime-build-index --nlist 4096 --pq-m 64 --pq-bits 8
