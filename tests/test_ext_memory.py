@@ -273,3 +273,20 @@ def test_external_memory_defaults_follow_the_scoring():
     assert (knn.knn_sim, knn.knn_lambda, knn.knn_temp) == ("l2", 0.25, 1.0)
     trime = EvalSettings(memory="local,long,ext", dstore="d")
     assert (trime.knn_sim, trime.knn_lambda, trime.knn_temp) == ("ip", 0.3, 1.0)
+
+
+def test_tuning_statistics_keep_positives_far_below_the_strongest_entry():
+    """A positive entry e^-200 below the strongest memory entry still counts (no underflow)."""
+    from trime.loss import memory_target_stats
+
+    sims = torch.tensor([[[200.0, 0.0, float("-inf")]]])
+    labels = torch.tensor([[[5, 7, 7]]])
+    stats = memory_target_stats(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1, D),
+                                torch.zeros(1, 1, D), torch.zeros(1, 1, dtype=torch.long), None,
+                                torch.tensor([[7]]), [1.0, 2.0], RetrievedMemory(sims, labels),
+                                sets=("ext",))
+    from trime.loss import stat_column
+    assert stats[0, 0, stat_column("ext", 0, True, 2)] == 0.0  # log exp(0)
+    assert stats[0, 0, stat_column("ext", 1, True, 2)] == 0.0
+    assert torch.isclose(stats[0, 0, stat_column("ext", 1, False, 2)], torch.tensor(100.0))
+    assert torch.isnan(stats[0, 0, stat_column("eval", 0, False, 2)])  # not asked for

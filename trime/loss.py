@@ -515,17 +515,33 @@ def memory_target_stats(target_score, log_z_vocab, queries, keys, key_labels, vi
         if retrieved is not None:
             found["ext"] = (retrieved.sims[:, q0:q1].float(), retrieved.labels[:, q0:q1] == target)
         if "eval" in sets and found:
-            found["eval"] = (torch.cat([s for s, _ in found.values()], -1),
-                             torch.cat([p for _, p in found.values()], -1))
+            parts = list(found.values())
+            found["eval"] = parts[0] if len(parts) == 1 else \
+                (torch.cat([s for s, _ in parts], -1), torch.cat([p for _, p in parts], -1))
         for name, (sims, positive) in found.items():
             if name not in sets:
                 continue
-            positive_sims = sims.masked_fill(~positive, NEG_INF)
             for i, t in enumerate(temperatures):
-                out[:, q0:q1, stat_column(name, i, False, num_temps)] = (sims / t).logsumexp(-1)
-                out[:, q0:q1, stat_column(name, i, True, num_temps)] = \
-                    (positive_sims / t).logsumexp(-1)
+                lse_all, lse_pos = _logsumexp_all_and_positive(sims, positive, 1.0 / t)
+                out[:, q0:q1, stat_column(name, i, False, num_temps)] = lse_all
+                out[:, q0:q1, stat_column(name, i, True, num_temps)] = lse_pos
     return out
+
+
+def _logsumexp_all_and_positive(sims, positive, scale):
+    """(log Σ_j exp(scale·sim_j), the same over the positive j), [..., K] -> [...]: one exp pass."""
+    peak = _finite_or_zero(sims.amax(-1, keepdim=True))
+    weights = torch.exp((sims - peak) * scale) if scale != 1.0 else torch.exp(sims - peak)
+    peak = peak[..., 0] * scale
+    lse_all = torch.log(weights.sum(-1)) + peak
+    positive_mass = (weights * positive).sum(-1)
+    lse_pos = torch.log(positive_mass) + peak
+    # positives far below the peak (denormal or zero mass): recompute those rows exactly
+    underflow = (positive_mass < 1e-30) & positive.any(-1)
+    if underflow.any():
+        lse_pos[underflow] = (sims[underflow].masked_fill(~positive[underflow], NEG_INF)
+                              * scale).logsumexp(-1)
+    return lse_all, lse_pos
 
 
 def _log_ratio(numerator, denominator):
