@@ -51,21 +51,40 @@ def load_for_eval(data, path, gen_subset="valid", tokens_per_sample=512, context
     return task, model, cfg, task.dataset(gen_subset)
 
 
+def eval_batches(task, model, cfg, dataset):
+    """fairseq-eval-lm's batches of ``dataset`` in stream order (long memory emptied first)."""
+    from fairseq import utils
+
+    model.reset_long_memory()
+    return task.eval_lm_dataloader(
+        dataset=dataset, max_tokens=cfg.dataset.max_tokens or 36000,
+        batch_size=cfg.dataset.batch_size, max_positions=utils.resolve_max_positions(model.max_positions()),
+        num_shards=1, shard_id=0, num_workers=0, context_window=cfg.eval_lm.context_window)
+
+
+def pyplot():
+    """matplotlib.pyplot with a file backend, or None (and a warning) when it is not installed."""
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # before its import logs
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed, no plot written: pip install 'trime[plots]'")
+        return None
+    return plt
+
+
 def evaluate(task, model, cfg, dataset, settings, max_batches=None):
     """fairseq's eval-lm loop with these EvalSettings.
 
     Returns {loss (base 2), perplexity, tokens, seconds, batches}; ``batches`` lists
     (tokens, seconds spent scoring) per batch. ``max_batches``: stop early (benchmarks).
     """
-    from fairseq import utils
     from fairseq_cli.eval_lm import eval_lm
 
     model.settings = settings
-    model.reset_long_memory()
-    itr = task.eval_lm_dataloader(
-        dataset=dataset, max_tokens=cfg.dataset.max_tokens or 36000,
-        batch_size=cfg.dataset.batch_size, max_positions=utils.resolve_max_positions(model.max_positions()),
-        num_shards=1, shard_id=0, num_workers=0, context_window=cfg.eval_lm.context_window)
+    itr = eval_batches(task, model, cfg, dataset)
     per_batch = []
 
     def counted(batches):
@@ -85,13 +104,8 @@ def evaluate(task, model, cfg, dataset, settings, max_batches=None):
 
 
 def plot(rows, png):
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # before its import logs
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed, no plot written: pip install 'trime[plots]'")
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for scoring, label in (("trime", "TRIME (Eq. 6)"), ("cache", "continuous cache")):

@@ -290,32 +290,38 @@ def vocab_log_probs(vocab_scores) -> VocabLogProbs:
     return VocabLogProbs(log_probs, vocab_scores[..., :1].float() - log_probs[..., :1])
 
 
+def _span_chunks(queries, keys, key_labels, visibility, scale, chunk_size, every_chunk=False):
+    """For each chunk of queries [q0, q1) that sees any key of the span memory (local / long;
+    ``visibility`` None = none), or every chunk if ``every_chunk``: (q0, q1, scores [G, C, K] =
+    scale·q·k fp32 with -inf for invisible keys, the span's key labels [G, K]); K = 0 for a
+    chunk that sees no key."""
+    num_queries = queries.shape[1]
+    for q0 in range(0, num_queries, chunk_size):
+        q1 = min(num_queries, q0 + chunk_size)
+        k0, k1 = visibility.key_range(q0, q1) if visibility is not None else (0, 0)
+        if k1 <= k0:
+            if every_chunk:
+                yield q0, q1, queries.new_zeros(queries.shape[0], q1 - q0, 0,
+                                                dtype=torch.float32), key_labels[:, :0]
+            continue
+        scores = mask_invisible_(_chunk_scores(queries, keys, scale, q0, q1, k0, k1),
+                                 visibility, q0, q1, k0, k1)
+        yield q0, q1, scores, key_labels[:, k0:k1]
+
+
 def _eval_memory_chunks(vocab_scores, queries, keys, key_labels, visibility, scale, chunk_size,
                         every_chunk=False):
     """(vocab, chunks): ``vocab.log_probs`` starts as the vocabulary log-softmax
     s_w - log Z_vocab of every query (``vocab_scores`` unnormalised, or a VocabLogProbs whose
-    log_probs are then corrected in place); ``chunks`` yields, for each chunk of queries
-    [q0, q1) that sees any key (or every chunk if ``every_chunk``), (q0, q1, its rows of
-    ``vocab.log_probs`` as a view to correct in place, scores [G, C, K] = scale·q·k with -inf
-    for invisible keys, the span's key labels [G, K]); a chunk that sees no key has K = 0.
+    log_probs are then corrected in place); ``chunks`` yields ``_span_chunks``' (q0, q1,
+    scores, labels) with, after q1, the chunk's rows of ``vocab.log_probs`` as a view to
+    correct in place.
     """
     vocab = vocab_log_probs(vocab_scores)
-    out = vocab.log_probs
-
-    def chunks():
-        for q0 in range(0, vocab_scores.shape[1], chunk_size):
-            q1 = min(vocab_scores.shape[1], q0 + chunk_size)
-            k0, k1 = visibility.key_range(q0, q1) if visibility is not None else (0, 0)
-            if k1 <= k0:
-                if every_chunk:
-                    yield q0, q1, out[:, q0:q1], out.new_zeros(out.shape[0], q1 - q0, 0), \
-                        key_labels[:, :0]
-                continue
-            scores = mask_invisible_(_chunk_scores(queries, keys, scale, q0, q1, k0, k1),
-                                     visibility, q0, q1, k0, k1)
-            yield q0, q1, out[:, q0:q1], scores, key_labels[:, k0:k1]
-
-    return vocab, chunks()
+    spans = _span_chunks(queries, keys, key_labels, visibility, scale, chunk_size, every_chunk)
+    chunks = ((q0, q1, vocab.log_probs[:, q0:q1], scores, labels)
+              for q0, q1, scores, labels in spans)
+    return vocab, chunks
 
 
 def _memory_columns(words, log_mass, vocab_size):
@@ -323,16 +329,17 @@ def _memory_columns(words, log_mass, vocab_size):
     return words.clamp(0, vocab_size - 1).expand(*log_mass.shape)
 
 
-def _add_memory_(chunk, log_z_vocab, columns, word_log_mass, total_log_mass, interp=None):
-    """Eq. 6 in place: chunk holds s_w - log Z_vocab; becomes log(exp(s_w) + m_w) - log Z with
-    Z = Z_vocab + Σ m. ``columns`` [G, C, M] words with memory, ``word_log_mass`` their log m_w
-    (equal for equal columns), ``total_log_mass`` [G, C, 1] log Σ_w m_w.
+def _memory_distribution(entry_scores, groups):
+    """P' of Eq. 8 at each entry's word: (log P'_w [..., M], whether a query has any entry
+    [..., 1]); entry_scores already divided by the temperature, -inf = no entry."""
+    total = entry_scores.logsumexp(-1, keepdim=True)
+    return _word_log_mass(entry_scores, groups) - _finite_or_zero(total), torch.isfinite(total)
 
+
+def _shift_and_set_(chunk, columns, at_words, shift, interp=None):
+    """chunk += shift everywhere and = at_words at ``columns``, in one pass over the vocabulary.
     ``interp`` = (λ, log P'_w at the columns, whether a query has any P' entry [G, C, 1]):
-    also Eq. 9, log[(1-λ) P + λ P'], with one pass over the vocabulary for both shifts."""
-    log_z_ratio = torch.nn.functional.softplus(total_log_mass - log_z_vocab)
-    at_words = torch.logaddexp(chunk.gather(-1, columns), word_log_mass - log_z_vocab) - log_z_ratio
-    shift = -log_z_ratio
+    Eq. 9, log[(1-λ) P + λ P'], folded into the same pass (a query without P' keeps P)."""
     if interp is not None:
         lam, log_memory_probs, has_memory = interp
         keep = torch.where(has_memory, math.log1p(-lam), 0.0)
@@ -342,25 +349,29 @@ def _add_memory_(chunk, log_z_vocab, columns, word_log_mass, total_log_mass, int
     chunk.scatter_(-1, columns, at_words)
 
 
-def interpolate_memory_(log_probs, entry_scores, entry_labels, lam: float, groups=None):
+def _add_memory_(chunk, log_z_vocab, columns, word_log_mass, total_log_mass, interp=None):
+    """Eq. 6 in place: chunk holds s_w - log Z_vocab; becomes log(exp(s_w) + m_w) - log Z with
+    Z = Z_vocab + Σ m. ``columns`` [G, C, M] words with memory, ``word_log_mass`` their log m_w
+    (equal for equal columns), ``total_log_mass`` [G, C, 1] log Σ_w m_w; ``interp``: Eq. 9 on
+    top (``_shift_and_set_``)."""
+    log_z_ratio = torch.nn.functional.softplus(total_log_mass - log_z_vocab)
+    at_words = torch.logaddexp(chunk.gather(-1, columns), word_log_mass - log_z_vocab) - log_z_ratio
+    _shift_and_set_(chunk, columns, at_words, -log_z_ratio, interp)
+
+
+def interpolate_memory_(log_probs, entry_scores, entry_labels, lam: float):
     """Eq. 9 (and kNN-LM): log[(1-λ) P(w) + λ P'(w)] in place on log_probs [..., V], with
     P'(w) ∝ Σ_{entries j, label w} exp(entry_scores_j) (Eq. 8; scores already divided by
-    the temperature). entry_scores / entry_labels [..., M]; -inf = no entry; ``groups``:
-    ``word_groups(entry_labels)`` if already known. A query with no entry keeps P."""
+    the temperature). entry_scores / entry_labels [..., M]; -inf = no entry. A query with
+    no entry keeps P."""
     if not 0.0 <= lam < 1.0:
         raise ValueError(f"the interpolation weight lambda must be in [0, 1), got {lam}")
     if lam == 0.0 or entry_scores.shape[-1] == 0:
         return log_probs
     entry_labels = entry_labels.long()
-    total = entry_scores.logsumexp(-1, keepdim=True)
-    has_memory = torch.isfinite(total)
-    groups = word_groups(entry_labels) if groups is None else groups
-    log_memory_probs = _word_log_mass(entry_scores, groups) - _finite_or_zero(total)
-    shift = torch.where(has_memory, math.log1p(-lam), 0.0)
-    at_words = torch.logaddexp(log_probs.gather(-1, entry_labels) + shift,
-                               log_memory_probs + math.log(lam))
-    log_probs.add_(shift)
-    log_probs.scatter_(-1, entry_labels, at_words)
+    log_memory_probs, has_memory = _memory_distribution(entry_scores, word_groups(entry_labels))
+    _shift_and_set_(log_probs, entry_labels, log_probs.gather(-1, entry_labels), 0.0,
+                    (lam, log_memory_probs, has_memory))
     return log_probs
 
 
@@ -425,10 +436,7 @@ def memory_log_probs(vocab_scores, queries, keys, key_labels, visibility,
             span_prime = _log_memory_mass(span_for_interp, span_labels)[1] if interp_span \
                 else torch.full_like(log_mass, NEG_INF)
             interp_entries = torch.cat([span_prime, ext_sims / interp_temperature], -1)
-            interp_total = interp_entries.logsumexp(-1, keepdim=True)
-            interp = (interp_lambda,
-                      _word_log_mass(interp_entries, groups) - _finite_or_zero(interp_total),
-                      torch.isfinite(interp_total))
+            interp = (interp_lambda, *_memory_distribution(interp_entries, groups))
         _add_memory_(chunk, log_z_vocab, columns, _word_log_mass(entries, groups),
                      entries.logsumexp(-1, keepdim=True), interp)
     return vocab.log_probs
@@ -503,15 +511,13 @@ def memory_target_stats(target_score, log_z_vocab, queries, keys, key_labels, vi
                 for positive in (False, True):
                     out[..., stat_column(name, i, positive, num_temps)] = float("nan")
     inv_sqrt_d = 1.0 / math.sqrt(queries.shape[-1])
-    for q0 in range(0, num_queries, chunk_size):
-        q1 = min(num_queries, q0 + chunk_size)
+    spans = _span_chunks(queries, keys, key_labels, visibility, inv_sqrt_d, chunk_size,
+                         every_chunk=True)
+    for q0, q1, span, span_labels in spans:
         target = targets[:, q0:q1, None]
-        k0, k1 = visibility.key_range(q0, q1) if visibility is not None else (0, 0)
         found = {}
-        if k1 > k0:
-            span = mask_invisible_(_chunk_scores(queries, keys, inv_sqrt_d, q0, q1, k0, k1),
-                                   visibility, q0, q1, k0, k1)
-            found["span"] = (span, key_labels[:, None, k0:k1] == target)
+        if span.shape[-1]:
+            found["span"] = (span, span_labels[:, None, :] == target)
         if retrieved is not None:
             found["ext"] = (retrieved.sims[:, q0:q1].float(), retrieved.labels[:, q0:q1] == target)
         if "eval" in sets and found:

@@ -190,7 +190,6 @@ class TrimeLanguageModel(FairseqLanguageModel):
         self.retriever = None  # external memory (attach_external_memory)
         self.exclude_own_tokens = False  # the datastore holds the split being evaluated
         self.dstore_writer = None  # --save-dstore (begin_split)
-        self.last_first_hit = None  # trime-tune: rank of the first retrieved entry labelled w*
 
     @property
     def query_dim(self) -> int:
@@ -207,11 +206,13 @@ class TrimeLanguageModel(FairseqLanguageModel):
         from trime.datastore import DatastoreWriter, model_fingerprint, stream_checksum
 
         self.reset_long_memory()
+        fingerprint = model_fingerprint(self.decoder) \
+            if self.retriever is not None or self.settings.save_dstore else None
         if self.retriever is not None:
             datastore = self.retriever.datastore
             self.exclude_own_tokens = (datastore.meta.get("values_checksum")
                                        == stream_checksum(stream_tokens))
-            if datastore.meta.get("model_fingerprint") != model_fingerprint(self.decoder):
+            if datastore.meta.get("model_fingerprint") != fingerprint:
                 logger.warning(f"TRIME: the datastore {datastore.path} was built with other model "
                                "weights than this checkpoint: its keys live in another space "
                                "unless that is intended (rebuild it with --save-dstore)")
@@ -224,7 +225,7 @@ class TrimeLanguageModel(FairseqLanguageModel):
                                                  self.query_dim, dict(
                 meta or {}, split=split, dictionary_size=len(dictionary),
                 dictionary_checksum=vocab.dictionary_checksum(dictionary),
-                model_fingerprint=model_fingerprint(self.decoder), command=" ".join(sys.argv)))
+                model_fingerprint=fingerprint, command=" ".join(sys.argv)))
 
     def forward(self, src_tokens, features_only=False, **kwargs):
         features, extra = self.decoder(src_tokens, features_only=True, **kwargs)
@@ -258,6 +259,9 @@ class TrimeLanguageModel(FairseqLanguageModel):
     def _retrieve(self, queries, target, sample) -> RetrievedMemory:
         """kNN(M_ext, g(c)) for every scored position: one FAISS search for the whole batch;
         unscored positions (context, padding) get no entry."""
+        if self.retriever is None:
+            raise ValueError("--eval-memory ...,ext: no external memory attached to the model "
+                             "(evaluate with fairseq-eval-lm --task trime_lm --dstore DIR)")
         scored = target.ne(self.pad)
         exclude = None
         if self.exclude_own_tokens:
@@ -273,16 +277,26 @@ class TrimeLanguageModel(FairseqLanguageModel):
         """Per-token ``trime.loss.memory_target_stats`` [B, T, 2 + 6·len(temperatures)] under
         the current settings' memories (trime-tune), plus the rank of the first retrieved entry
         labelled w* [B, T] (K if none; -1 without external memory)."""
-        self.last_first_hit = None
-        stats = self._memory_log_probs(net_output[0], net_output[1], sample, temperatures)
-        return stats, self.last_first_hit
+        target = sample["target"]
+        retrieved = self._retrieve(net_output[1]["trime_query"], target, sample) \
+            if self.settings.uses_ext else None
+        if retrieved is None:
+            first_hit = torch.full_like(target, -1)
+        else:
+            hits = retrieved.labels == target[..., None]
+            first_hit = torch.where(hits.any(-1), hits.float().argmax(-1),
+                                    torch.full_like(target, hits.shape[-1]))
+        stats = self._memory_log_probs(net_output[0], net_output[1], sample, temperatures, retrieved)
+        return stats, first_hit
 
-    def _memory_log_probs(self, decoder_out, extra, sample, stats_temperatures=None):
+    def _memory_log_probs(self, decoder_out, extra, sample, stats_temperatures=None,
+                          retrieved=None):
         """Log-probabilities [B, T, V] with memory. fairseq's scorers read only each target's
         entry (fairseq's adaptive softmax computes only the targets' clusters too), so unless
         ``settings.full_distribution`` is set, only log P(w*) is computed (from per-token
         statistics, as trime-tune does) and returned broadcast over V; the continuous cache
-        always builds the full distribution. ``stats_temperatures``: return the statistics."""
+        always builds the full distribution. ``stats_temperatures``: return the statistics;
+        ``retrieved``: the external memory entries, if already searched."""
         if sample is None or tuple(sample["target"].shape) != tuple(decoder_out.shape[:2]):
             raise ValueError(
                 "TRIME evaluation memory needs the whole batch at once: leave "
@@ -290,20 +304,8 @@ class TrimeLanguageModel(FairseqLanguageModel):
             )
         settings = self.settings
         target = sample["target"]
-        retrieved = None
-        if settings.uses_ext:
-            if self.retriever is None:
-                raise ValueError("--eval-memory ...,ext: no external memory attached to the model "
-                                 "(evaluate with fairseq-eval-lm --task trime_lm --dstore DIR)")
+        if settings.uses_ext and retrieved is None:
             retrieved = self._retrieve(extra["trime_query"], target, sample)
-        if stats_temperatures is not None:
-            if retrieved is not None:
-                hits = retrieved.labels == target[..., None]
-                K = hits.shape[-1]
-                self.last_first_hit = torch.where(hits.any(-1), hits.float().argmax(-1),
-                                                  torch.full_like(target, K))
-            else:
-                self.last_first_hit = torch.full_like(target, -1)
         labels, valid = memory_labels(sample["net_input"]["src_tokens"], target, self.pad)
         keys = extra["trime_query"]
 

@@ -53,12 +53,9 @@ def collect(task, model, cfg, dataset, temperatures, max_batches=None):
     from fairseq import utils
     from tqdm import tqdm
 
-    model.reset_long_memory()
-    itr = task.eval_lm_dataloader(
-        dataset=dataset, max_tokens=cfg.dataset.max_tokens or 36000,
-        batch_size=cfg.dataset.batch_size,
-        max_positions=utils.resolve_max_positions(model.max_positions()),
-        num_shards=1, shard_id=0, num_workers=0, context_window=cfg.eval_lm.context_window)
+    from trime.curve import eval_batches
+
+    itr = eval_batches(task, model, cfg, dataset)
     device = next(model.parameters()).device
     stats, hits, targets = [], [], []
     pad = task.source_dictionary.pad()
@@ -113,9 +110,7 @@ def frequency_table(stats, targets, temperatures, scoring, best, settings):
         best["interp_temp"] or 1.0, settings.knn_interp_memory)
     rows = []
     for low, high, name in FREQUENCY_BUCKETS:
-        in_bucket = (counts > low) & (counts <= high) if high != math.inf else counts > low
-        if name == "<= 10":
-            in_bucket = counts <= 10
+        in_bucket = (counts > low) & (counts <= high)  # every count is >= 1
         row = {"bucket": name, "tokens": int(in_bucket.sum())}
         for column, log_p in columns.items():
             mean = float(-log_p[in_bucket].double().mean()) if in_bucket.any() else float("nan")
@@ -125,13 +120,10 @@ def frequency_table(stats, targets, temperatures, scoring, best, settings):
 
 
 def plot(rows, best, has_ext, png):
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed, no plot written: pip install 'trime[plots]'")
+    from trime.curve import pyplot
+
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(5.5, 4))
     if has_ext:
