@@ -26,13 +26,13 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "trime-user-dir = trime.cli:print_user_dir",
-            "trime-options = trime.cli:print_options",
-            "trime-toy-corpus = trime.toy_corpus:main",
-            "trime-memory-curve = trime.curve:main",
-            "trime-build-index = trime.index:main",
-            "trime-bm25-batches = trime.bm25:main",
-            "trime-tune = trime.tune:main",
+            "trime-user-dir = trime.cli.options:print_user_dir",
+            "trime-options = trime.cli.options:print_options",
+            "trime-toy-corpus = trime.cli.toy_corpus:main",
+            "trime-memory-curve = trime.cli.memory_curve:main",
+            "trime-build-index = trime.cli.build_index:main",
+            "trime-bm25-batches = trime.cli.bm25_batches:main",
+            "trime-tune = trime.cli.tune:main",
         ]
     },
 )

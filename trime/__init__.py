@@ -1,8 +1,9 @@
 """trime: TRIME (Zhong, Lei & Chen, EMNLP 2022) as a fairseq --user-dir plugin.
 
 fairseq imports this package by its folder name when given ``--user-dir``;
-importing it registers ``--task trime_lm`` and ``--criterion trime_loss``.
-The pure math (``trime.loss``, ``trime.memory``) imports without fairseq.
+importing it registers ``--task trime_lm`` and ``--criterion trime_loss``
+(``trime.lm``). The pure math (``trime.core``) and external memory
+(``trime.extmem``) import without fairseq.
 """
 
 import os
@@ -15,4 +16,4 @@ try:
 except ImportError:  # the pure math stays importable without fairseq
     pass
 else:
-    from trime import criterion, task  # noqa: F401  (register with fairseq)
+    from trime import lm  # noqa: F401  (register with fairseq)

@@ -5,7 +5,7 @@ on a generated corpus of the size of WikiText-103.
     data at runs/wikitext2/bin, or else ../shared/data/wikitext-2 binarised with
     fairseq-preprocess into a temporary directory. Prints the segment count (4,080)
     and the time of each phase, then the wall time of the whole console script
-    (`python -m trime.bm25`, Python and fairseq start-up included).
+    (`python -m trime.cli.bm25_batches`, Python and fairseq start-up included).
 (b) A generated corpus, --tokens N (default 100,000,000) at L = 3,072 (target:
     <= 10 min on 2 cores): token ids drawn i.i.d. from a Zipf distribution over
     --vocab (267,744, WikiText-103's fairseq dictionary size) word types,
@@ -16,7 +16,7 @@ on a generated corpus of the size of WikiText-103.
     words have smaller document frequencies and fewer postings to merge.
     With --scaling also 10M and 30M tokens, to show how the time grows (~N²).
 
-The functions of trime/bm25.py are called directly on the token arrays (the
+The functions of trime/core/bm25.py are called directly on the token arrays (the
 generated corpus is not binarised); no GPU, no network.
 
     python scripts/bench/bm25_speed.py                      # (a) and (b) at 100M tokens
@@ -36,8 +36,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from trime.batching import bm25_chain  # noqa: E402
-from trime.bm25 import BACKENDS, bm25_neighbours, chain_batches  # noqa: E402
+from trime.core.batching import bm25_chain, chain_batches  # noqa: E402
+from trime.core.bm25 import BACKENDS, bm25_neighbours  # noqa: E402
 
 REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 NUM_SPECIAL = 4  # <s> <pad> </s> <unk>
@@ -91,7 +91,7 @@ def wikitext2_data(args, tmp):
 def bench_wikitext2(args):
     from fairseq.data import Dictionary
 
-    from trime.bm25 import segment_token_ids, special_token_ids
+    from trime.lm.bm25_batches import segment_token_ids, special_token_ids
 
     with tempfile.TemporaryDirectory() as tmp:
         data = wikitext2_data(args, tmp)
@@ -109,10 +109,10 @@ def bench_wikitext2(args):
               f"total {total:.2f} s")
         output = os.path.join(tmp, "batches.json")
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "trime.bm25", data, "--tokens-per-sample", "512",
+        subprocess.run([sys.executable, "-m", "trime.cli.bm25_batches", data, "--tokens-per-sample", "512",
                         "--k", str(args.k), "--batch-size", str(args.batch_size), "--backend",
                         args.backend, "-o", output], check=True, capture_output=True, cwd=REPO)
-        print(f"    whole console script (python -m trime.bm25, start-up included): "
+        print(f"    whole console script (python -m trime.cli.bm25_batches, start-up included): "
               f"{time.perf_counter() - started:.2f} s wall", flush=True)
 
 

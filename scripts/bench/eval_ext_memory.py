@@ -1,7 +1,7 @@
 """Benchmark: fairseq-eval-lm speed with external memory and while saving a datastore (one run).
 
 On one checkpoint and the same batches, prints tokens/s of fairseq's eval-lm loop
-(``trime.curve.evaluate``) for
+(``trime.cli.harness.evaluate``) for
 
 - no memory (the plain LM);
 - ``--eval-memory ext`` with K = --knn-k retrieved entries per token from an IVFPQ index
@@ -13,7 +13,7 @@ and the ratios to no memory (targets: ext with IVFPQ ≥ 0.25 on CPU; saving ≥
 Medians of per-round ratios over --rounds alternating rounds.
 
 The datastore must exist (fairseq-eval-lm --save-dstore); the indexes are built here in
-memory (trime.index.build_index) unless index files exist (``--reuse-index``):
+memory (trime.extmem.index.build_index) unless index files exist (``--reuse-index``):
 
     fairseq-eval-lm runs/wikitext2/bin --user-dir trime --task trime_lm --gen-subset train \\
         --path runs/wikitext2/trime/checkpoint_best.pt --tokens-per-sample 512 --batch-size 8 \\
@@ -60,15 +60,15 @@ def main():
     import torch
 
     logging.disable(logging.WARNING)
-    from trime.curve import evaluate, load_for_eval
-    from trime.datastore import Datastore
-    from trime.index import build_index
-    from trime.model import EvalSettings
-    from trime.retrieval import Retriever
+    from trime.cli.harness import evaluate, load_for_eval
+    from trime.extmem.datastore import Datastore
+    from trime.extmem.index import build_index
+    from trime.extmem.retrieval import Retriever
+    from trime.glue.options import EvalSettings
 
     task, model, cfg, dataset = load_for_eval(
         args.data, args.path, args.gen_subset, args.tokens_per_sample, 0, args.batch_size, True)
-    datastore = Datastore.open(args.dstore, task.dictionary, model.query_dim)
+    datastore = Datastore.open(args.dstore, task.dictionary, model.query.dim)
     print(f"datastore: {len(datastore):,} keys of dimension {datastore.dim}")
     indexes = {}
     started = time.time()
@@ -88,13 +88,14 @@ def main():
     ext = dict(dstore=args.dstore, knn_k=args.knn_k, knn_nprobe=args.knn_nprobe)
     settings = {
         "none": (EvalSettings(), None),
-        "ext IVFPQ": (EvalSettings(memory="ext", **ext), "IVFPQ"),
-        "local,long,ext IVFPQ": (EvalSettings(memory="local,long,ext", long_memory_size=args.long_memory_size,
-                                              reset_at_documents=False, **ext), "IVFPQ"),
+        "ext IVFPQ": (EvalSettings(eval_memory="ext", **ext), "IVFPQ"),
+        "local,long,ext IVFPQ": (EvalSettings(eval_memory="local,long,ext",
+                                              long_memory_size=args.long_memory_size,
+                                              long_memory_reset="never", **ext), "IVFPQ"),
         "save-dstore": (None, None),
     }
     if not args.skip_flat:
-        settings["ext Flat"] = (EvalSettings(memory="ext", **ext), "Flat")
+        settings["ext Flat"] = (EvalSettings(eval_memory="ext", **ext), "Flat")
     if args.only:
         keep = {"none", *args.only.split(",")}
         settings = {name: value for name, value in settings.items() if name in keep}
@@ -105,13 +106,12 @@ def main():
         for name, (setting, index_name) in settings.items():
             if setting is None:  # saving a datastore of the split while scoring without memory
                 setting = EvalSettings(save_dstore=os.path.join(scratch, f"round{round_}"))
-            model.attach_external_memory(retrievers[index_name] if index_name else None)
-            result = evaluate(task, model, cfg, dataset, setting, max_batches=args.max_batches)
+            result = evaluate(task, model, cfg, dataset, setting, max_batches=args.max_batches,
+                              retriever=retrievers[index_name] if index_name else None)
             timed = result["batches"][1:]  # the first batch of a pass: FIFO empty, caches cold
             tokens, seconds = sum(n for n, _ in timed), sum(t for _, t in timed)
             speeds[name].append(tokens / seconds)
             print(f"round {round_ + 1}  {name:22s} {tokens:7d} tokens  {tokens / seconds:9.1f} tokens/s")
-            model.dstore_writer = None
     shutil.rmtree(scratch, ignore_errors=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.1f}M parameters, vocabulary {len(task.dictionary)}, "

@@ -83,17 +83,17 @@ def main():
 
     import torch
     logging.disable(logging.WARNING)
-    from trime.curve import evaluate, load_for_eval
-    from trime.model import EvalSettings
+    from trime.cli.harness import evaluate, load_for_eval
+    from trime.glue.options import EvalSettings
 
     work = tempfile.mkdtemp(prefix="trime-bench-eval-")
     data, path = (args.data, args.path) if args.data else small_checkpoint(work, args.tokens_per_sample, args.vocab)
     task, model, cfg, dataset = load_for_eval(
         data, path, args.gen_subset, args.tokens_per_sample, 0, args.batch_size, args.cpu,
         ("--eval-memory", "local,long", "--doc-boundary", "none"))
-    local = EvalSettings(memory="local")
-    long = EvalSettings(memory="local,long", long_memory_size=args.long_memory_size,
-                        reset_at_documents=False)
+    local = EvalSettings(eval_memory="local")
+    long = EvalSettings(eval_memory="local,long", long_memory_size=args.long_memory_size,
+                        long_memory_reset="never")
     # the first `fill` batches fill the FIFO; only the batches after them are timed
     fill = -(-args.long_memory_size // (args.tokens_per_sample * args.batch_size))
     evaluate(task, model, cfg, dataset, local, max_batches=3)  # warm-up

@@ -127,8 +127,8 @@ class RssPeak:
 
 def memory_child(args):
     """Run in a subprocess: peak extra memory (bytes) of the memory term for one N."""
-    from trime.loss import memory_logsumexp
-    from trime.memory import LocalMemory
+    from trime.core.memory_lse import memory_logsumexp
+    from trime.core.visibility import LocalMemory
 
     device, n, d, L = args.device, args.child_n, args.embed_dim, args.seg_len
     torch.manual_seed(0)

@@ -1,0 +1,36 @@
+"""trime.core is pure torch / numpy: every module imports where importing fairseq fails."""
+
+import os
+import pkgutil
+import subprocess
+import sys
+
+import trime.core
+
+BLOCK_FAIRSEQ = """
+import importlib.abc, sys
+
+class NoFairseq(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "fairseq" or name.startswith(("fairseq.", "fairseq_cli")):
+            raise ImportError("fairseq is blocked in this test")
+
+sys.meta_path.insert(0, NoFairseq())
+try:
+    import fairseq
+except ImportError:
+    pass
+else:
+    raise SystemExit("the block did not work")
+"""
+
+
+def test_every_core_module_imports_without_fairseq():
+    modules = [f"trime.core.{m.name}" for m in pkgutil.iter_modules(trime.core.__path__)]
+    assert {"trime.core.memory_lse", "trime.core.visibility", "trime.core.mixtures"} <= set(modules)
+    code = BLOCK_FAIRSEQ + "".join(f"import {m}\n" for m in modules) + \
+        "assert not [m for m in sys.modules if m.startswith('fairseq')]\nprint('ok')\n"
+    root = os.path.dirname(os.path.dirname(trime.core.__path__[0]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": root})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

@@ -1,0 +1,195 @@
+"""External memory end to end: trime-bm25-batches → fairseq-train --memory ext --batching bm25 →
+fairseq-eval-lm --save-dstore → trime-build-index → fairseq-eval-lm --eval-memory local,long,ext;
+kNN-LM on a vanilla model; trime-tune."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("fairseq")
+
+from console import USER_DIR, last_float, preprocess, run  # noqa: E402
+from trime.cli.toy_corpus import write_splits  # noqa: E402
+
+pytestmark = pytest.mark.e2e  # fairseq console scripts end to end
+
+L = 32
+MODEL = ["--arch", "transformer_lm", "--decoder-layers", "2", "--decoder-embed-dim", "32",
+         "--decoder-ffn-embed-dim", "64", "--decoder-attention-heads", "2"]
+DATA = ["--doc-boundary", "empty-line", "--tokens-per-sample", L]
+TRAIN = ["--optimizer", "adam", "--lr", "1e-3", "--batch-size", 8, "--max-update", 6,
+         "--no-epoch-checkpoints", "--cpu", "--num-workers", 0, "--seed", 3]
+LOSS = r"Loss \(base 2\): ([0-9.]+)"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ext")
+    write_splits(root / "raw", train_stories=40, valid_stories=5, test_stories=5)
+    preprocess(root / "raw", root / "bin")
+    run("trime-bm25-batches", root / "bin", "--tokens-per-sample", L, "--k", 5, "--batch-size", 8,
+        "-o", root / "bm25.json")
+    _, log = run("fairseq-train", root / "bin", *USER_DIR, "--task", "trime_lm", "--criterion",
+                 "trime_loss", "--memory", "ext", "--batching", "bm25", "--bm25-batches",
+                 root / "bm25.json", *DATA, *MODEL, *TRAIN, "--save-dir", root / "trime")
+    assert "BM25 batches of up to 8 segments" in log
+    assert math.isfinite(last_float(r"train \| epoch \d+ \| loss ([0-9.]+)", log))
+    run("fairseq-train", root / "bin", *USER_DIR, "--task", "trime_lm", "--criterion",
+        "cross_entropy", *DATA, *MODEL, *TRAIN, "--save-dir", root / "vanilla")
+    return root
+
+
+def _eval(root, model, *extra, split="valid", check=True):
+    code, out = run("fairseq-eval-lm", root / "bin", *USER_DIR, "--task", "trime_lm", *DATA,
+                    "--path", root / model / "checkpoint_last.pt", "--gen-subset", split,
+                    "--batch-size", 4, "--cpu", *extra, check=check)
+    return (last_float(LOSS, out) if code == 0 else None), out
+
+
+@pytest.fixture(scope="module")
+def trime_dstore(trained):
+    root = trained
+    _, out = _eval(root, "trime", "--save-dstore", root / "dstore", split="train")
+    run("trime-build-index", root / "dstore", "--metric", "ip")
+    return root / "dstore", out
+
+
+def test_datastore_keys_are_the_criterions_g(trained, trime_dstore):
+    """Row i of the datastore = the g(c) that trime_loss uses for token i of the train split."""
+    from fairseq import checkpoint_utils
+
+    import trime  # noqa: F401  (registers the task)
+
+    root = trained
+    dstore, log = trime_dstore
+    meta = json.load(open(dstore / "meta.json"))
+    keys = np.load(dstore / "keys.npy", mmap_mode="r")
+    values = np.load(dstore / "values.npy")
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(root / "trime" / "checkpoint_last.pt")], arg_overrides={"data": str(root / "bin")})
+    model = models[0].eval()
+    task.load_dataset("train")
+    dataset = task.dataset("train")
+    assert meta["num_tokens"] == len(values) == len(dataset.stream_tokens)
+    assert meta["split"] == "train" and meta["dim"] == 32 and values.dtype == np.int32
+    assert np.array_equal(values, dataset.stream_tokens)  # every token once, in stream order
+    batch = dataset.collater([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        _, extra = model(**batch["net_input"])
+    g = extra["trime_query"]  # what trime_loss reads (criterion.py)
+    scored = batch["target"].ne(task.dictionary.pad())
+    rows = (batch["trime_segment_start"][:, None] + torch.arange(g.shape[1])[None])[scored]
+    assert torch.allclose(torch.from_numpy(keys[rows.numpy()].astype(np.float32)),
+                          g[scored].half().float(), atol=1e-3)
+    assert len(rows) == meta["num_tokens"]
+
+
+def test_trime_ext_eval_is_finite(trained, trime_dstore):
+    root = trained
+    dstore, _ = trime_dstore
+    local_long, _ = _eval(root, "trime", "--eval-memory", "local,long", "--long-memory-size", 200)
+    ext, out = _eval(root, "trime", "--eval-memory", "local,long,ext", "--long-memory-size", 200,
+                     "--dstore", dstore, "--knn-k", 16, "--context-window", 8)
+    assert "datastore" in out and "K = 16" in out and math.isfinite(ext)
+    assert "inf scores" not in out
+    # λ = 0 and no retrieved entry close enough to matter is not assumed: only finiteness and that
+    # ext memory changes the numbers
+    assert ext != local_long
+    # evaluating the split the datastore holds: each token's own entry is excluded
+    own, out = _eval(root, "trime", "--eval-memory", "ext", "--dstore", dstore, "--knn-k", 8,
+                     split="train")
+    assert "own entry is excluded" in out and math.isfinite(own)
+
+
+def test_knnlm_on_a_vanilla_model(trained):
+    root = trained
+    _, out = _eval(root, "vanilla", "--save-dstore", root / "vanilla_dstore", split="train")
+    run("trime-build-index", root / "vanilla_dstore", "--metric", "l2", "--index-type", "ivfpq",
+        "--nlist", 8, "--pq-m", 8, "--pq-bits", 4)
+    plain, _ = _eval(root, "vanilla")
+    knn, out = _eval(root, "vanilla", "--eval-memory", "ext", "--eval-scoring", "knnlm",
+                     "--dstore", root / "vanilla_dstore", "--knn-k", 32, "--knn-nprobe", 4)
+    assert "kNN-LM lambda = 0.25" in out and "sim = l2" in out and math.isfinite(knn)
+    exact, _ = _eval(root, "vanilla", "--eval-memory", "ext", "--eval-scoring", "knnlm",
+                     "--dstore", root / "vanilla_dstore", "--knn-k", 32, "--knn-nprobe", 4,
+                     "--knn-exact-scores")
+    assert math.isfinite(exact) and exact != knn
+    off, _ = _eval(root, "vanilla", "--eval-memory", "ext", "--eval-scoring", "knnlm",
+                   "--dstore", root / "vanilla_dstore", "--knn-lambda", 0)
+    assert off == plain  # λ = 0 is the LM alone
+
+
+def test_tune_grid_points_equal_eval_lm(trained, trime_dstore):
+    """trime-tune scores its grid from one pass; two of its points, run through fairseq-eval-lm."""
+    import csv
+
+    root = trained
+    dstore, _ = trime_dstore
+    memory = ["--eval-memory", "local,long,ext", "--long-memory-size", 100, "--dstore", dstore,
+              "--knn-k", 16]
+    _, out = run("trime-tune", root / "bin", "--path", root / "trime" / "checkpoint_last.pt",
+                 "--tokens-per-sample", L, "--batch-size", 4, "--cpu", "--taus", "1.0,1.2",
+                 "--interp-temps", "1,2", "--lambdas", "0,0.3", "--out-dir", root / "tune", "--",
+                 "--doc-boundary", "empty-line", *memory)
+    rows = {(float(r["tau"]), float(r["lambda"]), float(r["interp_temp"])): float(r["loss"])
+            for r in csv.DictReader(open(root / "tune" / "tune.csv"))}
+    assert len(rows) == 8 and "best: --memory-temp" in out
+    for tau, lam, temp in ((1.2, 0.0, 1.0), (1.0, 0.3, 2.0)):
+        loss, _ = _eval(root, "trime", *memory, "--memory-temp", tau, "--knn-lambda", lam,
+                        "--knn-temp", temp)
+        assert abs(rows[(tau, lam, temp)] - loss) < 1e-4
+    best = json.load(open(root / "tune" / "best.json"))
+    assert [a["K"] for a in best["retrieval_accuracy"]] == [1, 8]  # K <= --knn-k 16
+    accuracy = [a["accuracy"] for a in best["retrieval_accuracy"]]
+    assert 0 <= accuracy[0] <= accuracy[1] <= 1
+    assert sum(b["tokens"] for b in best["frequency_buckets"]) == best["tokens"]
+
+
+def test_bad_external_memory_options(trained, trime_dstore):
+    root = trained
+    dstore, _ = trime_dstore
+    cases = [
+        (["--eval-memory", "local,ext"], "needs --dstore DIR"),
+        (["--eval-memory", "local,ext", "--dstore", dstore, "--knn-k", 10 ** 6], "larger than the datastore"),
+        (["--eval-memory", "ext", "--dstore", dstore, "--knn-sim", "l2"], "trime-build-index .* --metric l2"),
+        (["--save-dstore", dstore], "already exists"),
+    ]
+    for extra, message in cases:
+        _, out = _eval(root, "trime", *extra, check=False)
+        assert __import__("re").search(message, out), (extra, out[-1500:])
+
+
+def test_bm25_batching_uses_the_file_and_refuses_another_dataset(trained):
+    from fairseq_utils import build
+
+    root = trained
+    batches = json.load(open(root / "bm25.json"))["batches"]
+
+    def task_for(length, batch_size=8):
+        task, _, _ = build(root / "bin", ("--batching", "bm25", "--bm25-batches", str(root / "bm25.json"),
+                                          "--memory", "ext", "--batch-size", str(batch_size),
+                                          "--tokens-per-sample", str(length), "--doc-boundary",
+                                          "empty-line"))
+        task.load_dataset("train")
+        return task
+
+    task = task_for(L)
+    epochs = []
+    for epoch in (1, 2):
+        itr = task.get_batch_iterator(task.dataset("train"), max_sentences=8, seed=1, epoch=epoch,
+                                      disable_iterator_cache=True)
+        epochs.append([sample["id"].tolist() for sample in itr.next_epoch_itr(shuffle=True)])
+    for ids in epochs:  # every batch of the file, whole, in a shuffled order
+        assert sorted(map(sorted, ids)) == sorted(map(sorted, batches))
+    assert epochs[0] != epochs[1]
+    with pytest.raises(ValueError, match="segments of 32 tokens.*rerun"):
+        task = task_for(16)
+        task.get_batch_iterator(task.dataset("train"), max_sentences=8)
+    with pytest.raises(ValueError, match="--batch-size 8"):
+        task = task_for(L, batch_size=4)
+        task.get_batch_iterator(task.dataset("train"), max_sentences=4)
+    with pytest.raises(ValueError, match="go together"):
+        build(root / "bin", ("--bm25-batches", str(root / "bm25.json"), "--tokens-per-sample", str(L)))

@@ -1,0 +1,92 @@
+"""fairseq-train --batching consecutive --memory long, then fairseq-eval-lm --eval-memory local,long."""
+
+import math
+
+import pytest
+
+pytest.importorskip("fairseq")
+
+from console import USER_DIR, last_float, preprocess, run  # noqa: E402
+from trime.cli.toy_corpus import write_splits  # noqa: E402
+
+pytestmark = pytest.mark.e2e  # fairseq console scripts end to end
+
+L = 32
+MODEL = ["--arch", "transformer_lm", "--decoder-layers", "2", "--decoder-embed-dim", "32",
+         "--decoder-ffn-embed-dim", "64", "--decoder-attention-heads", "2"]
+DATA = ["--doc-boundary", "empty-line", "--tokens-per-sample", L]  # toy stories: empty line between
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("long")
+    write_splits(root / "raw", train_stories=40, valid_stories=5, test_stories=5)
+    preprocess(root / "raw", root / "bin")
+    _, log = run("fairseq-train", root / "bin", *USER_DIR, "--task", "trime_lm",
+                 "--criterion", "trime_loss", "--memory", "long", "--batching", "consecutive",
+                 "--consecutive-segments", 4, *DATA, *MODEL, "--batch-size", 8, "--update-freq", 2,
+                 "--max-update", 4, "--optimizer", "adam", "--lr", "1e-3", "--save-dir", root / "ckpt",
+                 "--no-epoch-checkpoints", "--cpu", "--num-workers", 0, "--seed", 3)
+    return root, log
+
+
+def _eval(root, *extra):
+    _, out = run("fairseq-eval-lm", root / "bin", *USER_DIR, "--task", "trime_lm", *DATA,
+                 "--path", root / "ckpt" / "checkpoint_last.pt", "--gen-subset", "valid",
+                 "--batch-size", 4, "--cpu", *extra)
+    return last_float(r"Loss \(base 2\): ([0-9.]+)", out), out
+
+
+def test_train_long_memory_then_eval_with_fifo(trained):
+    root, log = trained
+    assert "documents (--doc-boundary empty-line)" in log
+    train_loss = last_float(r"train \| epoch \d+ \| loss ([0-9.]+)", log)
+    assert math.isfinite(train_loss)
+    local, _ = _eval(root, "--eval-memory", "local")
+    long, out = _eval(root, "--eval-memory", "local,long", "--long-memory-size", 500,
+                      "--context-window", 8)
+    assert "FIFO of 500 tokens, reset at each document" in out
+    assert math.isfinite(long) and "skipping tokens with inf scores" not in out
+    never, out = _eval(root, "--eval-memory", "local,long", "--long-memory-size", 500,
+                       "--long-memory-reset", "never")
+    assert "never reset" in out and math.isfinite(never)
+    # S = 0: the FIFO stays empty, which is local memory exactly
+    empty, _ = _eval(root, "--eval-memory", "local,long", "--long-memory-size", 0)
+    assert empty == local
+    cache, out = _eval(root, "--eval-memory", "local,long", "--eval-scoring", "cache",
+                       "--cache-lambda", 0.2, "--cache-theta", 0.1)
+    assert "continuous cache lambda = 0.2" in out and math.isfinite(cache)
+
+
+def test_bad_long_memory_options(trained):
+    root, _ = trained
+    code, out = run("fairseq-eval-lm", root / "bin", *USER_DIR, "--task", "trime_lm", *DATA,
+                    "--path", root / "ckpt" / "checkpoint_last.pt", "--gen-subset", "valid", "--cpu",
+                    "--eval-memory", "local,long", "--long-memory-size", -5, check=False)
+    assert code != 0 and "--long-memory-size must be >= 0" in out
+    code, out = run("fairseq-eval-lm", root / "bin", *USER_DIR, "--task", "trime_lm", *DATA,
+                    "--path", root / "ckpt" / "checkpoint_last.pt", "--gen-subset", "valid", "--cpu",
+                    "--eval-scoring", "cache", check=False)
+    assert code != 0 and "--eval-scoring cache needs a memory" in out
+
+
+def test_memory_size_curve_writes_csv_and_plot(trained):
+    import csv
+    import importlib.util
+
+    root, _ = trained
+    code, out = run("trime-memory-curve", root / "bin", "--path", root / "ckpt" / "checkpoint_last.pt",
+                    "--sizes", "0,64,256", "--tokens-per-sample", L, "--batch-size", 4,
+                    "--doc-boundary", "empty-line", "--cache", "--cpu", "--out-dir", root / "curve")
+    with open(root / "curve" / "curve.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["scoring"], int(r["memory_size"])) for r in rows] == [
+        ("trime", 0), ("trime", 64), ("trime", 256), ("cache", 0), ("cache", 64), ("cache", 256)]
+    assert all(math.isfinite(float(r["perplexity"])) for r in rows)
+    # S = 0 is local memory alone: the same number fairseq-eval-lm reports
+    local, _ = _eval(root, "--eval-memory", "local")
+    assert abs(float(rows[0]["loss"]) - local) < 1e-4
+    if importlib.util.find_spec("matplotlib"):
+        assert (root / "curve" / "curve.png").stat().st_size > 0
+    else:
+        assert "pip install 'trime[plots]'" in out

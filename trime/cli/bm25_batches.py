@@ -1,0 +1,132 @@
+"""`trime-bm25-batches`: training batches of BM25-similar segments (paper §4.3, Appendix B).
+
+Algorithm 1 packs training segments that share rare words into the same batch, so that
+the in-batch memory (--memory ext) holds useful neighbours. Steps: the training
+segments (``trime.lm.bm25_batches.segment_token_ids``), their exact BM25 neighbours
+(``trime.core.bm25``), the greedy chain and its batches (``trime.core.batching``), the
+file (``trime.lm.bm25_batches.save_bm25_batches``).
+"""
+
+import argparse
+import logging
+import os
+import time
+
+import numpy as np
+
+from trime.core.batching import bm25_chain, chain_batches
+from trime.core.bm25 import BACKENDS, bm25_neighbours
+
+logger = logging.getLogger("trime.bm25")
+
+
+EPILOG = """\
+The file is for training with Algorithm 1's batches (paper Appendix B):
+
+    fairseq-train DATA --user-dir $(trime-user-dir) --task trime_lm \\
+        --tokens-per-sample L --batch-size B --batching bm25 --bm25-batches FILE ...
+
+--tokens-per-sample must equal the training one (segment i of this file is training
+example i); --batch-size is the number of segments per batch (the training
+--batch-size). The file records L, the segment count and a checksum of dict.txt, and
+training refuses a file made for other data.
+
+BM25: each segment is a query (its distinct terms, each once) against all the
+others; k1, b as given, Lucene's IDF; <s>, <pad>, </s>, <unk> are not terms. The
+chain starts at a random segment (--seed) and goes to the most similar unused one
+of its k neighbours, restarting at a random unused segment when none is left.
+"""
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="trime-bm25-batches", epilog=EPILOG,
+        description="Pack training segments into batches of BM25-similar segments "
+                    "(TRIME, Appendix B, Algorithm 1) and write them to a JSON file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", help="fairseq-preprocess --only-source output directory "
+                                     "(dict.txt and SPLIT.bin/.idx)")
+    parser.add_argument("--split", default="train", help="binarised split to pack (default: train)")
+    parser.add_argument("--tokens-per-sample", type=int, required=True, metavar="L",
+                        help="segment length: must equal the training --tokens-per-sample")
+    parser.add_argument("--k", type=int, default=20,
+                        help="BM25 neighbours retrieved per segment (default: 20)")
+    parser.add_argument("--batch-size", type=int, required=True, metavar="B",
+                        help="segments per batch (the training --batch-size)")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seed of the chain's random restarts (default: 1)")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE",
+                        help="where to write the batches (JSON; written atomically)")
+    parser.add_argument("--k1", type=float, default=1.5, metavar="k1",
+                        help="BM25 k1 (default: 1.5)")
+    parser.add_argument("--b", type=float, default=0.75, metavar="b",
+                        help="BM25 b (default: 0.75)")
+    parser.add_argument("--backend", default="matrix", choices=BACKENDS,
+                        help="how the exact BM25 scores are computed: matrix (dense + sparse "
+                             "products, fast) or bm25s (the bm25s library, slow on large data); "
+                             "same neighbours")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.data):
+        parser.error(f"data directory {args.data!r} does not exist")
+    if not os.path.isfile(os.path.join(args.data, "dict.txt")):
+        parser.error(f"no dict.txt in {args.data!r}: point DATA at the --destdir of "
+                     "`fairseq-preprocess --only-source --trainpref TEXT --destdir DATA`")
+    if not os.path.isfile(os.path.join(args.data, args.split + ".bin")):
+        parser.error(f"no {args.split}.bin/.idx in {args.data!r}: binarise that split with "
+                     "fairseq-preprocess, or choose another --split")
+    for name, value in (("--tokens-per-sample", args.tokens_per_sample), ("--k", args.k),
+                        ("--batch-size", args.batch_size)):
+        if value < 1:
+            parser.error(f"{name} must be >= 1, got {value}")
+    if args.k1 < 0 or not 0 <= args.b <= 1:
+        parser.error(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1 = {args.k1}, b = {args.b}")
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        parser.error(f"output directory {out_dir!r} does not exist")
+
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        level=logging.INFO)
+    from fairseq.data import Dictionary
+
+    from trime.extmem.fingerprints import dictionary_checksum
+    from trime.lm.bm25_batches import save_bm25_batches, segment_token_ids, special_token_ids
+
+    started = time.perf_counter()
+    dictionary = Dictionary.load(os.path.join(args.data, "dict.txt"))
+    segments = segment_token_ids(args.data, args.split, args.tokens_per_sample, dictionary)
+    num = len(segments)
+    logger.info(f"{num:,} segments of {args.tokens_per_sample} tokens "
+                f"({sum(len(s) for s in segments):,} tokens) from {args.data}/{args.split} "
+                f"in {time.perf_counter() - started:.1f} s")
+    if num < 2:
+        parser.error(f"{args.split} has {num} segment(s) of {args.tokens_per_sample} tokens: "
+                     "nothing to pack")
+    k = min(args.k, num - 1)
+    if k < args.k:
+        logger.warning(f"--k {args.k} > {num - 1} other segments: using k = {k}")
+
+    timings = {}
+    excluded = special_token_ids(dictionary)
+    neighbours = bm25_neighbours(segments, k, args.k1, args.b, exclude_ids=excluded,
+                                 backend=args.backend, progress=True, timings=timings)
+    logger.info(f"BM25 neighbours (k = {k}, backend {args.backend}): index "
+                f"{timings['index']:.1f} s, retrieval and top-k {timings['retrieval']:.1f} s")
+    chain_started = time.perf_counter()
+    order = bm25_chain(neighbours, args.seed)
+    batches = chain_batches(order, args.batch_size)
+    followed = np.mean([b in neighbours[a] for a, b in zip(order, order[1:])]) if num > 1 else 0
+    logger.info(f"Algorithm 1 chain in {time.perf_counter() - chain_started:.1f} s: "
+                f"{followed:.1%} of its steps go to a BM25 neighbour; {len(batches):,} batches "
+                f"of {args.batch_size} segments")
+    save_bm25_batches(
+        args.output, batches, data=args.data, split=args.split,
+        tokens_per_sample=args.tokens_per_sample, num_segments=num,
+        dictionary_checksum=dictionary_checksum(dictionary), k=k, k1=args.k1, b=args.b,
+        excluded_tokens=[dictionary[i] for i in excluded], backend=args.backend,
+        seed=args.seed, batch_size=args.batch_size,
+        neighbour_seconds=round(timings["index"] + timings["retrieval"], 2))
+    logger.info(f"wrote {args.output} in {time.perf_counter() - started:.1f} s in all")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""`trime-memory-curve`: perplexity vs long-memory size (paper Figure 3), CSV + PNG.
+
+Loads a checkpoint once and runs fairseq's own eval-lm loop (``trime.cli.harness``)
+for every memory size S with ``--eval-memory local,long`` (S = 0 is local memory alone),
+with TRIME scoring (Eq. 6, τ = --memory-temp) and, with ``--cache``, the continuous-cache
+baseline over the same memory. Writes ``curve.csv`` and ``curve.png`` to --out-dir.
+
+    trime-memory-curve data-bin --path ckpt/checkpoint_best.pt --sizes 0,1024,2048,4096,8192,16384 \\
+        --tokens-per-sample 512 --context-window 256 --memory-temp 1.1 --cache --out-dir curve
+"""
+
+import argparse
+import csv
+import os
+
+
+def plot(rows, png):
+    from trime.cli.harness import pyplot
+
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for scoring, label in (("trime", "TRIME (Eq. 6)"), ("cache", "continuous cache")):
+        points = [(r["memory_size"], r["perplexity"]) for r in rows if r["scoring"] == scoring]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=label)
+    ax.set_xlabel("long-memory size S (tokens)")
+    ax.set_ylabel("perplexity")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=150)
+    return True
+
+
+TASK_OPTIONS = ("memory_temp", "doc_boundary", "long_memory_reset", "cache_lambda", "cache_theta",
+                "cache_key")
+
+
+def main(argv=None):
+    from trime.glue.options import add_argparse_options, flag
+    from trime.lm.task import TrimeLMConfig
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", help="fairseq-preprocess output directory")
+    parser.add_argument("--path", required=True, help="checkpoint to evaluate")
+    parser.add_argument("--sizes", default="0,1024,2048,4096,8192,16384",
+                        help="comma-separated long-memory sizes S (0 = local memory only)")
+    parser.add_argument("--gen-subset", default="valid")
+    parser.add_argument("--tokens-per-sample", type=int, default=512)
+    parser.add_argument("--context-window", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=None)
+    # these options keep their --task trime_lm declaration (default, choices, help)
+    add_argparse_options(parser, TrimeLMConfig, TASK_OPTIONS)
+    parser.add_argument("--cache", action="store_true", help="also the continuous-cache baseline")
+    parser.add_argument("--cpu", action="store_true")
+    parser.add_argument("--out-dir", default="memory-curve")
+    args = parser.parse_args(argv)
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
+    if not sizes or min(sizes) < 0:
+        parser.error(f"--sizes must be non-negative memory sizes, got {args.sizes!r}")
+
+    from tqdm import tqdm
+
+    from trime.cli.harness import evaluate, load_for_eval
+
+    task_options = [word for name in TASK_OPTIONS for word in (flag(name), getattr(args, name))]
+    try:
+        task, model, cfg, dataset = load_for_eval(
+            args.data, args.path, args.gen_subset, args.tokens_per_sample, args.context_window,
+            args.batch_size, args.cpu, ("--eval-memory", "local,long", *task_options))
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+    base = model.settings  # the task's: --eval-memory local,long and the options above
+    runs = [(scoring, size) for scoring in (["trime", "cache"] if args.cache else ["trime"])
+            for size in sizes]
+    os.makedirs(args.out_dir, exist_ok=True)
+    rows = []
+    for scoring, size in tqdm(runs, desc="memory sizes"):
+        result = evaluate(task, model, cfg, dataset,
+                          base.replace(eval_scoring=scoring, long_memory_size=size))
+        result.pop("batches")
+        rows.append({"scoring": scoring, "memory_size": size, **result})
+        tqdm.write(f"{scoring:6s} S={size:6d}  ppl {result['perplexity']:.2f}  "
+                   f"({result['tokens']} tokens, {result['seconds']:.1f} s)")
+    csv_path = os.path.join(args.out_dir, "curve.csv")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["scoring", "memory_size", "loss", "perplexity",
+                                               "tokens", "seconds"])
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {csv_path}")
+    png = os.path.join(args.out_dir, "curve.png")
+    if plot(rows, png):
+        print(f"wrote {png}")
+
+
+if __name__ == "__main__":
+    main()

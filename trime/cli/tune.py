@@ -1,0 +1,243 @@
+"""`trime-tune`: grid-search τ, λ, τ′ (or kNN-LM's λ, T) on a dev split from one pass of the model.
+
+The model runs once over the split with the memories given after ``--`` (TASK_OPTIONS:
+the same ``--task trime_lm`` options as fairseq-eval-lm: --eval-memory, --long-memory-size,
+--dstore, --knn-k, --knn-sim, --doc-boundary, ...).
+For every scored token it keeps a few numbers (``trime.core.target_stats.TargetStats``:
+s_w*, log Z_vocab and log Σ exp(sim/t) over each memory set for every temperature
+of the grid), so every grid point is a few vector operations, not a model pass.
+
+Writes to --out-dir: ``tune.csv`` (every grid point), ``best.json``, a heat map
+``tune.png`` (λ × τ′ at the best τ, or perplexity vs τ without a datastore), and, with
+external memory, ``retrieval_accuracy.csv`` (paper Table 13: share of tokens whose
+target is among the top-K retrieved values) and ``frequency_buckets.csv`` (Table 14:
+perplexity by the target's frequency in the tuned split, as in the paper).
+
+    trime-tune data-bin --path ckpt/checkpoint_best.pt --gen-subset valid --tokens-per-sample 512 \\
+        --taus 1.0,1.1,1.2,1.3 --interp-temps 0.5,1,2,5,10 --lambdas 0.1,0.2,0.3,0.4 \\
+        -- --eval-memory local,long,ext --long-memory-size 12288 --dstore dstore --knn-k 1024
+"""
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import sys
+
+logger = logging.getLogger("trime.tune")
+
+FREQUENCY_BUCKETS = ((10_000, math.inf, "> 10k"), (1_000, 10_000, "1k-10k"),
+                     (100, 1_000, "100-1k"), (10, 100, "10-100"), (0, 10, "<= 10"))
+ACCURACY_KS = (1, 8, 64, 1024)
+
+
+def _floats(text, name, parser, low=None, below=None):
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--{name} must be comma-separated numbers, got {text!r}")
+    if not values:
+        parser.error(f"--{name} is empty")
+    for v in values:
+        if (low is not None and v <= low) or (below is not None and not 0 <= v < below):
+            parser.error(f"--{name}: {v} is out of range "
+                         + (f"(must be > {low})" if low is not None else f"(must be in [0, {below}))"))
+    return values
+
+
+def collect(task, model, cfg, dataset, temperatures, max_batches=None):
+    """One pass over the split: (TargetStats [N], first_hit [N], targets [N]) of every scored token."""
+    import torch
+    from fairseq import utils
+    from tqdm import tqdm
+
+    from trime.cli.harness import start_split
+    from trime.core.target_stats import TargetStats
+
+    itr = start_split(task, model, cfg, dataset)
+    scorer = model.evaluation.scorer
+    device = next(model.parameters()).device
+    stats, hits, targets = [], [], []
+    pad = task.source_dictionary.pad()
+    for i, sample in enumerate(tqdm(itr, desc="scoring", unit="batch")):
+        if max_batches is not None and i >= max_batches:
+            break
+        if not sample:
+            continue
+        sample = utils.move_to_cuda(sample) if device.type == "cuda" else sample
+        with torch.no_grad():
+            decoder_out, extra = model(**sample["net_input"])
+            batch_stats, first_hit = scorer.target_stats(decoder_out, extra, sample, temperatures)
+        scored = sample["target"].ne(pad)
+        stats.append(batch_stats[scored].to("cpu"))
+        hits.append(first_hit[scored].cpu())
+        targets.append(sample["target"][scored].cpu())
+    return TargetStats.cat(stats), torch.cat(hits), torch.cat(targets)
+
+
+def grid(stats, scoring, settings, taus, interp_temps, lambdas):
+    """[{tau, lambda, interp_temp, loss (base 2), perplexity}] for every grid point."""
+    rows = []
+    has_ext = settings.uses_ext
+    for tau in (taus if scoring == "trime" else [None]):
+        for interp_temp in (interp_temps if has_ext else [None]):
+            for lam in (lambdas if has_ext else [0.0]):
+                log_p = stats.target_log_prob(scoring, tau or 1.0, lam, interp_temp or 1.0,
+                                              settings.knn_interp_memory)
+                loss = float(-log_p.double().mean()) / math.log(2)
+                rows.append({"tau": tau, "lambda": lam if has_ext else None,
+                             "interp_temp": interp_temp, "loss": loss, "perplexity": 2 ** loss})
+    return rows
+
+
+def frequency_table(stats, targets, scoring, best, settings):
+    """Table 14: perplexity per frequency bucket of the target, the frequency being its count in
+    the evaluated split (as in the paper: "their frequency on the development set")."""
+    import torch
+
+    counts = torch.bincount(targets)[targets]
+    columns = {"LM only": stats.vocab_log_prob}
+    if scoring == "trime" and settings.span_memory != "none":
+        columns[f"{settings.span_memory} (Eq. 6)"] = stats.target_log_prob(
+            "trime", best["tau"], memory="span")
+    columns["best"] = stats.target_log_prob(
+        scoring, best["tau"] or 1.0, best["lambda"] or 0.0, best["interp_temp"] or 1.0,
+        settings.knn_interp_memory)
+    rows = []
+    for low, high, name in FREQUENCY_BUCKETS:
+        in_bucket = (counts > low) & (counts <= high)  # every count is >= 1
+        row = {"bucket": name, "tokens": int(in_bucket.sum())}
+        for column, log_p in columns.items():
+            mean = float(-log_p[in_bucket].double().mean()) if in_bucket.any() else float("nan")
+            row[column] = math.exp(mean)
+        rows.append(row)
+    return rows
+
+
+def plot(rows, best, has_ext, png):
+    from trime.cli.harness import pyplot
+
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    if has_ext:
+        chosen = [r for r in rows if r["tau"] == best["tau"]]
+        lambdas = sorted({r["lambda"] for r in chosen})
+        temps = sorted({r["interp_temp"] for r in chosen})
+        table = {(r["lambda"], r["interp_temp"]): r["perplexity"] for r in chosen}
+        values = [[table[(lam, t)] for t in temps] for lam in lambdas]
+        image = ax.imshow(values, cmap="viridis_r", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(temps)), [f"{t:g}" for t in temps])
+        ax.set_yticks(range(len(lambdas)), [f"{lam:g}" for lam in lambdas])
+        ax.set_xlabel("τ′ (temperature of the memory distribution)")
+        ax.set_ylabel("λ")
+        for i, row in enumerate(values):
+            for j, value in enumerate(row):
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
+        fig.colorbar(image, label="perplexity")
+        ax.set_title("perplexity" + (f" at τ = {best['tau']:g}" if best["tau"] else ""))
+    else:
+        ax.plot([r["tau"] for r in rows], [r["perplexity"] for r in rows], marker="o")
+        ax.set_xlabel("τ (memory temperature, Eq. 6)")
+        ax.set_ylabel("perplexity")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=150)
+    return True
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="trime-tune", description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", help="fairseq-preprocess output directory")
+    parser.add_argument("--path", required=True, help="checkpoint")
+    parser.add_argument("--gen-subset", default="valid", help="split to tune on (dev)")
+    parser.add_argument("--tokens-per-sample", type=int, default=512)
+    parser.add_argument("--context-window", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--scoring", choices=("trime", "knnlm"), default="trime",
+                        help="trime: τ (Eq. 6) and, with ext memory, λ and τ′ (Eq. 8-9); knnlm: "
+                             "kNN-LM's λ and T (--interp-temps) with --eval-memory ext")
+    parser.add_argument("--taus", default="0.8,0.9,1.0,1.1,1.2,1.3",
+                        help="τ values of Eq. 6 (trime scoring)")
+    parser.add_argument("--interp-temps", default="0.5,1,2,4,8",
+                        help="τ′ of Eq. 8 (trime) or T of kNN-LM (knnlm); with external memory")
+    parser.add_argument("--lambdas", default="0.05,0.1,0.2,0.3,0.4,0.5",
+                        help="λ values in [0, 1) (with external memory)")
+    parser.add_argument("--max-batches", type=int, default=None, help="stop early (quick looks)")
+    parser.add_argument("--cpu", action="store_true")
+    parser.add_argument("--out-dir", default="tune")
+    parser.usage = "trime-tune DATA --path CKPT [options] -- TASK_OPTIONS"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # after --: the --task trime_lm options that define the memories (as for fairseq-eval-lm)
+    split = argv.index("--") if "--" in argv else len(argv)
+    argv, task_options = argv[:split], [str(a) for a in argv[split + 1:]]
+    args = parser.parse_args(argv)
+    taus = _floats(args.taus, "taus", parser, low=0)
+    interp_temps = _floats(args.interp_temps, "interp-temps", parser, low=0)
+    lambdas = _floats(args.lambdas, "lambdas", parser, below=1)
+    for option in ("--memory-temp", "--knn-lambda", "--knn-temp", "--eval-scoring"):
+        if option in task_options:
+            parser.error(f"{option} is what trime-tune searches (or sets): use --taus / --lambdas / "
+                         "--interp-temps / --scoring instead")
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        level=logging.INFO)
+    from trime.cli.harness import load_for_eval
+
+    try:
+        task, model, cfg, dataset = load_for_eval(
+            args.data, args.path, args.gen_subset, args.tokens_per_sample, args.context_window,
+            args.batch_size, args.cpu, (*task_options, "--eval-scoring", args.scoring))
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+    settings = model.settings
+    if settings.eval_memory == "none":
+        parser.error("nothing to tune without memory: give e.g. -- --eval-memory local,long")
+    temperatures = sorted(set(taus) | set(interp_temps))
+    stats, first_hit, targets = collect(task, model, cfg, dataset, temperatures, args.max_batches)
+    logger.info(f"{len(targets)} scored tokens of {args.gen_subset}; {settings.describe()}")
+    rows = grid(stats, args.scoring, settings, taus, interp_temps, lambdas)
+    best = min(rows, key=lambda r: r["loss"])
+    os.makedirs(args.out_dir, exist_ok=True)
+    _write_csv(os.path.join(args.out_dir, "tune.csv"), rows)
+    best_options = {"--memory-temp": best["tau"], "--knn-lambda": best["lambda"],
+                    "--knn-temp": best["interp_temp"]}
+    best_options = {k: v for k, v in best_options.items() if v is not None}
+    report = {"best": best, "options": best_options, "tokens": len(targets),
+              "split": args.gen_subset, "memory": settings.eval_memory, "scoring": args.scoring}
+    if settings.uses_ext:
+        num_retrieved = settings.knn_k
+        accuracy = [{"K": k, "accuracy": float((first_hit < k).double().mean())}
+                    for k in ACCURACY_KS if k <= num_retrieved]
+        _write_csv(os.path.join(args.out_dir, "retrieval_accuracy.csv"), accuracy)
+        report["retrieval_accuracy"] = accuracy
+        for row in accuracy:
+            print(f"retrieval accuracy (target among the top-{row['K']} retrieved values): "
+                  f"{100 * row['accuracy']:.1f}%")
+    buckets = frequency_table(stats, targets, args.scoring, best, settings)
+    _write_csv(os.path.join(args.out_dir, "frequency_buckets.csv"), buckets)
+    report["frequency_buckets"] = buckets
+    with open(os.path.join(args.out_dir, "best.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    plot(rows, best, settings.uses_ext, os.path.join(args.out_dir, "tune.png"))
+    for row in buckets:
+        print("frequency " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in row.items()))
+    print(f"best: {' '.join(f'{k} {v:g}' for k, v in best_options.items())} -> perplexity "
+          f"{best['perplexity']:.2f} (loss {best['loss']:.4f} base 2) on {len(targets)} tokens of "
+          f"{args.gen_subset}; written to {args.out_dir}/")
+
+
+if __name__ == "__main__":
+    main()

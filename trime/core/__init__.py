@@ -1,0 +1,13 @@
+"""The math of TRIME as pure functions: torch / numpy in, torch / numpy out.
+
+Nothing in ``trime.core`` imports fairseq (a test checks it), nor names a command-line
+flag: the glue (``trime.glue``, ``trime.lm``) checks options and calls these.
+
+- ``visibility``: which memory entries a query may see (local, long, ext, eval window + FIFO);
+- ``memory_lse``: the chunked memory log-sum-exp op with its own backward (the kernel seam);
+- ``objective``: the training objective, Eq. 5, over a batch laid out for a memory rule;
+- ``mixtures``: evaluation distributions, Eq. 6-9, kNN-LM, continuous cache;
+- ``target_stats``: per-token statistics giving log P(w*) for any λ and temperature;
+- ``fifo``: evaluation-time long memory and stream-order scoring;
+- ``documents``, ``batching``, ``bm25``: documents, batch plans (Fig. 2), BM25 (Algorithm 1).
+"""

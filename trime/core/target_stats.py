@@ -1,0 +1,154 @@
+"""Per-token statistics from which log P(w*) follows for any λ and temperature (Eq. 6-9, kNN-LM).
+
+``fairseq-eval-lm`` reads only each target's log-probability, and ``trime-tune``
+scores a whole grid of (τ, λ, τ′) from one model pass: both need, per scored token,
+s_w*, log Z_vocab and, for each memory set and temperature t, the log-sum-exp of
+sim/t over the set's entries and over those labelled w* — never a [tokens × V]
+distribution. ``TargetStats`` holds those numbers by name; ``target_log_prob``
+turns them into log P(w*) exactly as ``trime.core.mixtures`` would at the target.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Sequence, Tuple
+
+import torch
+
+from trime.core.logspace import NEG_INF, finite_or_zero, log_ratio
+from trime.core.mixtures import RetrievedMemory, span_chunks
+
+# span = local / long memory of the input itself, ext = retrieved entries, eval = both (M_eval)
+MEMORY_SETS = ("span", "ext", "eval")
+
+
+@dataclass
+class TargetStats:
+    """s_w* and log Z_vocab [...], and log Σ_j exp(sim_j / t) for each computed memory set:
+    ``lse_all[set]`` over its entries, ``lse_pos[set]`` over those labelled w*, both
+    [..., len(temperatures)] (-inf for an empty set). sim = g·g'/√d for span entries and the
+    retriever's similarity for external ones. Indexing (``stats[mask]``) indexes every tensor."""
+
+    target_score: torch.Tensor
+    log_z_vocab: torch.Tensor
+    temperatures: Tuple[float, ...]
+    lse_all: Dict[str, torch.Tensor]
+    lse_pos: Dict[str, torch.Tensor]
+
+    def memory_lse(self, memory_set: str, temperature: float, positive: bool = False):
+        """log Σ exp(sim/t) [...] over ``memory_set`` (only entries labelled w* if ``positive``)."""
+        if memory_set not in self.lse_all:
+            raise KeyError(f"statistics of memory set {memory_set!r} were not computed "
+                           f"(computed: {', '.join(self.lse_all) or 'none'})")
+        if temperature not in self.temperatures:
+            raise KeyError(f"temperature {temperature} is not among the computed ones "
+                           f"{list(self.temperatures)}")
+        lse = self.lse_pos if positive else self.lse_all
+        return lse[memory_set][..., self.temperatures.index(temperature)]
+
+    @property
+    def vocab_log_prob(self) -> torch.Tensor:
+        """log p_LM(w*): the vocabulary distribution alone."""
+        return self.target_score - self.log_z_vocab
+
+    def _map(self, fn) -> "TargetStats":
+        return TargetStats(fn(self.target_score), fn(self.log_z_vocab), self.temperatures,
+                           {k: fn(v) for k, v in self.lse_all.items()},
+                           {k: fn(v) for k, v in self.lse_pos.items()})
+
+    def __getitem__(self, index) -> "TargetStats":
+        return self._map(lambda tensor: tensor[index])
+
+    def to(self, device) -> "TargetStats":
+        return self._map(lambda tensor: tensor.to(device))
+
+    @staticmethod
+    def cat(parts: Sequence["TargetStats"], dim: int = 0) -> "TargetStats":
+        first = parts[0]
+        return TargetStats(torch.cat([p.target_score for p in parts], dim),
+                           torch.cat([p.log_z_vocab for p in parts], dim), first.temperatures,
+                           {k: torch.cat([p.lse_all[k] for p in parts], dim) for k in first.lse_all},
+                           {k: torch.cat([p.lse_pos[k] for p in parts], dim) for k in first.lse_pos})
+
+    def target_log_prob(self, scoring: str = "trime", tau: float = 1.0, lam: float = 0.0,
+                        interp_temperature: float = 1.0, interp_memory: str = "eval",
+                        memory: str = "eval") -> torch.Tensor:
+        """log P_final(w*) [...] (the temperatures must have been computed).
+
+        scoring trime: Eq. 6 over ``memory`` (eval, span or ext) at τ, then Eq. 9 with P' over
+        ``interp_memory`` at τ′ (λ = 0: Eq. 6 alone); knnlm: (1-λ) p_LM + λ p_kNN with
+        p_kNN over the retrieved entries at T = ``interp_temperature``.
+        """
+        if scoring == "knnlm":
+            log_p = self.vocab_log_prob
+            interp_memory = "ext"
+        else:
+            log_p = (torch.logaddexp(self.target_score, self.memory_lse(memory, tau, True))
+                     - torch.logaddexp(self.log_z_vocab, self.memory_lse(memory, tau)))
+        if lam == 0:
+            return log_p
+        all_memory = self.memory_lse(interp_memory, interp_temperature)
+        log_p_memory = log_ratio(self.memory_lse(interp_memory, interp_temperature, True), all_memory)
+        mixed = torch.logaddexp(log_p + math.log1p(-lam), log_p_memory + math.log(lam))
+        return torch.where(torch.isfinite(all_memory), mixed, log_p)  # no memory: P alone
+
+
+def memory_target_stats(target_score, log_z_vocab, queries, keys, key_labels, visibility, targets,
+                        temperatures, retrieved: RetrievedMemory = None, sets=MEMORY_SETS,
+                        chunk_size: int = 512) -> TargetStats:
+    """The ``TargetStats`` of every query.
+
+    Args:
+        target_score, log_z_vocab: [G, Nq] s_w* and log Z_vocab.
+        queries, keys, key_labels, visibility, retrieved: as in
+            ``trime.core.mixtures.memory_log_probs`` (span memory; external entries).
+        targets: [G, Nq] w* of each query.
+        temperatures: the temperatures t to summarise at.
+        sets: the memory sets to summarise, among MEMORY_SETS.
+    """
+    unknown = set(sets) - set(MEMORY_SETS)
+    if unknown:
+        raise ValueError(f"unknown memory sets {sorted(unknown)}; choose among {MEMORY_SETS}")
+    temperatures = tuple(float(t) for t in temperatures)
+    shape = (*targets.shape, len(temperatures))
+    empty = {name: torch.full(shape, NEG_INF, dtype=torch.float32, device=targets.device)
+             for name in sets}
+    stats = TargetStats(target_score.float(), log_z_vocab.float(), temperatures,
+                        empty, {name: lse.clone() for name, lse in empty.items()})
+    inv_sqrt_d = 1.0 / math.sqrt(queries.shape[-1])
+    spans = span_chunks(queries, keys, key_labels, visibility, inv_sqrt_d, chunk_size,
+                        every_chunk=True)
+    for q0, q1, span, span_labels in spans:
+        target = targets[:, q0:q1, None]
+        found = {}
+        if span.shape[-1]:
+            found["span"] = (span, span_labels[:, None, :] == target)
+        if retrieved is not None:
+            found["ext"] = (retrieved.sims[:, q0:q1].float(), retrieved.labels[:, q0:q1] == target)
+        if "eval" in sets and found:
+            parts = list(found.values())
+            found["eval"] = parts[0] if len(parts) == 1 else \
+                (torch.cat([s for s, _ in parts], -1), torch.cat([p for _, p in parts], -1))
+        for name, (sims, positive) in found.items():
+            if name not in sets:
+                continue
+            for i, t in enumerate(temperatures):
+                lse_all, lse_pos = _logsumexp_all_and_positive(sims, positive, 1.0 / t)
+                stats.lse_all[name][:, q0:q1, i] = lse_all
+                stats.lse_pos[name][:, q0:q1, i] = lse_pos
+    return stats
+
+
+def _logsumexp_all_and_positive(sims, positive, scale):
+    """(log Σ_j exp(scale·sim_j), the same over the positive j), [..., K] -> [...]: one exp pass."""
+    peak = finite_or_zero(sims.amax(-1, keepdim=True))
+    weights = torch.exp((sims - peak) * scale) if scale != 1.0 else torch.exp(sims - peak)
+    peak = peak[..., 0] * scale
+    lse_all = torch.log(weights.sum(-1)) + peak
+    positive_mass = (weights * positive).sum(-1)
+    lse_pos = torch.log(positive_mass) + peak
+    # positives far below the peak (denormal or zero mass): recompute those rows exactly
+    underflow = (positive_mass < 1e-30) & positive.any(-1)
+    if underflow.any():
+        lse_pos[underflow] = (sims[underflow].masked_fill(~positive[underflow], NEG_INF)
+                              * scale).logsumexp(-1)
+    return lse_all, lse_pos

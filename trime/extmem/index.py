@@ -1,0 +1,175 @@
+"""FAISS indexes over a datastore (``trime-build-index``) and loading them for evaluation.
+
+Exact search (``Flat``) for small datastores; ``IVFPQ`` (inverted lists + product
+quantisation, as in kNN-LM and the paper's external memory: 4,096 lists, 64-byte
+codes, nprobe 32) for large ones. The index is saved inside the datastore folder
+as ``index.{metric}.faiss`` with ``index.{metric}.json`` describing it; FAISS ids
+are datastore rows.
+"""
+
+import json
+import logging
+import math
+import os
+import time
+
+import numpy as np
+
+from trime.extmem.datastore import Datastore
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("ip", "l2")
+INDEX_TYPES = ("auto", "flat", "ivfpq")
+FLAT_UP_TO = 500_000  # index type auto: exact search up to this many keys
+PQ_BITS = (4, 8)
+
+
+def index_paths(datastore_dir: str, metric: str):
+    return (os.path.join(datastore_dir, f"index.{metric}.faiss"),
+            os.path.join(datastore_dir, f"index.{metric}.json"))
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as error:  # pragma: no cover - faiss-cpu is a dependency
+        raise ImportError("trime's external memory needs FAISS: pip install faiss-cpu "
+                          "(or trime[gpu] for faiss-gpu)") from error
+    return faiss
+
+
+def gpu_available() -> bool:
+    faiss = _faiss()
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def default_ivfpq(num_keys: int, dim: int):
+    """(nlist, M): about 4·√N inverted lists (a power of two, 64 to 4,096) and the largest
+    number of sub-quantisers ≤ 64 that divides d."""
+    nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(num_keys))))
+    nlist = int(min(4096, max(64, nlist)))
+    num_sub = max(m for m in range(1, min(64, dim) + 1) if dim % m == 0)
+    return nlist, num_sub
+
+
+def _keys_fp32(datastore: Datastore, rows) -> np.ndarray:
+    return np.ascontiguousarray(datastore.keys[rows], dtype=np.float32)
+
+
+def default_pq_bits(use_gpu: bool) -> int:
+    """Bits per PQ code when none is asked for: 4 on CPU (FAISS fast scan, SIMD), 8 on GPU
+    (FAISS's GPU IVFPQ has no 4-bit fast scan)."""
+    return 8 if use_gpu else 4
+
+
+def build_index(datastore: Datastore, metric: str = "ip", index_type: str = "auto",
+                nlist: int = None, num_sub: int = None, nbits: int = None,
+                train_size: int = 1_000_000, add_chunk: int = 500_000, use_gpu: bool = False,
+                seed: int = 1, progress: bool = True):
+    """Build (and return) a FAISS index over every key of ``datastore``; ids = rows.
+    ``nbits`` None: ``default_pq_bits`` for the device."""
+    faiss = _faiss()
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    nbits = default_pq_bits(use_gpu) if nbits is None else nbits
+    if nbits not in PQ_BITS:
+        raise ValueError(f"PQ codes must have 4 or 8 bits, got {nbits}")
+    num_keys, dim = len(datastore), datastore.dim
+    if index_type == "auto":
+        index_type = "flat" if num_keys <= FLAT_UP_TO else "ivfpq"
+    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+    info = {"metric": metric, "index_type": index_type, "num_keys": num_keys, "dim": dim}
+    if index_type == "flat":
+        index = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
+    elif index_type == "ivfpq":
+        default_nlist, default_sub = default_ivfpq(num_keys, dim)
+        nlist, num_sub = nlist or default_nlist, num_sub or default_sub
+        if dim % num_sub:
+            raise ValueError(f"--pq-m {num_sub} must divide the key dimension {dim}")
+        if nbits == 4 and use_gpu:
+            raise ValueError("--pq-bits 4 uses FAISS's fast scan, which runs on CPU only: use "
+                             "--pq-bits 8 (the default on GPU) with --device gpu, or --device cpu")
+        quantizer = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
+        if nbits == 4:  # 4-bit codes: FAISS's SIMD "fast scan" (CPU only)
+            index = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, num_sub, nbits, faiss_metric)
+        else:
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, num_sub, nbits, faiss_metric)
+        num_train = min(num_keys, train_size)
+        if num_train < max(nlist, 2 ** nbits):
+            raise ValueError(
+                f"IVFPQ with {nlist} lists and {nbits}-bit codes needs at least "
+                f"{max(nlist, 2 ** nbits)} training keys, the datastore has {num_keys}: use "
+                "--index-type flat (exact) or smaller --nlist / --pq-bits.")
+        info.update(nlist=nlist, pq_m=num_sub, pq_bits=nbits, train_keys=num_train)
+    else:
+        raise ValueError(f"index type must be one of {INDEX_TYPES}, got {index_type!r}")
+
+    gpu_resources = None
+    if use_gpu:
+        gpu_resources = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(gpu_resources, 0, index)
+    info["built_on"] = "gpu" if use_gpu else "cpu"
+    started = time.time()
+    if index_type == "ivfpq":
+        rows = np.sort(np.random.default_rng(seed).choice(num_keys, num_train, replace=False))
+        logger.info(f"training IVFPQ ({nlist} lists, {num_sub} x {nbits}-bit codes, "
+                    f"{metric}) on {num_train} random keys")
+        index.train(_keys_fp32(datastore, rows))
+        logger.info(f"trained in {time.time() - started:.1f} s")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=num_keys, desc="adding keys", unit="key", unit_scale=True)
+    for start in range(0, num_keys, add_chunk):
+        chunk = _keys_fp32(datastore, slice(start, min(num_keys, start + add_chunk)))
+        index.add(chunk)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    if use_gpu:
+        index = faiss.index_gpu_to_cpu(index)
+    info["build_seconds"] = round(time.time() - started, 2)
+    return index, info
+
+
+def save_index(index, info: dict, datastore_dir: str) -> str:
+    """Write ``index.{metric}.faiss`` + ``.json`` atomically (temporary files, then rename)."""
+    faiss = _faiss()
+    index_path, info_path = index_paths(datastore_dir, info["metric"])
+    faiss.write_index(index, index_path + ".tmp")
+    with open(info_path + ".tmp", "w") as f:
+        json.dump(info, f, indent=2)
+    os.replace(index_path + ".tmp", index_path)
+    os.replace(info_path + ".tmp", info_path)
+    return index_path
+
+
+def load_index(datastore: Datastore, metric: str, nprobe: int = 32, use_gpu: bool = False):
+    """The FAISS index of ``datastore`` for ``metric``, checked against it."""
+    faiss = _faiss()
+    index_path, _ = index_paths(datastore.path, metric)
+    if not os.path.isfile(index_path):
+        others = [m for m in METRICS if m != metric and os.path.isfile(index_paths(datastore.path, m)[0])]
+        hint = f" (there is one for --knn-sim {others[0]})" if others else ""
+        raise FileNotFoundError(
+            f"no {metric} index in {datastore.path}{hint}: build it with "
+            f"`trime-build-index {datastore.path} --metric {metric}`")
+    index = faiss.read_index(index_path)
+    if not index.is_trained:
+        raise ValueError(f"{index_path} is not trained: rebuild it with trime-build-index")
+    if index.ntotal != len(datastore) or index.d != datastore.dim:
+        raise ValueError(f"{index_path} holds {index.ntotal} keys of dimension {index.d}, the "
+                         f"datastore {len(datastore)} of dimension {datastore.dim}: it was built for "
+                         "another datastore. Rebuild it with trime-build-index.")
+    if nprobe < 1:
+        raise ValueError(f"--knn-nprobe must be >= 1, got {nprobe}")
+    try:
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    except (RuntimeError, AttributeError):
+        pass  # not an IVF index: exact search
+    if use_gpu:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    return index

@@ -1,0 +1,254 @@
+"""Every evaluation option, declared once (default, type, help), and its checked form.
+
+``EvalOptions`` is a fairseq dataclass: a task config inherits it, so
+``fairseq-eval-lm`` (and any other fairseq CLI) parses these flags with exactly these
+defaults. ``EvalSettings`` has the same fields (it subclasses ``EvalOptions``), built by
+field name from a parsed config (``EvalSettings.from_options``), checks them with errors
+that name the flags, and fills the defaults that depend on the scoring (``KNN_DEFAULTS``).
+``add_argparse_options`` lets a console script offer some of these flags with the same
+declaration. ``option_table`` lists every option trime adds (``trime-options``,
+``docs/options.md``).
+"""
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+EVAL_MEMORIES = ("none", "local", "local,long", "ext", "local,ext", "local,long,ext")
+EVAL_SCORINGS = ("trime", "cache", "knnlm")
+KNN_DEFAULTS = {  # (similarity, lambda, temperature) when --knn-sim / --knn-lambda / --knn-temp are not given
+    "knnlm": ("l2", 0.25, 1.0),  # Khandelwal et al. (2020)
+    "trime": ("ip", 0.3, 1.0),   # TRIME's sim (§3); λ = 0.3 as in the authors' release; tune τ'
+}
+
+
+@dataclass
+class EvalOptions(FairseqDataclass):
+    eval_memory: ChoiceEnum(list(EVAL_MEMORIES)) = field(
+        default="none",
+        metadata={"help": "memory used when scoring: none = the plain LM distribution; local = "
+                  "the earlier tokens of the same input (context window included); local,long = "
+                  "also a FIFO of the last --long-memory-size scored tokens of the document before "
+                  "the input (paper §4.2); ...,ext = also the --knn-k nearest entries of the "
+                  "datastore --dstore (Eq. 7), then Eq. 8-9; ext alone = the datastore only"},
+    )
+    memory_temp: float = field(
+        default=1.0,
+        metadata={"help": "evaluation temperature τ of Eq. 6; divides the memory logits only"},
+    )
+    long_memory_size: int = field(
+        default=12288,
+        metadata={"help": "S, scored tokens kept in the long-memory FIFO with --eval-memory "
+                  "local,long (paper: 12,288 for the 247M model, 15,000 for 150M)"},
+    )
+    long_memory_reset: ChoiceEnum(["document", "never"]) = field(
+        default="document",
+        metadata={"help": "empty the long-memory FIFO when a new document starts (see "
+                  "--doc-boundary), or never (the authors' evaluation of the concatenated stream)"},
+    )
+    eval_scoring: ChoiceEnum(list(EVAL_SCORINGS)) = field(
+        default="trime",
+        metadata={"help": "how memory enters the distribution: trime = Eq. 6 (joint softmax, "
+                  "--memory-temp), with ext memory followed by Eq. 8-9 (--knn-lambda, "
+                  "--knn-temp); cache = continuous cache (Grave et al. 2017), "
+                  "(1-λ) p_LM + λ p_cache, for models trained without TRIME; knnlm = kNN-LM "
+                  "(Khandelwal et al. 2020), (1-λ) p_LM + λ p_kNN, with --eval-memory ext"},
+    )
+    cache_lambda: float = field(
+        default=0.1, metadata={"help": "λ of the continuous cache, in [0, 1); tune on valid"})
+    cache_theta: float = field(
+        default=0.3,
+        metadata={"help": "θ of the continuous cache: p_cache ∝ exp(θ h·h_j), > 0; tune on valid"})
+    cache_key: ChoiceEnum(["final", "last-ffn-input"]) = field(
+        default="final",
+        metadata={"help": "representation h of the continuous cache: final = the decoder's output "
+                  "features (Grave et al.), last-ffn-input = g(c), TRIME's key"},
+    )
+    dstore: Optional[str] = field(
+        default=None,
+        metadata={"help": "external memory for --eval-memory ...,ext: a datastore folder written "
+                  "by --save-dstore and indexed with trime-build-index (index.{--knn-sim}.faiss)"},
+    )
+    knn_k: int = field(
+        default=1024,
+        metadata={"help": "K, datastore entries retrieved per token (at most the datastore size)"})
+    knn_nprobe: int = field(
+        default=32, metadata={"help": "inverted lists searched by an IVFPQ index (ignored by Flat)"})
+    knn_sim: Optional[ChoiceEnum(["ip", "l2"])] = field(
+        default=None,
+        metadata={"help": "similarity of retrieved entries: ip = g·g'/√d (TRIME's sim, default "
+                  "with --eval-scoring trime), l2 = -‖g-g'‖² (kNN-LM, default with knnlm); the "
+                  "datastore needs an index built with the same trime-build-index --metric"},
+    )
+    knn_lambda: Optional[float] = field(
+        default=None,
+        metadata={"help": "λ in [0, 1): weight of the memory distribution (Eq. 9 for trime, "
+                  "default 0.3; kNN-LM's λ, default 0.25); tune with trime-tune"},
+    )
+    knn_temp: Optional[float] = field(
+        default=None,
+        metadata={"help": "temperature of the memory distribution: τ' of Eq. 8 (trime) or T of "
+                  "kNN-LM; default 1; tune with trime-tune"},
+    )
+    knn_exact_scores: bool = field(
+        default=False,
+        metadata={"help": "recompute the similarities of the retrieved entries from the stored "
+                  "keys instead of the index's approximate (quantised) ones (the paper's † rows)"},
+    )
+    knn_interp_memory: ChoiceEnum(["eval", "ext"]) = field(
+        default="eval",
+        metadata={"help": "memory of P' in Eq. 8: eval = M_eval (local, long and retrieved "
+                  "entries, as in the paper), ext = the retrieved entries only"},
+    )
+    save_dstore: Optional[str] = field(
+        default=None,
+        metadata={"help": "save a datastore of the evaluated split to this new folder: the key "
+                  "g(c) (fp16) and next token (int32) of every scored token, row i = token i of "
+                  "the split; written to DIR.partial and renamed when complete"},
+    )
+
+
+def option_names():
+    """The EvalOptions fields that are options (not fairseq's internal ``_name``)."""
+    return [f.name for f in dataclasses.fields(EvalOptions) if not f.name.startswith("_")]
+
+
+def _plain(value):
+    """A config value as a plain Python value (fairseq hands ChoiceEnum members or strings)."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+@dataclass
+class EvalSettings(EvalOptions):
+    """The evaluation options, checked, with the scoring-dependent defaults filled in."""
+
+    def __post_init__(self):
+        for name in option_names():
+            setattr(self, name, _plain(getattr(self, name)))
+        if self.eval_memory not in EVAL_MEMORIES:
+            raise ValueError(f"--eval-memory must be one of {EVAL_MEMORIES}, got {self.eval_memory!r}")
+        if self.eval_scoring not in EVAL_SCORINGS:
+            raise ValueError(f"--eval-scoring must be one of {EVAL_SCORINGS}, got {self.eval_scoring!r}")
+        if self.memory_temp <= 0:
+            raise ValueError(f"--memory-temp must be > 0, got {self.memory_temp}")
+        if self.long_memory_size < 0:
+            raise ValueError(f"--long-memory-size must be >= 0 (tokens kept in the FIFO), "
+                             f"got {self.long_memory_size}")
+        if self.eval_scoring == "cache" and self.eval_memory == "none":
+            raise ValueError("--eval-scoring cache needs a memory to cache: add --eval-memory local "
+                             "(or local,long)")
+        if self.eval_scoring == "cache" and not 0 <= self.cache_lambda < 1:
+            raise ValueError(f"--cache-lambda must be in [0, 1), got {self.cache_lambda}")
+        if self.eval_scoring == "cache" and self.cache_theta <= 0:
+            raise ValueError(f"--cache-theta must be > 0, got {self.cache_theta}")
+        if self.eval_scoring == "cache" and self.uses_ext:
+            raise ValueError("--eval-scoring cache does not use external memory: for a datastore "
+                             "with a model trained without TRIME use --eval-scoring knnlm")
+        if self.eval_scoring == "knnlm" and self.eval_memory != "ext":
+            raise ValueError("--eval-scoring knnlm (kNN-LM) interpolates the LM with the external "
+                             f"datastore only: use --eval-memory ext (got {self.eval_memory!r})")
+        if self.uses_ext and not self.dstore:
+            raise ValueError(f"--eval-memory {self.eval_memory} needs --dstore DIR (a datastore from "
+                             "fairseq-eval-lm --save-dstore, indexed with trime-build-index)")
+        if self.dstore and not self.uses_ext:
+            raise ValueError(f"--dstore is only used with external memory: add ext to --eval-memory "
+                             f"(e.g. --eval-memory local,long,ext), got {self.eval_memory!r}")
+        if self.uses_ext:
+            sim, lam, temp = KNN_DEFAULTS[self.eval_scoring]
+            self.knn_sim = self.knn_sim or sim
+            self.knn_lambda = lam if self.knn_lambda is None else self.knn_lambda
+            self.knn_temp = temp if self.knn_temp is None else self.knn_temp
+            if self.knn_sim not in ("ip", "l2"):
+                raise ValueError(f"--knn-sim must be ip or l2, got {self.knn_sim!r}")
+            if not 0 <= self.knn_lambda < 1:
+                raise ValueError(f"--knn-lambda must be in [0, 1), got {self.knn_lambda}")
+            if self.knn_temp <= 0:
+                raise ValueError(f"--knn-temp must be > 0, got {self.knn_temp}")
+            if self.knn_k < 1 or self.knn_nprobe < 1:
+                raise ValueError(f"--knn-k and --knn-nprobe must be >= 1, got {self.knn_k} and "
+                                 f"{self.knn_nprobe}")
+            if self.knn_interp_memory not in ("eval", "ext"):
+                raise ValueError(f"--knn-interp-memory must be eval or ext, got {self.knn_interp_memory!r}")
+        elif (self.knn_sim, self.knn_lambda, self.knn_temp) != (None, None, None) or self.knn_exact_scores:
+            raise ValueError("--knn-sim / --knn-lambda / --knn-temp / --knn-exact-scores apply to "
+                             "external memory only: add ext to --eval-memory and give --dstore")
+
+    @classmethod
+    def from_options(cls, config, **overrides) -> "EvalSettings":
+        """Settings from any parsed config or namespace holding the EvalOptions fields, by name."""
+        return cls(**{**{name: getattr(config, name) for name in option_names()}, **overrides})
+
+    def replace(self, **changes) -> "EvalSettings":
+        """A copy with some options changed, checked again (the --knn-* values already filled
+        in from KNN_DEFAULTS stay as they are)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def uses_ext(self) -> bool:
+        return "ext" in self.eval_memory.split(",")
+
+    @property
+    def span_memory(self) -> str:
+        """The memory scored from the input itself: none | local | local,long."""
+        return ",".join(m for m in self.eval_memory.split(",") if m != "ext") or "none"
+
+    @property
+    def reset_at_documents(self) -> bool:
+        return self.long_memory_reset == "document"
+
+    def describe(self) -> str:
+        text = f"eval memory = {self.eval_memory}"
+        if "long" in self.eval_memory:
+            text += (f" (FIFO of {self.long_memory_size} tokens, "
+                     f"{'reset at each document' if self.reset_at_documents else 'never reset'})")
+        if self.uses_ext:
+            text += (f", datastore {self.dstore} (K = {self.knn_k}, nprobe = {self.knn_nprobe}, "
+                     f"sim = {self.knn_sim}{', exact scores' if self.knn_exact_scores else ''})")
+        if self.save_dstore:
+            text += f", saving a datastore to {self.save_dstore}"
+        if self.eval_scoring == "cache":
+            return text + (f", continuous cache lambda = {self.cache_lambda}, "
+                           f"theta = {self.cache_theta}, h = {self.cache_key}")
+        if self.eval_scoring == "knnlm":
+            return text + f", kNN-LM lambda = {self.knn_lambda}, T = {self.knn_temp}"
+        if self.uses_ext:
+            over = 'M_eval' if self.knn_interp_memory == 'eval' else 'the retrieved entries'
+            text += (f", then (1-lambda) P + lambda P' with lambda = {self.knn_lambda}, "
+                     f"tau' = {self.knn_temp} over {over}")
+        return text + f", tau = {self.memory_temp}"
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a dataclass field: long_memory_size -> --long-memory-size."""
+    return "--" + name.replace("_", "-")
+
+
+def choices_of(f: dataclasses.Field):
+    """The allowed values of a ChoiceEnum field (or Optional[ChoiceEnum]), else None."""
+    kind = f.type
+    for arg in getattr(kind, "__args__", ()):  # Optional[...]
+        if isinstance(arg, type) and issubclass(arg, enum.Enum):
+            kind = arg
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return [member.value for member in kind]
+    return None
+
+
+def add_argparse_options(parser, config_class, names):
+    """Add these fields of ``config_class`` to an argparse parser, with their declared
+    default, type, choices and help (so a console script never repeats a declaration)."""
+    by_name = {f.name: f for f in dataclasses.fields(config_class)}
+    for name in names:
+        f = by_name[name]
+        help_text = f.metadata.get("help", "").replace("%", "%%")
+        choices = choices_of(f)
+        if f.type is bool:
+            parser.add_argument(flag(name), action="store_true", help=help_text)
+            continue
+        value_type = str if choices else next(
+            (t for t in (int, float, str) if f.type is t or t in getattr(f.type, "__args__", ())), str)
+        parser.add_argument(flag(name), type=value_type, default=f.default, choices=choices,
+                            help=help_text)

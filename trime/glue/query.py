@@ -1,0 +1,43 @@
+"""g(c), TRIME's key and query (paper §3): the input of the last decoder layer's FFN.
+
+A forward pre-hook on ``decoder.layers[-1].fc1`` captures it, i.e. after that layer's
+LayerNorm in pre-norm models; the hook adds no parameters, so checkpoints stay plain
+fairseq checkpoints. Works for any fairseq Transformer decoder (LM or translation).
+"""
+
+import torch
+
+
+def last_ffn(decoder) -> torch.nn.Module:
+    """``decoder.layers[-1].fc1``, whose input is g(c); a clear error if there is none."""
+    layers = getattr(decoder, "layers", None)
+    last = layers[-1] if layers is not None and len(layers) > 0 else None
+    if last is None or not isinstance(getattr(last, "fc1", None), torch.nn.Module):
+        raise ValueError(
+            f"TRIME needs g(c) = the input of the last decoder layer's feed-forward block, "
+            f"but {type(decoder).__name__} has no `layers[-1].fc1` to hook. Use a fairseq "
+            "Transformer LM (e.g. --arch transformer_lm), whose decoder layers have an FFN."
+        )
+    return last.fc1
+
+
+class LastFFNInput:
+    """Captures the input of ``decoder.layers[-1].fc1`` with a forward pre-hook."""
+
+    def __init__(self, decoder):
+        fc1 = last_ffn(decoder)
+        self.captured = None
+        self.dim = fc1.in_features  # d, the dimension of g(c)
+        self.handle = fc1.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, inputs):
+        self.captured = inputs[0]
+
+    def pop(self) -> torch.Tensor:
+        captured, self.captured = self.captured, None
+        if captured is None:
+            raise RuntimeError(
+                "the last decoder layer's FFN did not run in this forward pass, so g(c) is "
+                "missing; TRIME does not support --decoder-layerdrop (the last layer may be skipped)."
+            )
+        return captured.transpose(0, 1)  # T x B x C -> B x T x C

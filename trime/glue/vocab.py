@@ -1,0 +1,126 @@
+"""The vocabulary part of Eq. 5: unnormalised scores s_w = E_wᵀ f(c).
+
+- plain softmax: s_w is the logit, the vocabulary mass is logsumexp_w s_w;
+- fairseq ``AdaptiveSoftmax``: s_w = log Z + log p(w), with Z the partition
+  function of the head (shortlist + cluster logits), so the vocabulary mass is
+  log Z (as in the authors' implementation).
+
+Everything is returned in fp32 and computed for every target, including the
+tail-cluster words that fairseq's ``adaptive_loss`` leaves out of its loss.
+"""
+
+import torch
+
+from trime.core.mixtures import VocabLogProbs, vocab_log_probs
+
+
+def _adaptive_softmax(decoder):
+    return getattr(decoder, "adaptive_softmax", None)
+
+
+def target_scores(decoder, features, targets):
+    """s_{w*} and the log vocabulary mass for each position.
+
+    Args:
+        decoder: a fairseq decoder (``output_layer`` or ``adaptive_softmax``).
+        features: [B, T, C] output features f(c).
+        targets: [B, T] target ids.
+    Returns:
+        (target_score, log_partition), fp32 [B, T]; -log p_vocab(w*) = log_partition - target_score.
+    """
+    asm = _adaptive_softmax(decoder)
+    if asm is None:
+        target_log_prob, log_partition = softmax_target_log_prob(decoder.output_layer(features), targets)
+        return target_log_prob + log_partition, log_partition
+    return _adaptive_target_scores(asm, features, targets)
+
+
+class _SoftmaxAtTarget(torch.autograd.Function):
+    """(log p(w*), log Z) of a softmax, with one fused pass over [N, V] in backward.
+
+    d/d logits = g_lp · onehot(w*) + (g_Z - g_lp) · softmax — as cheap as the
+    backward of cross-entropy (logsumexp and gather backwards cost ~3x on CPU).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        index = targets.unsqueeze(-1)
+        target_log_prob = log_probs.gather(-1, index).squeeze(-1)
+        log_z = logits.gather(-1, index).squeeze(-1).float() - target_log_prob
+        ctx.save_for_backward(log_probs, index)
+        ctx.logits_dtype = logits.dtype
+        return target_log_prob, log_z
+
+    @staticmethod
+    def backward(ctx, grad_target, grad_log_z):
+        log_probs, index = ctx.saved_tensors
+        if grad_target is None:
+            grad_target = torch.zeros_like(log_probs[..., 0])
+        if grad_log_z is None:
+            grad_log_z = torch.zeros_like(log_probs[..., 0])
+        grad = torch.exp(log_probs)
+        grad.mul_((grad_log_z - grad_target).unsqueeze(-1))
+        grad.scatter_add_(-1, index, grad_target.unsqueeze(-1))
+        return grad.to(ctx.logits_dtype), None
+
+
+def softmax_target_log_prob(logits, targets):
+    """(log p(w*), log Z) for logits [..., V] and targets [...], fp32."""
+    return _SoftmaxAtTarget.apply(logits, targets)
+
+
+def _adaptive_target_scores(asm, features, targets):
+    B, T, C = features.shape
+    x = asm.dropout_module(features.contiguous().view(-1, C))
+    flat_targets = targets.reshape(-1)
+    head = asm.head(x).float()
+    log_z = head.logsumexp(-1)
+    head_log_probs = head - log_z[:, None]
+    shortlist = asm.cutoff[0]
+    in_head = flat_targets < shortlist
+    log_p = torch.where(
+        in_head,
+        head_log_probs.gather(1, flat_targets.clamp(max=shortlist - 1)[:, None]).squeeze(1),
+        torch.zeros_like(log_z),
+    )
+    for i, tail in enumerate(asm.tail):
+        lo, hi = asm.cutoff[i], asm.cutoff[i + 1]
+        rows = ((flat_targets >= lo) & (flat_targets < hi)).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        tail_log_probs = tail(x.index_select(0, rows)).float().log_softmax(-1)
+        within = tail_log_probs.gather(1, (flat_targets[rows] - lo)[:, None]).squeeze(1)
+        log_p = log_p.index_put((rows,), head_log_probs[rows, shortlist + i] + within)
+    return (log_z + log_p).view(B, T), log_z.view(B, T)
+
+
+def eval_target_scores(decoder, decoder_out, targets):
+    """(s_w* [B, T], log Z_vocab [B, T]) fp32 at evaluation, from what the decoder returned
+    (logits for a plain softmax, features for an adaptive one): the two numbers Eq. 6–9
+    need from the vocabulary at each target. An adaptive softmax computes only the tail
+    clusters that hold targets, as fairseq's own scoring does."""
+    asm = _adaptive_softmax(decoder)
+    if asm is None:
+        logits = decoder_out
+        return (logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float(),
+                logits.float().logsumexp(-1))
+    return _adaptive_target_scores(asm, decoder_out, targets)
+
+
+def full_log_probs(decoder, decoder_out):
+    """The vocabulary distribution of every position (evaluation), as a
+    ``trime.core.mixtures.VocabLogProbs``: log p(w) fp32 [B, T, V] and log Z [B, T, 1], s_w = both summed.
+
+    ``decoder_out`` is what the decoder returns without ``features_only``: the
+    logits for a plain softmax, the features for an adaptive softmax (whose
+    ``output_layer`` is the identity; Z is the head's partition function).
+    """
+    asm = _adaptive_softmax(decoder)
+    if asm is None:
+        return vocab_log_probs(decoder_out)
+    B, T, C = decoder_out.shape
+    features = decoder_out.contiguous()
+    # the head may return [B*T, out] (TiedHeadModule): flatten, then restore
+    log_z = asm.head(features.view(-1, C)).float().logsumexp(-1).view(B, T, 1)
+    return VocabLogProbs(asm.get_log_prob(features, None).float(), log_z)

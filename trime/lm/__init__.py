@@ -1,0 +1,7 @@
+"""Language modelling with TRIME in fairseq: ``--task trime_lm`` (``task``), ``--criterion
+trime_loss`` (``criterion``), the checkpoint-transparent model wrapper (``model``), the
+evaluation of a split (``evaluation``), datasets with corpus offsets (``data``) and the
+BM25 batch file (``bm25_batches``). Importing this package registers the task and the
+criterion with fairseq."""
+
+from trime.lm import criterion, task  # noqa: F401  (register with fairseq)

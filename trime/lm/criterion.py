@@ -1,0 +1,200 @@
+"""``--criterion trime_loss``: the TRIME training objective (paper Eq. 5).
+
+Loss per token = -log P(w* | c) with P from Eq. 5, summed over non-pad tokens;
+sample_size = ntokens. The math lives in ``trime.core.objective`` and
+``trime.glue.vocab``; this file only gathers the tensors from the fairseq model and logs.
+It needs a task whose models expose g(c) (``task.exposes_trime_query``; the model puts
+it in ``extra["trime_query"]``, as ``--task trime_lm``'s wrapper does) and batches with
+corpus offsets for long memory; it does not depend on the task class.
+
+Logged: ``loss`` (what is optimised: TRIME, or plain LM during CE warm-up; at
+validation always TRIME, i.e. Eq. 6 with τ = 1) and ``lm_loss`` (the true
+vocabulary-only NLL of the same model, every word counted — unlike fairseq's
+``adaptive_loss``).
+"""
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+import torch
+from fairseq import metrics, utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+from trime.core.objective import batch_memory_logsumexp, trime_nll
+from trime.core.visibility import MEMORY_RULES, memory_labels
+from trime.glue import vocab
+from trime.glue.distributed import DUMMY_BATCH, data_parallel_world, gather_batch_memory
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrimeLossConfig(FairseqDataclass):
+    memory: ChoiceEnum(list(MEMORY_RULES)) = field(
+        default="local",
+        metadata={"help": "training memory (paper §4): local = earlier tokens of the same "
+                  "segment (TrimeLM); long = also every token of the earlier segments of the "
+                  "same document in the batch (TrimeLM_long; use --batching consecutive); "
+                  "ext = every token of the other segments of the batch, plus the own segment's "
+                  "earlier tokens unless dropped (TrimeLM_ext, §4.3; see --local-drop-prob)"},
+    )
+    ce_warmup_updates: int = field(
+        default=0,
+        metadata={"help": "train with the plain LM loss (Eq. 1) for this many updates first "
+                  "(paper §5.2: the first ~5%% of updates)"},
+    )
+    local_drop_prob: Optional[float] = field(
+        default=None,
+        metadata={"help": "--memory ext only: probability of leaving the own segment's earlier "
+                  "tokens out of memory, drawn once per training batch (paper Table 15: 0.9, the "
+                  "default for ext)"},
+    )
+    memory_across_workers: bool = field(
+        default=False,
+        metadata={"help": "with several data-parallel workers, every worker's loss sees the whole "
+                  "global batch as memory (differentiable all-gather, exact gradients); no effect "
+                  "on --memory local. Pair with --grouped-shuffling so that workers hold consecutive "
+                  "segments"},
+    )
+    memory_chunk_size: int = field(
+        default=1024,
+        metadata={"help": "queries per chunk when summing over memory; extra memory is "
+                  "O(tokens x chunk)"},
+    )
+
+
+@register_criterion("trime_loss", dataclass=TrimeLossConfig)
+class TrimeLoss(FairseqCriterion):
+    def __init__(self, task, memory="local", ce_warmup_updates=0, local_drop_prob=None,
+                 memory_across_workers=False, memory_chunk_size=1024):
+        super().__init__(task)
+        if not getattr(task, "exposes_trime_query", False):
+            raise ValueError(
+                f"--criterion trime_loss needs --task trime_lm (got {type(task).__name__}): "
+                "that task exposes g(c), the input of the last FFN, to the loss.")
+        if str(memory) not in MEMORY_RULES:
+            raise ValueError(f"--memory must be one of {', '.join(MEMORY_RULES)}, got {memory!r}")
+        if ce_warmup_updates < 0:
+            raise ValueError(f"--ce-warmup-updates must be >= 0, got {ce_warmup_updates}")
+        if memory_chunk_size < 1:
+            raise ValueError(f"--memory-chunk-size must be >= 1, got {memory_chunk_size}")
+        self.memory = str(memory)
+        self.ce_warmup_updates = ce_warmup_updates
+        self.memory_chunk_size = memory_chunk_size
+        self.memory_across_workers = memory_across_workers
+        if local_drop_prob is not None and self.memory != "ext":
+            raise ValueError(f"--local-drop-prob applies to --memory ext only (got --memory {memory}); "
+                             "drop the option or use --memory ext.")
+        self.local_drop_prob = 0.9 if local_drop_prob is None else local_drop_prob
+        if not 0.0 <= self.local_drop_prob <= 1.0:
+            raise ValueError(f"--local-drop-prob must be in [0, 1], got {local_drop_prob}")
+        self.seed = getattr(task.args, "seed", 1)
+        self.forwards_this_update = 0
+        self.num_updates = 0
+
+    def set_num_updates(self, num_updates):
+        if num_updates != self.num_updates:
+            self.forwards_this_update = 0
+        self.num_updates = num_updates
+
+    def _keep_local(self, training):
+        """--memory ext: drop the own segment for this batch with probability p (training only).
+
+        Drawn from (seed, update, forward within the update): the same on every worker
+        and after a resume.
+        """
+        if self.memory != "ext" or not training:
+            return True
+        draw = np.random.default_rng([self.seed, self.num_updates, self.forwards_this_update]).random()
+        self.forwards_this_update += 1
+        return bool(draw >= self.local_drop_prob)
+
+    def forward(self, model, sample, reduce=True):
+        src_tokens = sample["net_input"]["src_tokens"]
+        features, extra = model(**sample["net_input"], features_only=True)
+        if "trime_query" not in extra:
+            raise ValueError("--criterion trime_loss needs a model that exposes g(c), the input "
+                             "of the last FFN: use --task trime_lm.")
+        query = extra["trime_query"]
+        if model.training and not query.requires_grad:
+            raise ValueError(
+                "g(c) carries no gradient: TRIME does not support --checkpoint-activations "
+                "(the hooked activation is recomputed outside the graph)."
+            )
+        target = sample["target"]
+        target_score, log_partition = vocab.target_scores(model.decoder, features, target)
+        lm_nll = log_partition - target_score
+        scored = target.ne(self.padding_idx)
+
+        if model.training and self.num_updates < self.ce_warmup_updates:
+            nll = lm_nll
+        else:
+            lse_all, lse_pos = self._memory_logsumexp(model, query, src_tokens, target, sample)
+            nll = trime_nll(target_score, log_partition, lse_all, lse_pos)
+
+        loss = nll[scored].sum()
+        ntokens = sample["ntokens"]
+        logging_output = {
+            "loss": loss.data,
+            "lm_loss": lm_nll[scored].sum().data,
+            "ntokens": ntokens,
+            "nsentences": src_tokens.size(0),
+            "sample_size": ntokens,
+        }
+        return loss, ntokens, logging_output
+
+    def _memory_logsumexp(self, model, query, src_tokens, target, sample):
+        labels, valid = memory_labels(src_tokens, target, self.padding_idx)
+        doc_ids, starts = sample.get("trime_doc"), sample.get("trime_segment_start")
+        if self.memory == "long" and (doc_ids is None or starts is None):
+            raise ValueError("--memory long needs each segment's corpus offset and document ids: "
+                             "use --task trime_lm")
+        dummy_batch = bool(sample.get(DUMMY_BATCH, False))
+        keep_local = self._keep_local(model.training)
+        _, world_size, _ = data_parallel_world()
+        across = (self.memory_across_workers and model.training and self.memory != "local"
+                  and world_size > 1)
+        if across:
+            if doc_ids is None or starts is None:
+                raise ValueError("--memory-across-workers needs the segment offsets that --task "
+                                 "trime_lm adds to every batch")
+            memory = gather_batch_memory(query, labels, valid, doc_ids, starts,
+                                         contribute=not dummy_batch)
+        if not across or dummy_batch:
+            lse_all, lse_pos = batch_memory_logsumexp(self.memory, query, labels, target, valid,
+                                                      self.memory_chunk_size, doc_ids, starts,
+                                                      keep_local=keep_local)
+            if across:  # a dummy batch: fairseq zeroes its loss; keep the gathered keys in
+                # the graph so that this worker joins the all-gather's backward like the others
+                lse_all = lse_all + 0.0 * memory.keys.sum()
+            return lse_all, lse_pos
+        # every worker's rows are padded to the longest batch in the step
+        T, width = target.shape[1], memory.labels.shape[1]
+        pad_cols = (0, width - T)
+        lse_all, lse_pos = batch_memory_logsumexp(
+            self.memory, torch.nn.functional.pad(query, (0, 0) + pad_cols),
+            torch.nn.functional.pad(labels, pad_cols, value=self.padding_idx),
+            torch.nn.functional.pad(target, pad_cols, value=self.padding_idx),
+            torch.nn.functional.pad(valid, pad_cols, value=False), self.memory_chunk_size,
+            memory=memory, keep_local=keep_local)
+        return lse_all[:, :T], lse_pos[:, :T]
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        loss_sum = sum(log.get("loss", 0) for log in logging_outputs)
+        lm_loss_sum = sum(log.get("lm_loss", 0) for log in logging_outputs)
+        sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
+        # base 2, like fairseq's cross_entropy and fairseq-eval-lm
+        metrics.log_scalar("loss", loss_sum / sample_size / math.log(2), sample_size, round=3)
+        metrics.log_scalar("lm_loss", lm_loss_sum / sample_size / math.log(2), sample_size, round=3)
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["loss"].avg))
+        metrics.log_derived("lm_ppl", lambda meters: utils.get_perplexity(meters["lm_loss"].avg))
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True
