@@ -24,9 +24,24 @@ def run(name, *args, check=True):
 
 
 def preprocess(raw_dir, dest):
-    run("fairseq-preprocess", "--only-source", "--trainpref", f"{raw_dir}/train.txt",
-        "--validpref", f"{raw_dir}/valid.txt", "--testpref", f"{raw_dir}/test.txt",
-        "--destdir", dest, "--workers", "1")
+    """fairseq-preprocess --only-source on raw_dir/{train,valid,test}.txt, in this process
+    (fairseq's own preprocess main, without a second interpreter start)."""
+    import logging
+
+    from fairseq import options
+    from fairseq_cli.preprocess import main
+
+    args = options.get_preprocessing_parser().parse_args([
+        "--only-source", "--trainpref", f"{raw_dir}/train.txt", "--validpref", f"{raw_dir}/valid.txt",
+        "--testpref", f"{raw_dir}/test.txt", "--destdir", str(dest), "--workers", "1"])
+    logger = logging.getLogger("fairseq_cli.preprocess")
+    handlers = list(logger.handlers)
+    try:
+        main(args)
+    finally:  # main adds a file handler for DEST/preprocess.log on every call
+        for handler in set(logger.handlers) - set(handlers):
+            logger.removeHandler(handler)
+            handler.close()
 
 
 def last_float(pattern, text):

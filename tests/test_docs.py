@@ -2,7 +2,6 @@
 
 import os
 import re
-import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,9 +22,12 @@ def test_ci_runs_the_readme_test_command():
     assert ci_command[0].split("&& ")[-1] in _read("README.md")
 
 
-def test_trime_user_dir_prints_the_package_folder():
-    out = subprocess.run([sys.executable, "-c", "from trime.cli.options import print_user_dir; print_user_dir()"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+def test_trime_user_dir_prints_the_package_folder(monkeypatch, capsys):
+    from trime.cli.options import print_user_dir
+
+    monkeypatch.setattr(sys, "argv", ["trime-user-dir"])
+    print_user_dir()
+    out = capsys.readouterr().out.strip()
     assert os.path.isfile(os.path.join(out, "__init__.py")) and os.path.basename(out) == "trime"
 
 

@@ -1,4 +1,5 @@
-"""trime.core is pure torch / numpy: every module imports where importing fairseq fails."""
+"""trime.core is pure torch / numpy, and trime.extmem needs no fairseq either: every module of
+both imports where importing fairseq fails."""
 
 import os
 import pkgutil
@@ -6,6 +7,7 @@ import subprocess
 import sys
 
 import trime.core
+import trime.extmem
 
 BLOCK_FAIRSEQ = """
 import importlib.abc, sys
@@ -26,7 +28,8 @@ else:
 
 
 def test_every_core_module_imports_without_fairseq():
-    modules = [f"trime.core.{m.name}" for m in pkgutil.iter_modules(trime.core.__path__)]
+    modules = [f"{package.__name__}.{m.name}" for package in (trime.core, trime.extmem)
+               for m in pkgutil.iter_modules(package.__path__)]
     assert {"trime.core.memory_lse", "trime.core.visibility", "trime.core.mixtures"} <= set(modules)
     code = BLOCK_FAIRSEQ + "".join(f"import {m}\n" for m in modules) + \
         "assert not [m for m in sys.modules if m.startswith('fairseq')]\nprint('ok')\n"

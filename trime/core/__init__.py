@@ -1,7 +1,8 @@
 """The math of TRIME as pure functions: torch / numpy in, torch / numpy out.
 
-Nothing in ``trime.core`` imports fairseq (a test checks it), nor names a command-line
-flag: the glue (``trime.glue``, ``trime.lm``) checks options and calls these.
+Nothing in ``trime.core`` imports fairseq (a test checks it), and its errors speak of the
+math, not of command-line flags: the glue (``trime.glue``, ``trime.lm``) checks the options,
+with errors that name the flag and the fix, and calls these.
 
 - ``visibility``: which memory entries a query may see (local, long, ext, eval window + FIFO);
 - ``memory_lse``: the chunked memory log-sum-exp op with its own backward (the kernel seam);

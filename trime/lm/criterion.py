@@ -32,6 +32,8 @@ from trime.glue.distributed import DUMMY_BATCH, data_parallel_world, gather_batc
 
 logger = logging.getLogger(__name__)
 
+EXT_LOCAL_DROP_PROB = 0.9  # p of §4.3 / Appendix H when --local-drop-prob is not given
+
 
 @dataclass
 class TrimeLossConfig(FairseqDataclass):
@@ -51,8 +53,8 @@ class TrimeLossConfig(FairseqDataclass):
     local_drop_prob: Optional[float] = field(
         default=None,
         metadata={"help": "--memory ext only: probability of leaving the own segment's earlier "
-                  "tokens out of memory, drawn once per training batch (paper Table 15: 0.9, the "
-                  "default for ext)"},
+                  "tokens out of memory, drawn once per training batch (paper Table 15: "
+                  f"{EXT_LOCAL_DROP_PROB}, the default for ext)"},
     )
     memory_across_workers: bool = field(
         default=False,
@@ -70,8 +72,9 @@ class TrimeLossConfig(FairseqDataclass):
 
 @register_criterion("trime_loss", dataclass=TrimeLossConfig)
 class TrimeLoss(FairseqCriterion):
-    def __init__(self, task, memory="local", ce_warmup_updates=0, local_drop_prob=None,
-                 memory_across_workers=False, memory_chunk_size=1024):
+    # fairseq passes every TrimeLossConfig field by name: the defaults live there alone
+    def __init__(self, task, memory, ce_warmup_updates, local_drop_prob, memory_across_workers,
+                 memory_chunk_size):
         super().__init__(task)
         if not getattr(task, "exposes_trime_query", False):
             raise ValueError(
@@ -90,7 +93,7 @@ class TrimeLoss(FairseqCriterion):
         if local_drop_prob is not None and self.memory != "ext":
             raise ValueError(f"--local-drop-prob applies to --memory ext only (got --memory {memory}); "
                              "drop the option or use --memory ext.")
-        self.local_drop_prob = 0.9 if local_drop_prob is None else local_drop_prob
+        self.local_drop_prob = EXT_LOCAL_DROP_PROB if local_drop_prob is None else local_drop_prob
         if not 0.0 <= self.local_drop_prob <= 1.0:
             raise ValueError(f"--local-drop-prob must be in [0, 1], got {local_drop_prob}")
         self.seed = getattr(task.args, "seed", 1)

@@ -33,7 +33,6 @@ from trime.lm.model import TrimeLanguageModel
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class TrimeLMConfig(EvalOptions, LanguageModelingConfig):
     """fairseq's language_modeling options, the evaluation options (``EvalOptions``) and
