@@ -5,7 +5,7 @@ test (2 held-out books: Austen's Persuasion, Chesterton's The Man Who Was Thursd
 tokenized like WikiText (words and punctuation separated by spaces), one paragraph per line,
 an empty line between books (`--doc-boundary empty-line`).
 
-    python scripts/books/prepare.py ../shared/data/gutenberg-nltk runs/books/raw
+    python scripts/books/prepare.py GUTENBERG_DIR runs/books/raw
 """
 
 import os
