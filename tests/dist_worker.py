@@ -2,8 +2,9 @@
 
 Builds the same tiny model as the reference (same seed), takes its rows of the
 global batch (worker 0: 3 rows; worker 1: 2 shorter rows), computes the TRIME loss
-with --memory RULE (long, or ext keeping local memory) --memory-across-workers, backpropagates and sums the loss and
-the parameter gradients over workers (what data-parallel training applies).
+with --memory RULE (long, or ext keeping local memory; "-detach" adds --detach-memory)
+--memory-across-workers, backpropagates and sums the loss and the parameter gradients over
+workers (what data-parallel training applies).
 """
 
 import sys
@@ -41,9 +42,12 @@ def sample_of(batch, rows, pad, width=None):
 
 
 def build_model(data, rule, extra=()):
+    """rule: long, ext, or either with "-detach" (--detach-memory)."""
     torch.manual_seed(0)
+    detach = ("--detach-memory",) if rule.endswith("-detach") else ()
+    rule = rule.removesuffix("-detach")
     rule_args = ("--memory", "ext", "--local-drop-prob", "0") if rule == "ext" else ("--memory", rule)
-    return build(data, (*rule_args, *extra))
+    return build(data, (*rule_args, *detach, *extra))
 
 
 def main(rank, world, port, data, out, rule):

@@ -39,10 +39,13 @@ def long_memory(segment_docs, segment_order, valid_keys):
     return memory
 
 
-def naive_loss_over_memory(vocab_scores, g, targets, memory, pad):
-    """Sum of -log P(target) (Eq. 5) with memory[s][t] = list of (segment, position) keys."""
+def naive_loss_over_memory(vocab_scores, g, targets, memory, pad, detach_keys=False):
+    """Sum of -log P(target) (Eq. 5) with memory[s][t] = list of (segment, position) keys;
+    ``detach_keys``: the keys are constants (no gradient), the queries are not."""
     B, T, _ = vocab_scores.shape
     flat_g, flat_targets = g.reshape(B * T, -1), targets.reshape(-1)
+    if detach_keys:
+        flat_g = flat_g.detach()
     total = vocab_scores.new_zeros((), dtype=torch.float64)
     for s in range(B):
         for t in range(T):

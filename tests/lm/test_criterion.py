@@ -158,3 +158,48 @@ def test_ext_memory_and_local_drop_match_naive(tmp_path, drop, training, keeps_l
     for name, p in model.named_parameters():
         if p.grad is not None:
             assert torch.allclose(ours[name].double(), p.grad.double(), rtol=1e-3, atol=1e-6), name
+
+
+@pytest.mark.parametrize("rule", ["local", "ext"])
+def test_detach_memory_gradients_match_naive_with_constant_keys(tmp_path, rule):
+    """--detach-memory (Table 11, "w/o back-prop to memory"): the same loss, and parameter
+    gradients equal to the naive Eq. 5 whose memory keys are constants; they differ from the
+    gradients with back-prop to memory."""
+    from naive import naive_loss_over_memory
+
+    d = write_dictionary(tmp_path / "data")
+    sample = lm_sample(d, _rows(2, [5, 6, 7, 8, 9, 5, 6]), pad_last=2)
+    extra = ("--memory", rule) + (("--local-drop-prob", "0.0") if rule == "ext" else ())
+    grads, losses = {}, {}
+    for detach in (False, True):
+        torch.manual_seed(0)
+        task, model, criterion = build(tmp_path / "data", extra + (("--detach-memory",) if detach else ()))
+        model.train()
+        loss, _, _ = criterion(model, sample)
+        loss.backward()
+        grads[detach] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        losses[detach] = loss.detach()
+    model.zero_grad()
+    captured = {}
+    handle = model.decoder.layers[-1].fc1.register_forward_pre_hook(
+        lambda m, inp: captured.update(g=inp[0]))
+    scores = model.decoder(sample["net_input"]["src_tokens"])[0].double()
+    handle.remove()
+    g = captured["g"].transpose(0, 1)
+    target, pad = sample["target"], d.pad()
+    B, T = target.shape
+    valid = (target != pad).tolist()
+    memory = [[[(s2, j) for s2 in range(B) for j in range(T)
+                if valid[s2][j] and ((s2 == s and j < t) or (rule == "ext" and s2 != s))]
+               for t in range(T)] for s in range(B)]
+    ref = naive_loss_over_memory(scores, g, target, memory, pad, detach_keys=True)
+    ref.backward()
+    assert torch.allclose(losses[True].double(), ref, rtol=1e-5)
+    assert torch.equal(losses[True], losses[False])  # detaching changes no forward value
+    differs = False
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        assert torch.allclose(grads[True][name].double(), p.grad.double(), rtol=1e-3, atol=1e-6), name
+        differs |= not torch.allclose(grads[True][name], grads[False][name], rtol=1e-3, atol=1e-6)
+    assert differs, "detaching the memory keys changed no gradient"

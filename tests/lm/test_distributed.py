@@ -38,7 +38,7 @@ def _run_workers(data, out, rule, world=2):
         assert p.returncode == 0, output[-3000:]
 
 
-@pytest.mark.parametrize("rule", ["long", "ext"])
+@pytest.mark.parametrize("rule", ["long", "ext", "ext-detach"])
 def test_cross_worker_memory_equals_one_process_with_the_global_batch(tmp_path, rule):
     data = tmp_path / "data"
     _run_workers(data, tmp_path / "out.pt", rule)

@@ -71,8 +71,11 @@ class _MemoryLogSumExp(torch.autograd.Function):
         grad_pos = torch.zeros_like(lse_pos) if grad_pos is None else grad_pos.float()
         safe_all, safe_pos = finite_or_zero(lse_all), finite_or_zero(lse_pos)
         keys32 = keys.float()
-        d_queries = torch.zeros(queries.shape, dtype=torch.float32, device=queries.device)
-        d_keys = torch.zeros(keys.shape, dtype=torch.float32, device=keys.device)
+        need_queries, need_keys = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        d_queries = torch.zeros(queries.shape, dtype=torch.float32, device=queries.device) \
+            if need_queries else None
+        d_keys = torch.zeros(keys.shape, dtype=torch.float32, device=keys.device) \
+            if need_keys else None
         chunks = _memory_chunks(queries, keys, key_labels, query_targets, visibility, scale, chunk_size)
         for q0, q1, k0, k1, scores, visible, positive in chunks:
             # d lse / d score_j = softmax weight of j within its set
@@ -80,11 +83,13 @@ class _MemoryLogSumExp(torch.autograd.Function):
             p_pos = torch.exp(scores - safe_pos[:, q0:q1, None]).masked_fill(~positive, 0.0)
             d_scores = grad_all[:, q0:q1, None] * p_all + grad_pos[:, q0:q1, None] * p_pos
             d_scores = d_scores * scale
-            d_queries[:, q0:q1] += torch.bmm(d_scores, keys32[:, k0:k1])
-            d_keys[:, k0:k1] += torch.bmm(d_scores.transpose(1, 2), queries[:, q0:q1].float())
+            if need_queries:
+                d_queries[:, q0:q1] += torch.bmm(d_scores, keys32[:, k0:k1])
+            if need_keys:  # not with detached keys (--detach-memory)
+                d_keys[:, k0:k1] += torch.bmm(d_scores.transpose(1, 2), queries[:, q0:q1].float())
         return (
-            d_queries.to(queries.dtype),
-            d_keys.to(keys.dtype),
+            d_queries.to(queries.dtype) if need_queries else None,
+            d_keys.to(keys.dtype) if need_keys else None,
             None, None, None, None, None,
         )
 

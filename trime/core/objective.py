@@ -36,7 +36,7 @@ class BatchMemory:
 
 def batch_memory_logsumexp(rule, queries, labels, targets, key_valid, chunk_size=1024,
                            doc_ids=None, segment_starts=None, memory: BatchMemory = None,
-                           keep_local=True):
+                           keep_local=True, detach_keys=False):
     """memory_logsumexp over a batch of segments [B, T] under a visibility rule.
 
     - ``local``: each segment is its own group (a larger ``memory`` changes nothing).
@@ -47,11 +47,14 @@ def batch_memory_logsumexp(rule, queries, labels, targets, key_valid, chunk_size
       segment's place in that group.
     - ``ext``: the same layout; a query sees every token of the other segments and,
       if ``keep_local``, the earlier tokens of its own segment (``ExtMemory``).
+    ``detach_keys``: the memory keys carry no gradient, only the queries do (the paper's
+    "w/o back-prop to memory" ablation, Table 11).
     Returns (lse_all, lse_pos) as fp32 [B, T], in the batch's own order.
     """
     if rule == "local":
         visibility = build_visibility(rule, key_valid)
-        return memory_logsumexp(queries, queries, labels, targets, visibility, chunk_size=chunk_size)
+        keys = queries.detach() if detach_keys else queries
+        return memory_logsumexp(queries, keys, labels, targets, visibility, chunk_size=chunk_size)
     if memory is None:
         if rule == "long" and (doc_ids is None or segment_starts is None):
             raise ValueError("the long memory rule needs each segment's corpus offset and "
@@ -81,8 +84,10 @@ def batch_memory_logsumexp(rule, queries, labels, targets, key_valid, chunk_size
     else:  # ext: the segment of a key is its row in the layout
         segment_ids = torch.arange(num_memory, device=order.device).repeat_interleave(T)[None]
         visibility = ExtMemory(flat(memory.key_valid), segment_ids, query_positions, keep_local)
+    keys = flat(memory.keys)
     lse_all, lse_pos = memory_logsumexp(
-        queries[query_order].reshape(1, B * T, -1), flat(memory.keys), flat(memory.labels),
+        queries[query_order].reshape(1, B * T, -1), keys.detach() if detach_keys else keys,
+        flat(memory.labels),
         targets[query_order].reshape(1, B * T), visibility, chunk_size=chunk_size)
     restored = []
     for lse in (lse_all, lse_pos):

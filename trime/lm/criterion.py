@@ -63,6 +63,12 @@ class TrimeLossConfig(FairseqDataclass):
                   "on --memory local. Pair with --grouped-shuffling so that workers hold consecutive "
                   "segments"},
     )
+    detach_memory: bool = field(
+        default=False,
+        metadata={"help": "memory keys carry no gradient, only the query g(c) does (the paper's "
+                  "\"w/o back-prop to memory\" ablation, Table 11; stop-gradient memory as in "
+                  "Transformer-XL); any --memory rule, also across workers"},
+    )
     memory_chunk_size: int = field(
         default=1024,
         metadata={"help": "queries per chunk when summing over memory; extra memory is "
@@ -74,7 +80,7 @@ class TrimeLossConfig(FairseqDataclass):
 class TrimeLoss(FairseqCriterion):
     # fairseq passes every TrimeLossConfig field by name: the defaults live there alone
     def __init__(self, task, memory, ce_warmup_updates, local_drop_prob, memory_across_workers,
-                 memory_chunk_size):
+                 detach_memory, memory_chunk_size):
         super().__init__(task)
         if not getattr(task, "exposes_trime_query", False):
             raise ValueError(
@@ -90,6 +96,7 @@ class TrimeLoss(FairseqCriterion):
         self.ce_warmup_updates = ce_warmup_updates
         self.memory_chunk_size = memory_chunk_size
         self.memory_across_workers = memory_across_workers
+        self.detach_memory = bool(detach_memory)
         if local_drop_prob is not None and self.memory != "ext":
             raise ValueError(f"--local-drop-prob applies to --memory ext only (got --memory {memory}); "
                              "drop the option or use --memory ext.")
@@ -166,12 +173,14 @@ class TrimeLoss(FairseqCriterion):
             if doc_ids is None or starts is None:
                 raise ValueError("--memory-across-workers needs the segment offsets that --task "
                                  "trime_lm adds to every batch")
-            memory = gather_batch_memory(query, labels, valid, doc_ids, starts,
-                                         contribute=not dummy_batch)
+            # detached keys are gathered without autograd: no worker runs the gather's backward
+            memory = gather_batch_memory(query.detach() if self.detach_memory else query, labels,
+                                         valid, doc_ids, starts, contribute=not dummy_batch)
         if not across or dummy_batch:
             lse_all, lse_pos = batch_memory_logsumexp(self.memory, query, labels, target, valid,
                                                       self.memory_chunk_size, doc_ids, starts,
-                                                      keep_local=keep_local)
+                                                      keep_local=keep_local,
+                                                      detach_keys=self.detach_memory)
             if across:  # a dummy batch: fairseq zeroes its loss; keep the gathered keys in
                 # the graph so that this worker joins the all-gather's backward like the others
                 lse_all = lse_all + 0.0 * memory.keys.sum()
@@ -184,7 +193,7 @@ class TrimeLoss(FairseqCriterion):
             torch.nn.functional.pad(labels, pad_cols, value=self.padding_idx),
             torch.nn.functional.pad(target, pad_cols, value=self.padding_idx),
             torch.nn.functional.pad(valid, pad_cols, value=False), self.memory_chunk_size,
-            memory=memory, keep_local=keep_local)
+            memory=memory, keep_local=keep_local, detach_keys=self.detach_memory)
         return lse_all[:, :T], lse_pos[:, :T]
 
     @staticmethod
