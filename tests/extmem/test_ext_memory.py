@@ -252,7 +252,7 @@ def test_tuning_statistics_give_the_full_distribution_at_the_target(lam, interp_
 @pytest.mark.parametrize("options,message", [
     (dict(eval_memory="local,ext"), "needs --dstore DIR"),
     (dict(eval_memory="local", dstore="d"), "--dstore is only used with external memory"),
-    (dict(eval_memory="local,ext", dstore="d", eval_scoring="knnlm"), "use --eval-memory ext"),
+    (dict(eval_memory="local,long", eval_scoring="knnlm"), "use --eval-memory ext"),
     (dict(eval_memory="ext", dstore="d", eval_scoring="cache"), "use --eval-scoring knnlm"),
     (dict(eval_memory="ext", dstore="d", knn_lambda=1.0), "--knn-lambda must be in"),
     (dict(eval_memory="ext", dstore="d", knn_temp=0.0), "--knn-temp must be > 0"),
@@ -290,3 +290,69 @@ def test_tuning_statistics_keep_positives_far_below_the_strongest_entry():
     assert torch.isclose(stats.memory_lse("ext", 2.0)[0, 0], torch.tensor(100.0))
     with pytest.raises(KeyError, match="not computed"):  # not asked for
         stats.memory_lse("eval", 1.0)
+
+
+# ---------------------------------------------------------------- kNN-LM + continuous cache
+
+def _naive_knnlm_cache(scores, retrieved, lam, temp, h, labels, visible, cache_lambda, theta):
+    """(1-λ_c)[(1-λ) p_LM + λ p_kNN] + λ_c p_cache, word by word; p_cache over the visible keys."""
+    G, T, _ = scores.shape
+    out = torch.zeros(G, T, V, dtype=torch.float64)
+    for g in range(G):
+        for t in range(T):
+            p = knnlm_distribution(scores[g, t], retrieved.sims[g, t], retrieved.labels[g, t], lam, temp)
+            memory = [j for j in range(T) if visible[g][t][j]]
+            if memory and cache_lambda > 0:
+                cache = torch.zeros(V, dtype=torch.float64)
+                for j in memory:
+                    cache[int(labels[g, j])] += torch.exp(theta * torch.dot(h[g, t].double(),
+                                                                           h[g, j].double()))
+                p = (1 - cache_lambda) * p + cache_lambda * cache / cache.sum()
+            out[g, t] = p
+    return out
+
+
+@pytest.mark.parametrize("cache_lambda,theta", [(0.3, 0.5), (0.0, 0.5), (0.6, 2.0)])
+def test_knnlm_with_cache_matches_naive_sums_to_one_and_tunes_from_statistics(cache_lambda, theta):
+    from trime.core.mixtures import knnlm_cache_log_probs
+    from trime.core.target_stats import CACHE_SET, memory_target_stats
+
+    torch.manual_seed(4)
+    G, T, lam, temp = 2, 7, 0.35, 2.0
+    scores, g, h = torch.randn(G, T, V) * 2, torch.randn(G, T, D), torch.randn(G, T, D) * 0.5
+    labels = torch.randint(4, 9, (G, T))
+    key_valid = torch.ones(G, T, dtype=torch.bool)
+    key_valid[1, 3] = False  # a key without a real label is never visible
+    visibility = LocalMemory(key_valid)
+    retrieved = _retrieved(G, T, seed=6, empty_rows=[(1, 4)])
+    ours = knnlm_cache_log_probs(scores, retrieved, lam, temp, h, h, labels, visibility,
+                                 cache_lambda, theta, chunk_size=3)
+    visible = visibility.visible(0, T, 0, T).expand(G, T, T).tolist()
+    ref = _naive_knnlm_cache(scores, retrieved, lam, temp, h, labels, visible, cache_lambda, theta)
+    assert torch.allclose(ours.double(), ref.log(), atol=1e-5)
+    assert torch.allclose(ours.double().exp().sum(-1), torch.ones(G, T, dtype=torch.float64), atol=1e-5)
+    if cache_lambda == 0:  # exactly the kNN-LM
+        assert torch.equal(ours, knnlm_log_probs(scores, retrieved, lam, temp))
+    # the statistics trime-tune and fairseq-eval-lm read give the same at the target
+    targets = labels.clone()
+    temps = sorted({temp, 1.0 / theta, 1.0})
+    stats = memory_target_stats(scores.gather(-1, targets[..., None])[..., 0], scores.logsumexp(-1),
+                                g, g, labels, visibility, targets, temps, retrieved,
+                                sets=("ext", CACHE_SET), chunk_size=3, cache_queries=h, cache_keys=h)
+    at_target = stats.target_log_prob("knnlm", lam=lam, interp_temperature=temp,
+                                      cache_lambda=cache_lambda, cache_theta=theta)
+    assert torch.allclose(at_target, ours.gather(-1, targets[..., None])[..., 0], atol=1e-5)
+    with pytest.raises(ValueError, match="kNN-LM scoring only"):
+        stats.target_log_prob("trime", cache_lambda=0.3, cache_theta=theta)
+
+
+def test_knnlm_with_cache_settings():
+    from trime.glue.options import EvalSettings
+
+    both = EvalSettings(eval_memory="local,long,ext", dstore="d", eval_scoring="knnlm")
+    assert both.uses_cache and "continuous cache lambda = 0.1" in both.describe()
+    assert not EvalSettings(eval_memory="ext", dstore="d", eval_scoring="knnlm").uses_cache
+    with pytest.raises(ValueError, match="--cache-lambda must be in"):
+        EvalSettings(eval_memory="local,ext", dstore="d", eval_scoring="knnlm", cache_lambda=1.0)
+    with pytest.raises(ValueError, match="or local,ext / local,long,ext for kNN-LM \\+ continuous cache"):
+        EvalSettings(eval_memory="local", eval_scoring="knnlm")

@@ -121,6 +121,34 @@ def test_knnlm_on_a_vanilla_model(trained):
                    "--dstore", root / "vanilla_dstore", "--knn-lambda", 0)
     assert off == plain  # λ = 0 is the LM alone
 
+    # kNN-LM + continuous cache over local memory: λ_c = 0 is the kNN-LM exactly
+    knn_memory = ["--eval-scoring", "knnlm", "--dstore", root / "vanilla_dstore", "--knn-k", 32,
+                  "--knn-nprobe", 4]
+    no_cache, _ = _eval(root, "vanilla", "--eval-memory", "local,ext", *knn_memory,
+                        "--cache-lambda", 0)
+    assert no_cache == knn
+    with_cache, out = _eval(root, "vanilla", "--eval-memory", "local,long,ext", *knn_memory,
+                            "--cache-lambda", 0.2, "--cache-theta", 0.1, "--long-memory-size", 64)
+    assert "then continuous cache lambda = 0.2" in out and math.isfinite(with_cache)
+    assert with_cache != knn
+
+    # trime-tune covers the cache's weight and θ: a grid point equals fairseq-eval-lm there
+    import csv
+    memory = ["--eval-memory", "local,ext", "--dstore", root / "vanilla_dstore", "--knn-k", 32,
+              "--knn-nprobe", 4]
+    run("trime-tune", root / "bin", "--path", root / "vanilla" / "checkpoint_last.pt",
+        "--tokens-per-sample", L, "--batch-size", 4, "--cpu", "--scoring", "knnlm",
+        "--interp-temps", "1", "--lambdas", "0.25", "--cache-lambdas", "0,0.2",
+        "--cache-thetas", "0.1,0.5", "--out-dir", root / "tune_knn", "--",
+        "--doc-boundary", "empty-line", *memory)
+    rows = {(float(r["cache_lambda"]), float(r["cache_theta"])): float(r["loss"])
+            for r in csv.DictReader(open(root / "tune_knn" / "tune.csv"))}
+    assert len(rows) == 4
+    assert abs(rows[(0.0, 0.1)] - knn) < 1e-4
+    point, _ = _eval(root, "vanilla", *memory, "--eval-scoring", "knnlm", "--cache-lambda", 0.2,
+                     "--cache-theta", 0.5)
+    assert abs(rows[(0.2, 0.5)] - point) < 1e-4
+
 
 def test_tune_grid_points_equal_eval_lm(trained, trime_dstore):
     """trime-tune scores its grid from one pass; two of its points, run through fairseq-eval-lm."""

@@ -1,4 +1,4 @@
-"""`trime-tune`: grid-search τ, λ, τ′ (or kNN-LM's λ, T) on a dev split from one pass of the model.
+"""`trime-tune`: grid-search τ, λ, τ′ (or kNN-LM's λ, T, and the cache's λ_c, θ) on a dev split from one pass.
 
 The model runs once over the split with the memories given after ``--`` (TASK_OPTIONS:
 the same ``--task trime_lm`` options as fairseq-eval-lm: --eval-memory, --long-memory-size,
@@ -16,6 +16,9 @@ perplexity by the target's frequency in the tuned split, as in the paper).
     trime-tune data-bin --path ckpt/checkpoint_best.pt --gen-subset valid --tokens-per-sample 512 \\
         --taus 1.0,1.1,1.2,1.3 --interp-temps 0.5,1,2,5,10 --lambdas 0.1,0.2,0.3,0.4 \\
         -- --eval-memory local,long,ext --long-memory-size 12288 --dstore dstore --knn-k 1024
+    # kNN-LM + continuous cache on a vanilla model (its own l2 datastore):
+    trime-tune data-bin --path vanilla.pt --scoring knnlm --lambdas 0.1,0.25,0.4 --interp-temps 1,3,10 \
+        --cache-lambdas 0,0.1,0.2 --cache-thetas 0.1,0.3,1 -- --eval-memory local,ext --dstore vdstore
 """
 
 import argparse
@@ -77,18 +80,25 @@ def collect(task, model, cfg, dataset, temperatures, max_batches=None):
     return TargetStats.cat(stats), torch.cat(hits), torch.cat(targets)
 
 
-def grid(stats, scoring, settings, taus, interp_temps, lambdas):
-    """[{tau, lambda, interp_temp, loss (base 2), perplexity}] for every grid point."""
+def grid(stats, scoring, settings, taus, interp_temps, lambdas, cache_lambdas=(), cache_thetas=()):
+    """[{tau, lambda, interp_temp, cache_lambda, cache_theta, loss (base 2), perplexity}] for every
+    grid point (cache values only for kNN-LM + continuous cache)."""
     rows = []
     has_ext = settings.uses_ext
+    cache_points = [(c, t) for c in cache_lambdas for t in cache_thetas] if settings.uses_cache \
+        else [(None, None)]
     for tau in (taus if scoring == "trime" else [None]):
         for interp_temp in (interp_temps if has_ext else [None]):
             for lam in (lambdas if has_ext else [0.0]):
-                log_p = stats.target_log_prob(scoring, tau or 1.0, lam, interp_temp or 1.0,
-                                              settings.knn_interp_memory)
-                loss = float(-log_p.double().mean()) / math.log(2)
-                rows.append({"tau": tau, "lambda": lam if has_ext else None,
-                             "interp_temp": interp_temp, "loss": loss, "perplexity": 2 ** loss})
+                for cache_lambda, cache_theta in cache_points:
+                    log_p = stats.target_log_prob(scoring, tau or 1.0, lam, interp_temp or 1.0,
+                                                  settings.knn_interp_memory,
+                                                  cache_lambda=cache_lambda or 0.0,
+                                                  cache_theta=cache_theta or 1.0)
+                    loss = float(-log_p.double().mean()) / math.log(2)
+                    rows.append({"tau": tau, "lambda": lam if has_ext else None,
+                                 "interp_temp": interp_temp, "cache_lambda": cache_lambda,
+                                 "cache_theta": cache_theta, "loss": loss, "perplexity": 2 ** loss})
     return rows
 
 
@@ -104,7 +114,8 @@ def frequency_table(stats, targets, scoring, best, settings):
             "trime", best["tau"], memory="span")
     columns["best"] = stats.target_log_prob(
         scoring, best["tau"] or 1.0, best["lambda"] or 0.0, best["interp_temp"] or 1.0,
-        settings.knn_interp_memory)
+        settings.knn_interp_memory, cache_lambda=best["cache_lambda"] or 0.0,
+        cache_theta=best["cache_theta"] or 1.0)
     rows = []
     for low, high, name in FREQUENCY_BUCKETS:
         in_bucket = (counts > low) & (counts <= high)  # every count is >= 1
@@ -124,7 +135,8 @@ def plot(rows, best, has_ext, png):
         return False
     fig, ax = plt.subplots(figsize=(5.5, 4))
     if has_ext:
-        chosen = [r for r in rows if r["tau"] == best["tau"]]
+        # the λ × τ′ plane through the best point (τ and cache values fixed at their best)
+        chosen = [r for r in rows if all(r[k] == best[k] for k in ("tau", "cache_lambda", "cache_theta"))]
         lambdas = sorted({r["lambda"] for r in chosen})
         temps = sorted({r["interp_temp"] for r in chosen})
         table = {(r["lambda"], r["interp_temp"]): r["perplexity"] for r in chosen}
@@ -138,7 +150,9 @@ def plot(rows, best, has_ext, png):
             for j, value in enumerate(row):
                 ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
         fig.colorbar(image, label="perplexity")
-        ax.set_title("perplexity" + (f" at τ = {best['tau']:g}" if best["tau"] else ""))
+        at = [f"{name} = {best[key]:g}" for key, name in (("tau", "τ"), ("cache_lambda", "λ_c"),
+                                                            ("cache_theta", "θ")) if best[key] is not None]
+        ax.set_title("perplexity" + (" at " + ", ".join(at) if at else ""))
     else:
         ax.plot([r["tau"] for r in rows], [r["perplexity"] for r in rows], marker="o")
         ax.set_xlabel("τ (memory temperature, Eq. 6)")
@@ -175,6 +189,11 @@ def main(argv=None):
                         help="τ′ of Eq. 8 (trime) or T of kNN-LM (knnlm); with external memory")
     parser.add_argument("--lambdas", default="0.05,0.1,0.2,0.3,0.4,0.5",
                         help="λ values in [0, 1) (with external memory)")
+    parser.add_argument("--cache-lambdas", default="0,0.05,0.1,0.2,0.3",
+                        help="λ_c of the continuous cache in [0, 1) (knnlm scoring with span memory: "
+                             "kNN-LM + continuous cache)")
+    parser.add_argument("--cache-thetas", default="0.03,0.1,0.3,1,3",
+                        help="θ of the continuous cache, > 0 (kNN-LM + continuous cache)")
     parser.add_argument("--max-batches", type=int, default=None, help="stop early (quick looks)")
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--out-dir", default="tune")
@@ -187,10 +206,13 @@ def main(argv=None):
     taus = _floats(args.taus, "taus", parser, low=0)
     interp_temps = _floats(args.interp_temps, "interp-temps", parser, low=0)
     lambdas = _floats(args.lambdas, "lambdas", parser, below=1)
-    for option in ("--memory-temp", "--knn-lambda", "--knn-temp", "--eval-scoring"):
+    cache_lambdas = _floats(args.cache_lambdas, "cache-lambdas", parser, below=1)
+    cache_thetas = _floats(args.cache_thetas, "cache-thetas", parser, low=0)
+    for option in ("--memory-temp", "--knn-lambda", "--knn-temp", "--eval-scoring",
+                   "--cache-lambda", "--cache-theta"):
         if option in task_options:
             parser.error(f"{option} is what trime-tune searches (or sets): use --taus / --lambdas / "
-                         "--interp-temps / --scoring instead")
+                         "--interp-temps / --cache-lambdas / --cache-thetas / --scoring instead")
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         level=logging.INFO)
     from trime.cli.harness import load_for_eval
@@ -204,15 +226,20 @@ def main(argv=None):
     settings = model.settings
     if settings.eval_memory == "none":
         parser.error("nothing to tune without memory: give e.g. -- --eval-memory local,long")
-    temperatures = sorted(set(taus) | set(interp_temps))
-    stats, first_hit, targets = collect(task, model, cfg, dataset, temperatures, args.max_batches)
+    temperatures = set(taus) | set(interp_temps)
+    if settings.uses_cache:  # the cache set is summarised at t = 1/θ
+        temperatures |= {1.0 / theta for theta in cache_thetas}
+    stats, first_hit, targets = collect(task, model, cfg, dataset, sorted(temperatures),
+                                        args.max_batches)
     logger.info(f"{len(targets)} scored tokens of {args.gen_subset}; {settings.describe()}")
-    rows = grid(stats, args.scoring, settings, taus, interp_temps, lambdas)
+    rows = grid(stats, args.scoring, settings, taus, interp_temps, lambdas, cache_lambdas,
+                cache_thetas)
     best = min(rows, key=lambda r: r["loss"])
     os.makedirs(args.out_dir, exist_ok=True)
     _write_csv(os.path.join(args.out_dir, "tune.csv"), rows)
     best_options = {"--memory-temp": best["tau"], "--knn-lambda": best["lambda"],
-                    "--knn-temp": best["interp_temp"]}
+                    "--knn-temp": best["interp_temp"], "--cache-lambda": best["cache_lambda"],
+                    "--cache-theta": best["cache_theta"]}
     best_options = {k: v for k, v in best_options.items() if v is not None}
     report = {"best": best, "options": best_options, "tokens": len(targets),
               "split": args.gen_subset, "memory": settings.eval_memory, "scoring": args.scoring}

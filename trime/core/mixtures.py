@@ -3,7 +3,8 @@
 - ``memory_log_probs``: Eq. 6 over span memory (local / long, a visibility rule) and the
   retrieved external entries (Eq. 7), then Eq. 8-9 (λ, τ′) on top;
 - ``knnlm_log_probs``: kNN-LM (Khandelwal et al., 2020), (1-λ) p_LM + λ p_kNN;
-- ``cache_log_probs``: the continuous cache (Grave et al., 2017), (1-λ) p_LM + λ p_cache.
+- ``cache_log_probs``: the continuous cache (Grave et al., 2017), (1-λ) p_LM + λ p_cache;
+- ``knnlm_cache_log_probs``: kNN-LM + continuous cache, the cache on top of the kNN-LM.
 
 Every function returns the full log-distribution over the vocabulary [G, Nq, V] in
 fp32, built without [C, V] temporaries: one fused log-softmax, then the words present
@@ -272,3 +273,21 @@ def cache_log_probs(vocab_scores, queries, keys, key_labels, visibility, lam: fl
         words, log_mass = _log_memory_mass(scores, span_labels)
         interpolate_memory_(chunk, log_mass, _memory_columns(words, log_mass, V), lam)
     return vocab.log_probs
+
+
+def knnlm_cache_log_probs(vocab_scores, retrieved: RetrievedMemory, lam: float, temperature: float,
+                          queries, keys, key_labels, visibility, cache_lambda: float,
+                          cache_theta: float, chunk_size: int = 512):
+    """kNN-LM + continuous cache (the "kNN-LM + cont. cache" rows of Khandelwal et al., 2020 and
+    of TRIME's Tables 2 and 10), fp32 [G, Nq, V]: the continuous cache (Grave et al., 2017)
+    applied to the kNN-LM's distribution as its base LM,
+
+        P(w) = (1-λ_c) [(1-λ) p_LM(w) + λ p_kNN(w)] + λ_c p_cache(w),
+
+    p_kNN over the retrieved entries at temperature T, p_cache(w) ∝ Σ_{visible j, x_j = w}
+    exp(θ h·h_j) over the span memory. λ_c = 0 is the kNN-LM exactly; a query without
+    retrieved entries (cache memory) keeps the other terms."""
+    knnlm = knnlm_log_probs(vocab_scores, retrieved, lam, temperature)
+    normalised = VocabLogProbs(knnlm, torch.zeros_like(knnlm[..., :1]))
+    return cache_log_probs(normalised, queries, keys, key_labels, visibility, cache_lambda,
+                           cache_theta, chunk_size)

@@ -17,16 +17,19 @@ import torch
 from trime.core.logspace import NEG_INF, finite_or_zero, log_ratio
 from trime.core.mixtures import RetrievedMemory, span_chunks
 
-# span = local / long memory of the input itself, ext = retrieved entries, eval = both (M_eval)
+# span = local / long memory of the input itself, ext = retrieved entries, eval = both (M_eval);
+# cache = the span memory under the continuous cache's key h and raw h·h_j (θ = 1 / t)
 MEMORY_SETS = ("span", "ext", "eval")
+CACHE_SET = "cache"
 
 
 @dataclass
 class TargetStats:
     """s_w* and log Z_vocab [...], and log Σ_j exp(sim_j / t) for each computed memory set:
     ``lse_all[set]`` over its entries, ``lse_pos[set]`` over those labelled w*, both
-    [..., len(temperatures)] (-inf for an empty set). sim = g·g'/√d for span entries and the
-    retriever's similarity for external ones. Indexing (``stats[mask]``) indexes every tensor."""
+    [..., len(temperatures)] (-inf for an empty set). sim = g·g'/√d for span entries, the
+    retriever's similarity for external ones and h·h_j for the cache set (so t = 1/θ).
+    Indexing (``stats[mask]``) indexes every tensor."""
 
     target_score: torch.Tensor
     log_z_vocab: torch.Tensor
@@ -71,30 +74,40 @@ class TargetStats:
 
     def target_log_prob(self, scoring: str = "trime", tau: float = 1.0, lam: float = 0.0,
                         interp_temperature: float = 1.0, interp_memory: str = "eval",
-                        memory: str = "eval") -> torch.Tensor:
+                        memory: str = "eval", cache_lambda: float = 0.0,
+                        cache_theta: float = 1.0) -> torch.Tensor:
         """log P_final(w*) [...] (the temperatures must have been computed).
 
         scoring trime: Eq. 6 over ``memory`` (eval, span or ext) at τ, then Eq. 9 with P' over
         ``interp_memory`` at τ′ (λ = 0: Eq. 6 alone); knnlm: (1-λ) p_LM + λ p_kNN with
-        p_kNN over the retrieved entries at T = ``interp_temperature``.
+        p_kNN over the retrieved entries at T = ``interp_temperature``, and with
+        ``cache_lambda`` > 0 the continuous cache on top (``knnlm_cache_log_probs``): temperature
+        1/``cache_theta`` of the cache set.
         """
         if scoring == "knnlm":
-            log_p = self.vocab_log_prob
-            interp_memory = "ext"
-        else:
-            log_p = (torch.logaddexp(self.target_score, self.memory_lse(memory, tau, True))
-                     - torch.logaddexp(self.log_z_vocab, self.memory_lse(memory, tau)))
-        if lam == 0:
-            return log_p
-        all_memory = self.memory_lse(interp_memory, interp_temperature)
-        log_p_memory = log_ratio(self.memory_lse(interp_memory, interp_temperature, True), all_memory)
-        mixed = torch.logaddexp(log_p + math.log1p(-lam), log_p_memory + math.log(lam))
-        return torch.where(torch.isfinite(all_memory), mixed, log_p)  # no memory: P alone
+            log_p = _mix(self.vocab_log_prob, self, "ext", interp_temperature, lam)
+            return _mix(log_p, self, CACHE_SET, 1.0 / cache_theta, cache_lambda)
+        if cache_lambda:
+            raise ValueError("the continuous cache is combined with kNN-LM scoring only")
+        log_p = (torch.logaddexp(self.target_score, self.memory_lse(memory, tau, True))
+                 - torch.logaddexp(self.log_z_vocab, self.memory_lse(memory, tau)))
+        return _mix(log_p, self, interp_memory, interp_temperature, lam)
+
+
+def _mix(log_p, stats: TargetStats, memory_set: str, temperature: float, lam: float):
+    """log[(1-λ) P(w*) + λ P'(w*)], P'(w*) = the share of ``memory_set``'s mass at temperature t
+    on entries labelled w* (Eq. 9, kNN-LM, cache); P alone where the set is empty or λ = 0."""
+    if lam == 0:
+        return log_p
+    all_memory = stats.memory_lse(memory_set, temperature)
+    log_p_memory = log_ratio(stats.memory_lse(memory_set, temperature, True), all_memory)
+    mixed = torch.logaddexp(log_p + math.log1p(-lam), log_p_memory + math.log(lam))
+    return torch.where(torch.isfinite(all_memory), mixed, log_p)
 
 
 def memory_target_stats(target_score, log_z_vocab, queries, keys, key_labels, visibility, targets,
                         temperatures, retrieved: RetrievedMemory = None, sets=MEMORY_SETS,
-                        chunk_size: int = 512) -> TargetStats:
+                        chunk_size: int = 512, cache_queries=None, cache_keys=None) -> TargetStats:
     """The ``TargetStats`` of every query.
 
     Args:
@@ -103,11 +116,16 @@ def memory_target_stats(target_score, log_z_vocab, queries, keys, key_labels, vi
             ``trime.core.mixtures.memory_log_probs`` (span memory; external entries).
         targets: [G, Nq] w* of each query.
         temperatures: the temperatures t to summarise at.
-        sets: the memory sets to summarise, among MEMORY_SETS.
+        sets: the memory sets to summarise, among MEMORY_SETS and CACHE_SET.
+        cache_queries, cache_keys: h of the queries and of the span keys, for CACHE_SET (the same
+            span memory: ``key_labels``, ``visibility``).
     """
-    unknown = set(sets) - set(MEMORY_SETS)
+    unknown = set(sets) - set(MEMORY_SETS) - {CACHE_SET}
     if unknown:
-        raise ValueError(f"unknown memory sets {sorted(unknown)}; choose among {MEMORY_SETS}")
+        raise ValueError(f"unknown memory sets {sorted(unknown)}; choose among "
+                         f"{MEMORY_SETS + (CACHE_SET,)}")
+    if CACHE_SET in sets and (cache_queries is None or cache_keys is None):
+        raise ValueError("the cache set needs the cache's queries and keys")
     temperatures = tuple(float(t) for t in temperatures)
     shape = (*targets.shape, len(temperatures))
     empty = {name: torch.full(shape, NEG_INF, dtype=torch.float32, device=targets.device)
@@ -131,11 +149,20 @@ def memory_target_stats(target_score, log_z_vocab, queries, keys, key_labels, vi
         for name, (sims, positive) in found.items():
             if name not in sets:
                 continue
-            for i, t in enumerate(temperatures):
-                lse_all, lse_pos = _logsumexp_all_and_positive(sims, positive, 1.0 / t)
-                stats.lse_all[name][:, q0:q1, i] = lse_all
-                stats.lse_pos[name][:, q0:q1, i] = lse_pos
+            _store(stats, name, q0, q1, sims, positive)
+    if CACHE_SET in sets:  # raw h·h_j: temperature t is the cache's 1/θ
+        for q0, q1, sims, labels in span_chunks(cache_queries, cache_keys, key_labels, visibility,
+                                                1.0, chunk_size):
+            _store(stats, CACHE_SET, q0, q1, sims, labels[:, None, :] == targets[:, q0:q1, None])
     return stats
+
+
+def _store(stats: TargetStats, name, q0, q1, sims, positive):
+    """Write a chunk's log-sum-exps of one memory set at every temperature."""
+    for i, t in enumerate(stats.temperatures):
+        lse_all, lse_pos = _logsumexp_all_and_positive(sims, positive, 1.0 / t)
+        stats.lse_all[name][:, q0:q1, i] = lse_all
+        stats.lse_pos[name][:, q0:q1, i] = lse_pos
 
 
 def _logsumexp_all_and_positive(sims, positive, scale):

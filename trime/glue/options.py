@@ -55,10 +55,14 @@ class EvalOptions(FairseqDataclass):
                   "--memory-temp), with ext memory followed by Eq. 8-9 (--knn-lambda, "
                   "--knn-temp); cache = continuous cache (Grave et al. 2017), "
                   "(1-λ) p_LM + λ p_cache, for models trained without TRIME; knnlm = kNN-LM "
-                  "(Khandelwal et al. 2020), (1-λ) p_LM + λ p_kNN, with --eval-memory ext"},
+                  "(Khandelwal et al. 2020), (1-λ) p_LM + λ p_kNN, with --eval-memory ext; with "
+                  "--eval-memory local,ext or local,long,ext: kNN-LM + continuous cache, "
+                  "(1-λ_c)[(1-λ) p_LM + λ p_kNN] + λ_c p_cache (--cache-lambda = λ_c)"},
     )
     cache_lambda: float = field(
-        default=0.1, metadata={"help": "λ of the continuous cache, in [0, 1); tune on valid"})
+        default=0.1,
+        metadata={"help": "λ of the continuous cache (--eval-scoring cache, or knnlm with span "
+                  "memory), in [0, 1); tune on valid"})
     cache_theta: float = field(
         default=0.3,
         metadata={"help": "θ of the continuous cache: p_cache ∝ exp(θ h·h_j), > 0; tune on valid"})
@@ -140,16 +144,18 @@ class EvalSettings(EvalOptions):
         if self.eval_scoring == "cache" and self.eval_memory == "none":
             raise ValueError("--eval-scoring cache needs a memory to cache: add --eval-memory local "
                              "(or local,long)")
-        if self.eval_scoring == "cache" and not 0 <= self.cache_lambda < 1:
+        if self.uses_cache and not 0 <= self.cache_lambda < 1:
             raise ValueError(f"--cache-lambda must be in [0, 1), got {self.cache_lambda}")
-        if self.eval_scoring == "cache" and self.cache_theta <= 0:
+        if self.uses_cache and self.cache_theta <= 0:
             raise ValueError(f"--cache-theta must be > 0, got {self.cache_theta}")
         if self.eval_scoring == "cache" and self.uses_ext:
             raise ValueError("--eval-scoring cache does not use external memory: for a datastore "
-                             "with a model trained without TRIME use --eval-scoring knnlm")
-        if self.eval_scoring == "knnlm" and self.eval_memory != "ext":
+                             "with a model trained without TRIME use --eval-scoring knnlm (with "
+                             "--eval-memory local,ext: kNN-LM + continuous cache)")
+        if self.eval_scoring == "knnlm" and not self.uses_ext:
             raise ValueError("--eval-scoring knnlm (kNN-LM) interpolates the LM with the external "
-                             f"datastore only: use --eval-memory ext (got {self.eval_memory!r})")
+                             "datastore: use --eval-memory ext, or local,ext / local,long,ext for "
+                             f"kNN-LM + continuous cache (got {self.eval_memory!r})")
         if self.uses_ext and not self.dstore:
             raise ValueError(f"--eval-memory {self.eval_memory} needs --dstore DIR (a datastore from "
                              "fairseq-eval-lm --save-dstore, indexed with trime-build-index)")
@@ -191,6 +197,12 @@ class EvalSettings(EvalOptions):
         return "ext" in self.eval_memory.split(",")
 
     @property
+    def uses_cache(self) -> bool:
+        """The continuous cache over the span memory: --eval-scoring cache, or kNN-LM + cache."""
+        return self.eval_scoring == "cache" or (self.eval_scoring == "knnlm"
+                                                and self.span_memory != "none")
+
+    @property
     def span_memory(self) -> str:
         """The memory scored from the input itself: none | local | local,long."""
         return ",".join(m for m in self.eval_memory.split(",") if m != "ext") or "none"
@@ -213,7 +225,11 @@ class EvalSettings(EvalOptions):
             return text + (f", continuous cache lambda = {self.cache_lambda}, "
                            f"theta = {self.cache_theta}, h = {self.cache_key}")
         if self.eval_scoring == "knnlm":
-            return text + f", kNN-LM lambda = {self.knn_lambda}, T = {self.knn_temp}"
+            text += f", kNN-LM lambda = {self.knn_lambda}, T = {self.knn_temp}"
+            if self.uses_cache:
+                text += (f", then continuous cache lambda = {self.cache_lambda}, "
+                         f"theta = {self.cache_theta}, h = {self.cache_key}")
+            return text
         if self.uses_ext:
             over = 'M_eval' if self.knn_interp_memory == 'eval' else 'the retrieved entries'
             text += (f", then (1-lambda) P + lambda P' with lambda = {self.knn_lambda}, "

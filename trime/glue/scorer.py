@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from trime.core.fifo import FifoMemory, score_with_long_memory
-from trime.core.mixtures import (RetrievedMemory, cache_log_probs, knnlm_log_probs,
-                                 memory_log_probs)
-from trime.core.target_stats import MEMORY_SETS, TargetStats, memory_target_stats
+from trime.core.mixtures import (RetrievedMemory, cache_log_probs, knnlm_cache_log_probs,
+                                 knnlm_log_probs, memory_log_probs)
+from trime.core.target_stats import CACHE_SET, MEMORY_SETS, TargetStats, memory_target_stats
 from trime.core.visibility import build_visibility, memory_labels
 from trime.glue import vocab
 from trime.glue.options import EvalSettings
@@ -80,12 +80,17 @@ class MemoryScorer:
             target = sample["target"]
             full = self.full_log_probs(decoder_out, extra, sample)
             return full.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        temperatures = sorted({settings.memory_temp, settings.knn_temp or 1.0})
+        temperatures = {settings.memory_temp, settings.knn_temp or 1.0}
         sets = ("ext",) if settings.eval_scoring == "knnlm" else ("ext", "eval")
-        stats = self._stats(decoder_out, extra, sample, temperatures, sets)
+        if settings.uses_cache:  # kNN-LM + cache: the cache set at t = 1/θ
+            temperatures.add(1.0 / settings.cache_theta)
+            sets += (CACHE_SET,)
+        stats = self._stats(decoder_out, extra, sample, sorted(temperatures), sets)
         return stats.target_log_prob(settings.eval_scoring, settings.memory_temp,
                                      settings.knn_lambda or 0.0, settings.knn_temp or 1.0,
-                                     settings.knn_interp_memory)
+                                     settings.knn_interp_memory,
+                                     cache_lambda=settings.cache_lambda if settings.uses_cache else 0.0,
+                                     cache_theta=settings.cache_theta)
 
     def full_log_probs(self, decoder_out, extra, sample) -> torch.Tensor:
         """log P(w) fp32 [B, T, V] for every word under the settings."""
@@ -93,16 +98,23 @@ class MemoryScorer:
         self._check_whole_batch(decoder_out, sample)
         scores = vocab.full_log_probs(self.decoder, decoder_out)
         retrieved = self._retrieve(extra["trime_query"], sample) if settings.uses_ext else None
-        if settings.eval_scoring == "knnlm":
+        if settings.eval_scoring == "knnlm" and not settings.uses_cache:
             return knnlm_log_probs(scores, retrieved, settings.knn_lambda, settings.knn_temp)
-        if settings.eval_scoring == "cache":
-            keys = extra["trime_final"] if settings.cache_key == "final" else extra["trime_query"]
+        keys, d = self._span_keys(extra)
+        if settings.eval_scoring == "knnlm":  # kNN-LM + continuous cache
 
             def score_rows(rows, vocab_rows, queries, memory_keys, key_labels, visibility):
-                return cache_log_probs(vocab_rows, queries, memory_keys, key_labels, visibility,
-                                       settings.cache_lambda, settings.cache_theta)
+                return knnlm_cache_log_probs(
+                    vocab_rows, _rows_of(retrieved, rows), settings.knn_lambda, settings.knn_temp,
+                    queries[..., d:], memory_keys[..., d:], key_labels, visibility,
+                    settings.cache_lambda, settings.cache_theta)
+        elif settings.eval_scoring == "cache":
+
+            def score_rows(rows, vocab_rows, queries, memory_keys, key_labels, visibility):
+                return cache_log_probs(vocab_rows, queries[..., d:], memory_keys[..., d:],
+                                       key_labels, visibility, settings.cache_lambda,
+                                       settings.cache_theta)
         else:
-            keys = extra["trime_query"]
 
             def score_rows(rows, vocab_rows, queries, memory_keys, key_labels, visibility):
                 return memory_log_probs(
@@ -125,7 +137,8 @@ class MemoryScorer:
             hits = retrieved.labels == target[..., None]
             first_hit = torch.where(hits.any(-1), hits.float().argmax(-1),
                                     torch.full_like(target, hits.shape[-1]))
-        stats = self._stats(decoder_out, extra, sample, temperatures, MEMORY_SETS, retrieved)
+        sets = MEMORY_SETS + ((CACHE_SET,) if self.settings.uses_cache else ())
+        stats = self._stats(decoder_out, extra, sample, temperatures, sets, retrieved)
         return stats, first_hit
 
     # -- shared steps ---------------------------------------------------------------
@@ -136,15 +149,26 @@ class MemoryScorer:
         if self.settings.uses_ext and retrieved is None:
             retrieved = self._retrieve(extra["trime_query"], sample)
         target_score, log_z = vocab.eval_target_scores(self.decoder, decoder_out, target)
+        keys, d = self._span_keys(extra)
 
         def score_rows(rows, vocab_rows, queries, memory_keys, key_labels, visibility):
-            return memory_target_stats(vocab_rows.target_score, vocab_rows.log_z, queries,
-                                       memory_keys, key_labels, visibility, target[rows],
-                                       temperatures, _rows_of(retrieved, rows), sets)
+            return memory_target_stats(vocab_rows.target_score, vocab_rows.log_z, queries[..., :d],
+                                       memory_keys[..., :d], key_labels, visibility, target[rows],
+                                       temperatures, _rows_of(retrieved, rows), sets,
+                                       cache_queries=queries[..., d:], cache_keys=memory_keys[..., d:])
 
-        parts = self._over_span_memory(_TargetVocab(target_score, log_z), extra["trime_query"],
-                                       sample, score_rows)
+        parts = self._over_span_memory(_TargetVocab(target_score, log_z), keys, sample, score_rows)
         return parts[0] if len(parts) == 1 else TargetStats.cat(parts)
+
+    def _span_keys(self, extra):
+        """(keys of the span memory, d): g(c) [B, T, d], followed with the continuous cache by its
+        h (--cache-key: the decoder's output features or g(c) again) as features [d:], so that one
+        FIFO carries both; score_rows slice them apart."""
+        g = extra["trime_query"]
+        if not self.settings.uses_cache:
+            return g, g.shape[-1]
+        h = extra["trime_final"] if self.settings.cache_key == "final" else g
+        return torch.cat([g, h.to(g.dtype)], -1), g.shape[-1]
 
     def _over_span_memory(self, vocab_scores, keys, sample, score_rows):
         """score_rows(rows, vocab_scores[rows], queries, memory keys, their labels, visibility)
