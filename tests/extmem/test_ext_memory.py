@@ -11,7 +11,8 @@ import torch
 from naive import brute_force_knn, knnlm_distribution, trime_ext_distribution
 from trime.extmem.datastore import Datastore, DatastoreWriter
 from trime.extmem.index import build_index, load_index, save_index
-from trime.core.mixtures import RetrievedMemory, knnlm_log_probs, memory_log_probs
+from trime.core.mixtures import (RetrievedMemory, cache_log_probs, knnlm_log_probs,
+                                 memory_log_probs)
 from trime.core.visibility import LocalMemory
 from trime.extmem.retrieval import Retriever
 
@@ -342,7 +343,10 @@ def test_knnlm_with_cache_matches_naive_sums_to_one_and_tunes_from_statistics(ca
     at_target = stats.target_log_prob("knnlm", lam=lam, interp_temperature=temp,
                                       cache_lambda=cache_lambda, cache_theta=theta)
     assert torch.allclose(at_target, ours.gather(-1, targets[..., None])[..., 0], atol=1e-5)
-    with pytest.raises(ValueError, match="kNN-LM scoring only"):
+    cache_only = cache_log_probs(scores, h, h, labels, visibility, cache_lambda, theta, chunk_size=3)
+    assert torch.allclose(stats.target_log_prob("cache", cache_lambda=cache_lambda, cache_theta=theta),
+                          cache_only.gather(-1, targets[..., None])[..., 0], atol=1e-5)
+    with pytest.raises(ValueError, match="kNN-LM or cache scoring only"):
         stats.target_log_prob("trime", cache_lambda=0.3, cache_theta=theta)
 
 

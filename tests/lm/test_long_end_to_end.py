@@ -56,6 +56,15 @@ def test_train_long_memory_then_eval_with_fifo(trained):
     cache, out = _eval(root, "--eval-memory", "local,long", "--eval-scoring", "cache",
                        "--cache-lambda", 0.2, "--cache-theta", 0.1)
     assert "continuous cache lambda = 0.2" in out and math.isfinite(cache)
+    # trime-tune --scoring cache: its grid point (0.2, 0.1) is that fairseq-eval-lm number
+    import csv
+    run("trime-tune", root / "bin", "--path", root / "ckpt" / "checkpoint_last.pt",
+        "--tokens-per-sample", L, "--batch-size", 4, "--cpu", "--scoring", "cache",
+        "--cache-lambdas", "0,0.2", "--cache-thetas", "0.1,1", "--out-dir", root / "tune_cache",
+        "--", *DATA, "--eval-memory", "local,long")
+    rows = {(float(r["cache_lambda"]), float(r["cache_theta"])): float(r["loss"])
+            for r in csv.DictReader(open(root / "tune_cache" / "tune.csv"))}
+    assert len(rows) == 4 and abs(rows[(0.2, 0.1)] - cache) < 1e-4
 
 
 def test_bad_long_memory_options(trained):

@@ -82,7 +82,7 @@ def collect(task, model, cfg, dataset, temperatures, max_batches=None):
 
 def grid(stats, scoring, settings, taus, interp_temps, lambdas, cache_lambdas=(), cache_thetas=()):
     """[{tau, lambda, interp_temp, cache_lambda, cache_theta, loss (base 2), perplexity}] for every
-    grid point (cache values only for kNN-LM + continuous cache)."""
+    grid point (τ with trime scoring; λ, τ′ / T with external memory; λ_c, θ with the cache)."""
     rows = []
     has_ext = settings.uses_ext
     cache_points = [(c, t) for c in cache_lambdas for t in cache_thetas] if settings.uses_cache \
@@ -127,7 +127,25 @@ def frequency_table(stats, targets, scoring, best, settings):
     return rows
 
 
+def _heat_map(fig, ax, rows, x_key, y_key, xlabel, ylabel):
+    xs = sorted({r[x_key] for r in rows})
+    ys = sorted({r[y_key] for r in rows})
+    table = {(r[y_key], r[x_key]): r["perplexity"] for r in rows}
+    values = [[table[(y, x)] for x in xs] for y in ys]
+    image = ax.imshow(values, cmap="viridis_r", aspect="auto", origin="lower")
+    ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
+    ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
+    fig.colorbar(image, label="perplexity")
+
+
 def plot(rows, best, has_ext, png):
+    """tune.png: the λ × τ′ (or T) plane through the best point with external memory, the
+    λ_c × θ plane for the cache alone, else perplexity vs τ."""
     from trime.cli.harness import pyplot
 
     plt = pyplot()
@@ -135,24 +153,16 @@ def plot(rows, best, has_ext, png):
         return False
     fig, ax = plt.subplots(figsize=(5.5, 4))
     if has_ext:
-        # the λ × τ′ plane through the best point (τ and cache values fixed at their best)
-        chosen = [r for r in rows if all(r[k] == best[k] for k in ("tau", "cache_lambda", "cache_theta"))]
-        lambdas = sorted({r["lambda"] for r in chosen})
-        temps = sorted({r["interp_temp"] for r in chosen})
-        table = {(r["lambda"], r["interp_temp"]): r["perplexity"] for r in chosen}
-        values = [[table[(lam, t)] for t in temps] for lam in lambdas]
-        image = ax.imshow(values, cmap="viridis_r", aspect="auto", origin="lower")
-        ax.set_xticks(range(len(temps)), [f"{t:g}" for t in temps])
-        ax.set_yticks(range(len(lambdas)), [f"{lam:g}" for lam in lambdas])
-        ax.set_xlabel("τ′ (temperature of the memory distribution)")
-        ax.set_ylabel("λ")
-        for i, row in enumerate(values):
-            for j, value in enumerate(row):
-                ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
-        fig.colorbar(image, label="perplexity")
-        at = [f"{name} = {best[key]:g}" for key, name in (("tau", "τ"), ("cache_lambda", "λ_c"),
-                                                            ("cache_theta", "θ")) if best[key] is not None]
+        fixed = ("tau", "cache_lambda", "cache_theta")
+        chosen = [r for r in rows if all(r[k] == best[k] for k in fixed)]
+        _heat_map(fig, ax, chosen, "interp_temp", "lambda",
+                  "τ′ (temperature of the memory distribution)", "λ")
+        at = [f"{name} = {best[key]:g}" for key, name in zip(fixed, ("τ", "λ_c", "θ"))
+              if best[key] is not None]
         ax.set_title("perplexity" + (" at " + ", ".join(at) if at else ""))
+    elif best["cache_lambda"] is not None:
+        _heat_map(fig, ax, rows, "cache_theta", "cache_lambda", "θ (continuous cache)", "λ_c")
+        ax.set_title("perplexity")
     else:
         ax.plot([r["tau"] for r in rows], [r["perplexity"] for r in rows], marker="o")
         ax.set_xlabel("τ (memory temperature, Eq. 6)")
@@ -180,9 +190,11 @@ def main(argv=None):
     parser.add_argument("--tokens-per-sample", type=int, default=512)
     parser.add_argument("--context-window", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--scoring", choices=("trime", "knnlm"), default="trime",
+    parser.add_argument("--scoring", choices=("trime", "knnlm", "cache"), default="trime",
                         help="trime: τ (Eq. 6) and, with ext memory, λ and τ′ (Eq. 8-9); knnlm: "
-                             "kNN-LM's λ and T (--interp-temps) with --eval-memory ext")
+                             "kNN-LM's λ and T (--interp-temps) with --eval-memory ext, and the "
+                             "cache's λ_c, θ with span memory too; cache: the continuous cache's "
+                             "λ_c, θ (--cache-lambdas, --cache-thetas)")
     parser.add_argument("--taus", default="0.8,0.9,1.0,1.1,1.2,1.3",
                         help="τ values of Eq. 6 (trime scoring)")
     parser.add_argument("--interp-temps", default="0.5,1,2,4,8",

@@ -82,13 +82,14 @@ class TargetStats:
         ``interp_memory`` at τ′ (λ = 0: Eq. 6 alone); knnlm: (1-λ) p_LM + λ p_kNN with
         p_kNN over the retrieved entries at T = ``interp_temperature``, and with
         ``cache_lambda`` > 0 the continuous cache on top (``knnlm_cache_log_probs``): temperature
-        1/``cache_theta`` of the cache set.
+        1/``cache_theta`` of the cache set; cache: the continuous cache alone (``cache_log_probs``).
         """
-        if scoring == "knnlm":
-            log_p = _mix(self.vocab_log_prob, self, "ext", interp_temperature, lam)
+        if scoring in ("knnlm", "cache"):  # the cache alone: λ = 0 for the kNN term
+            log_p = _mix(self.vocab_log_prob, self, "ext", interp_temperature,
+                         lam if scoring == "knnlm" else 0.0)
             return _mix(log_p, self, CACHE_SET, 1.0 / cache_theta, cache_lambda)
         if cache_lambda:
-            raise ValueError("the continuous cache is combined with kNN-LM scoring only")
+            raise ValueError("the continuous cache goes with kNN-LM or cache scoring only")
         log_p = (torch.logaddexp(self.target_score, self.memory_lse(memory, tau, True))
                  - torch.logaddexp(self.log_z_vocab, self.memory_lse(memory, tau)))
         return _mix(log_p, self, interp_memory, interp_temperature, lam)
