@@ -33,6 +33,7 @@ setup(
             "trime-build-index = trime.cli.build_index:main",
             "trime-bm25-batches = trime.cli.bm25_batches:main",
             "trime-tune = trime.cli.tune:main",
+            "trime-repro = trime.cli.repro:main",
         ]
     },
 )

@@ -1,0 +1,95 @@
+"""trime-repro: every table entry point end to end on a tiny config (toy corpus, in-process steps),
+resumable, and refusing to reuse what was made with other options."""
+
+import json
+import math
+import os
+
+import pytest
+
+from trime.cli.toy_corpus import write_splits
+
+pytestmark = pytest.mark.e2e  # trains and evaluates models with fairseq's console scripts
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    from trime.cli.repro import main
+
+    root = tmp_path_factory.mktemp("repro")
+    write_splits(root / "raw", train_stories=120, valid_stories=12, test_stories=12)
+    common = [str(root / "raw"), "--work", str(root / "work"), "--out", str(root / "results"),
+              "--preset", "tiny", "--in-process"]
+    main(["table10", *common])
+    main(["table7", *common])
+    return root, common
+
+
+def _table(root, table):
+    with open(root / "results" / table / "table.json") as f:
+        return json.load(f)
+
+
+def test_table10_rows_commands_and_budget(reproduced):
+    root, _ = reproduced
+    report = _table(root, "table10")
+    assert list(report["rows"]) == ["Transformer", "+ continuous cache", "kNN-LM",
+                                    "kNN-LM + continuous cache", "TrimeLM", "TrimeLM_long",
+                                    "TrimeLM_ext"]
+    for name, row in report["rows"].items():
+        assert math.isfinite(row["valid"]) and math.isfinite(row["test"]) and row["paper_test"], name
+    assert report["rows"]["TrimeLM_ext"]["tuned_on_dev"]["--knn-lambda"] in (0, 0.3)
+    steps = report["steps"]
+    assert steps["train-vanilla"]["command"][:4] == ["fairseq-train", str(root / "work" / "bin"),
+                                                      "--task", "language_modeling"]
+    assert "--memory" in steps["train-trime_ext"]["command"] and "bm25-batches" in steps
+    assert all(s["seconds"] is not None for s in steps.values())
+    assert report["budget"]["updates"] == 12 and report["commit"]
+    markdown = (root / "results" / "table10" / "table.md").read_text()
+    assert "| TrimeLM_ext |" in markdown and "paper test" in markdown
+
+
+def test_table7_reuses_the_models_and_fills_every_cell(reproduced):
+    root, _ = reproduced
+    report = _table(root, "table7")
+    assert list(report["rows"]) == ["TrimeLM", "TrimeLM_long", "TrimeLM_ext"]
+    for cells in report["rows"].values():
+        assert list(cells) == ["local", "local,long", "local,ext", "local,long,ext"]
+        assert all(math.isfinite(cell["valid"]) for cell in cells.values())
+    # the models of table10 were reused (their step records), not trained again
+    table10_steps = _table(root, "table10")["steps"]
+    trained = [name for name in report["steps"] if name.startswith("train-")]
+    assert len(trained) == 3
+    assert all(report["steps"][name] == table10_steps[name] for name in trained)
+
+
+def test_a_rerun_skips_every_step(reproduced, capsys):
+    from trime.cli.repro import main
+
+    root, common = reproduced
+    before = _table(root, "table10")["rows"]
+    main(["table10", *common])
+    out = capsys.readouterr().out
+    assert "skipped" in out and "fairseq-train " not in out.replace("skipped", "")
+    assert _table(root, "table10")["rows"] == before
+
+
+def test_other_options_are_refused_not_mixed(reproduced, capsys):
+    from trime.cli.repro import main
+
+    root, common = reproduced
+    with pytest.raises(SystemExit):
+        main(["table10", *common, "--updates", "13"])
+    err = capsys.readouterr().err
+    assert "train-vanilla" in err and "was run with other options" in err and "--work" in err
+
+
+def test_a_data_folder_without_the_splits_is_refused(tmp_path, capsys):
+    from trime.cli.repro import main
+
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "train.txt").write_text("a b c\n")
+    with pytest.raises(SystemExit):
+        main(["table10", str(tmp_path / "raw"), "--work", str(tmp_path / "w"), "--preset", "tiny"])
+    assert "no valid split" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "w" / "bin")

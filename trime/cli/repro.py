@@ -1,0 +1,56 @@
+"""`trime-repro TABLE DATA`: reproduce one of the paper's tables (results/<table>/).
+
+Runs every step the table's rows need — preprocessing, training each model with the same
+budget, datastores and indexes, tuning on dev with trime-tune, scoring dev and test with
+fairseq-eval-lm — and skips the steps already done, so an interrupted or partial run
+continues where it stopped when the same command is run again. Writes table.md and
+table.json (rows, tuned values, every command with its wall time, commit, machine, budget).
+
+    trime-repro table10 path/to/wikitext-2 --work runs/repro --out results
+"""
+
+import argparse
+import os
+import sys
+import time
+
+
+def main(argv=None):
+    from trime.repro.recipes import PRESETS, Recipes, with_overrides
+    from trime.repro.runner import Runner, StepMismatch
+    from trime.repro.tables import TABLES, write_table
+
+    parser = argparse.ArgumentParser(prog="trime-repro", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", choices=sorted(TABLES), help="the paper table to reproduce")
+    parser.add_argument("data", help="corpus folder with train / valid / test as SPLIT.txt or "
+                                     "wiki.SPLIT.tokens (e.g. WikiText-2)")
+    parser.add_argument("--work", default="runs/repro",
+                        help="folder of checkpoints, datastores, logs and step records (reused by "
+                             "every table: a model trained for one table serves the others)")
+    parser.add_argument("--out", default="results", help="results/<table>/ is written here")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                        help="budget: cpu = the paper's 7M model, L = 512, 1,600 updates per model "
+                             "(about 35 min each on 2 CPU cores); tiny = a toy model for tests")
+    parser.add_argument("--updates", type=int, default=None, help="override the preset's updates")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the steps' console scripts in this process (fast start-up for "
+                             "tiny configs; long runs are better isolated in subprocesses)")
+    args = parser.parse_args(argv)
+    budget = with_overrides(PRESETS[args.preset], updates=args.updates, device=args.device)
+    if budget.updates < 1:
+        parser.error("--updates must be >= 1")
+    started = time.time()
+    runner = Runner(args.work, in_process=args.in_process)
+    try:
+        recipes = Recipes(runner, args.data, budget)
+        rows = TABLES[args.table](recipes)
+    except (FileNotFoundError, StepMismatch) as error:
+        parser.error(str(error))
+    print(write_table(args.table, rows, recipes, os.path.join(args.out, args.table), started))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

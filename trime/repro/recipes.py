@@ -1,0 +1,240 @@
+"""Budgets and the commands of a reproduction: data, training, datastores, tuning, evaluation.
+
+Every model of a table gets the same budget (architecture, segment length, batch, updates).
+``cpu``: the paper's 7M model (Table 9: 8 layers, d 128, FFN 512, 4 heads, adaptive input and
+softmax) with L = 512 so that a model trains in about half an hour on 2 CPU cores; ``tiny``: a
+toy model for tests. Hyperparameters are tuned on the dev split only, with ``trime-tune``;
+a grid whose optimum sits on an edge of a temperature grid is widened and tuned again.
+"""
+
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Dict, List, Tuple
+
+import trime
+
+SPLIT_FILES = {split: (f"{split}.txt", f"wiki.{split}.tokens") for split in ("train", "valid", "test")}
+LOSS = re.compile(r"Loss \(base 2\): ([0-9.]+)")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every model of a table gets, and the tuning grids."""
+
+    model: Tuple[str, ...]
+    tokens_per_sample: int
+    batch_size: int
+    updates: int
+    lr: float = 2e-3
+    consecutive_segments: int = 4        # m for TrimeLM_long (must divide batch_size)
+    local_drop_prob: float = 0.9         # p for TrimeLM_ext (Table 15)
+    bm25_k: int = 20
+    long_memory_size: int = 12288        # S at evaluation
+    doc_boundary: str = "title"
+    eval_batch_size: int = 8
+    knn: Tuple[str, ...] = ("--knn-k", "1024", "--knn-nprobe", "32")
+    index: Tuple[str, ...] = ("--train-size", "262144")
+    device: str = "cpu"
+    taus: Tuple[float, ...] = (0.5, 1, 2, 4, 8)
+    interp_temps: Tuple[float, ...] = (0.5, 1, 2, 4, 8)
+    lambdas: Tuple[float, ...] = (0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7)
+    cache_lambdas: Tuple[float, ...] = (0, 0.05, 0.1, 0.2, 0.3, 0.5)
+    cache_thetas: Tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1)
+    max_widen: int = 2                    # times a temperature grid is widened past an edge
+
+    def describe(self) -> Dict:
+        return asdict(self)
+
+
+SEVEN_M = ("--arch", "transformer_lm", "--decoder-layers", "8", "--decoder-embed-dim", "128",
+           "--decoder-ffn-embed-dim", "512", "--decoder-attention-heads", "4",
+           "--decoder-input-dim", "128", "--decoder-output-dim", "128", "--decoder-normalize-before",
+           "--adaptive-input", "--adaptive-input-cutoff", "2000,10000", "--adaptive-softmax-cutoff",
+           "2000,10000", "--tie-adaptive-weights", "--adaptive-softmax-dropout", "0.1",
+           "--dropout", "0.1")
+TINY = ("--arch", "transformer_lm", "--decoder-layers", "2", "--decoder-embed-dim", "16",
+        "--decoder-ffn-embed-dim", "32", "--decoder-attention-heads", "2", "--dropout", "0.1")
+
+PRESETS = {
+    "cpu": Budget(model=SEVEN_M, tokens_per_sample=512, batch_size=8, updates=1600),
+    "tiny": Budget(model=TINY, tokens_per_sample=32, batch_size=4, updates=12, lr=5e-3,
+                   consecutive_segments=2, bm25_k=3, long_memory_size=64,
+                   doc_boundary="empty-line", eval_batch_size=4,
+                   knn=("--knn-k", "8", "--knn-nprobe", "4"),
+                   index=("--index-type", "ivfpq", "--nlist", "8", "--pq-m", "4", "--train-size", "4096"),
+                   taus=(1,), interp_temps=(1,), lambdas=(0, 0.3), cache_lambdas=(0, 0.2),
+                   cache_thetas=(0.3,), max_widen=0),
+}
+
+# the training recipes: (task and criterion, memory options); vanilla is plain fairseq
+MODELS = {
+    "vanilla": ("--task", "language_modeling", "--criterion", "cross_entropy"),
+    "trime": ("--task", "trime_lm", "--criterion", "trime_loss"),
+    "trime_long": ("--task", "trime_lm", "--criterion", "trime_loss", "--memory", "long",
+                   "--batching", "consecutive"),
+    "trime_ext": ("--task", "trime_lm", "--criterion", "trime_loss", "--memory", "ext",
+                  "--batching", "bm25"),
+}
+
+
+def find_splits(data_dir: str) -> Dict[str, str]:
+    """train / valid / test text files of a corpus folder (SPLIT.txt or wiki.SPLIT.tokens)."""
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"data folder {data_dir!r} does not exist")
+    found = {}
+    for split, names in SPLIT_FILES.items():
+        paths = [os.path.join(data_dir, name) for name in names]
+        existing = [p for p in paths if os.path.isfile(p)]
+        if not existing:
+            raise FileNotFoundError(f"no {split} split in {data_dir!r}: expected one of "
+                                    f"{', '.join(names)} (e.g. the unpacked WikiText-2 folder)")
+        found[split] = existing[0]
+    return found
+
+
+class Recipes:
+    """The steps of a reproduction under one budget, run by a ``Runner``."""
+
+    def __init__(self, runner, data_dir: str, budget: Budget):
+        self.runner, self.budget = runner, budget
+        self.splits = find_splits(data_dir)
+        self.bin = runner.path("bin")
+        self.device = () if budget.device == "cuda" else ("--cpu",)
+
+    # -- data and training -----------------------------------------------------------
+
+    def preprocess(self):
+        self.runner.run("preprocess", [
+            "fairseq-preprocess", "--only-source", "--trainpref", self.splits["train"],
+            "--validpref", self.splits["valid"], "--testpref", self.splits["test"],
+            "--destdir", self.bin, "--workers", "2"], done_if=[os.path.join(self.bin, "test.idx")])
+
+    def checkpoint(self, model: str, drop: float = None, batching: str = None, detach=False) -> str:
+        """Train ``model`` (a MODELS recipe; TrimeLM_ext variants: local-drop p, batching, detached
+        memory) with the budget and return its checkpoint."""
+        b = self.budget
+        name = model + ("" if drop is None else f"_p{drop:g}") + ("" if batching is None else f"_{batching}") \
+            + ("_detached" if detach else "")
+        args = list(MODELS[model])
+        if model != "vanilla":
+            args = ["--user-dir", trime.USER_DIR, *args, "--doc-boundary", b.doc_boundary,
+                    "--ce-warmup-updates", str(max(b.updates // 20, 0))]
+        if model == "trime_long":
+            args += ["--consecutive-segments", str(b.consecutive_segments)]
+        if model == "trime_ext":
+            args += ["--local-drop-prob", str(b.local_drop_prob if drop is None else drop)]
+            if batching == "random":
+                args[args.index("bm25")] = "random"
+            else:
+                args += ["--bm25-batches", self.bm25_batches()]
+            if detach:
+                args += ["--detach-memory"]
+        save_dir = self.runner.path("models", name)
+        self.runner.run(f"train-{name}", [
+            "fairseq-train", self.bin, *args, *b.model, "--tokens-per-sample", b.tokens_per_sample,
+            "--batch-size", b.batch_size, "--max-update", b.updates, "--optimizer", "adam",
+            "--adam-betas", "(0.9,0.98)", "--lr", b.lr, "--lr-scheduler", "inverse_sqrt",
+            "--warmup-updates", max(b.updates // 10, 1), "--clip-norm", "0.1", "--seed", "1",
+            "--num-workers", "0", "--no-epoch-checkpoints", "--disable-validation",
+            "--save-interval-updates", max(b.updates // 10, 1), "--keep-interval-updates", "1",
+            "--log-format", "simple", "--log-interval", "50", "--save-dir", save_dir, *self.device])
+        return os.path.join(save_dir, "checkpoint_last.pt")
+
+    def bm25_batches(self) -> str:
+        b = self.budget
+        path = self.runner.path("bm25.json")
+        self.runner.run("bm25-batches", [
+            "trime-bm25-batches", self.bin, "--tokens-per-sample", b.tokens_per_sample,
+            "--k", b.bm25_k, "--batch-size", b.batch_size, "-o", path], done_if=[path])
+        return path
+
+    # -- external memory ---------------------------------------------------------------
+
+    def datastore(self, model_name: str, checkpoint: str, metric: str) -> str:
+        """The datastore of the train split with this model's keys, indexed for ``metric``."""
+        b = self.budget
+        path = self.runner.path("dstores", model_name)
+        self.runner.run(f"dstore-{model_name}", [
+            "fairseq-eval-lm", self.bin, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
+            "--path", checkpoint, "--gen-subset", "train", "--tokens-per-sample", b.tokens_per_sample,
+            "--batch-size", b.eval_batch_size, "--doc-boundary", b.doc_boundary,
+            "--save-dstore", path, *self.device], done_if=[os.path.join(path, "meta.json")])
+        index = os.path.join(path, f"index.{metric}.faiss")
+        self.runner.run(f"index-{model_name}-{metric}", [
+            "trime-build-index", path, "--metric", metric, *b.index], done_if=[index])
+        return path
+
+    # -- tuning and evaluation -----------------------------------------------------------
+
+    def _grids(self, scoring, memory_options):
+        b = self.budget
+        uses_ext = any(o.endswith("ext") for o in memory_options)
+        span = any(o.startswith("local") for o in memory_options)
+        grids = {}
+        if scoring == "trime":
+            grids["taus"] = list(b.taus)
+        if uses_ext:
+            grids["interp_temps"], grids["lambdas"] = list(b.interp_temps), list(b.lambdas)
+        if scoring == "cache" or (scoring == "knnlm" and span):
+            grids["cache_lambdas"], grids["cache_thetas"] = list(b.cache_lambdas), list(b.cache_thetas)
+        return grids
+
+    def tune(self, row: str, checkpoint: str, scoring: str, memory_options) -> Dict:
+        """trime-tune on dev; widen a temperature grid whose optimum sits on its edge. Returns
+        best.json plus {"grids": the last grids, "on_edge": grids whose optimum is on an edge}."""
+        b = self.budget
+        grids = self._grids(scoring, memory_options)
+        keys = {"taus": "tau", "interp_temps": "interp_temp", "lambdas": "lambda",
+                "cache_lambdas": "cache_lambda", "cache_thetas": "cache_theta"}
+        for attempt in range(b.max_widen + 1):
+            suffix = "" if attempt == 0 else f"-widened{attempt}"
+            out = self.runner.path("tune", row + suffix)
+            self.runner.run(f"tune-{row}{suffix}", [
+                "trime-tune", self.bin, "--path", checkpoint, "--gen-subset", "valid",
+                "--tokens-per-sample", b.tokens_per_sample, "--batch-size", b.eval_batch_size,
+                *self.device, "--scoring", scoring,
+                *[a for name, values in grids.items()
+                  for a in (f"--{name.replace('_', '-')}", ",".join(f"{v:g}" for v in values))],
+                "--out-dir", out, "--", "--doc-boundary", b.doc_boundary, *memory_options],
+                done_if=[os.path.join(out, "best.json")])
+            with open(os.path.join(out, "best.json")) as f:
+                best = json.load(f)
+            on_edge = [name for name, values in grids.items() if len(values) > 1
+                       and best["best"][keys[name]] in (min(values), max(values))
+                       and not (name.endswith("lambdas") and best["best"][keys[name]] == 0)]
+            widen = [name for name in on_edge if name in ("taus", "interp_temps", "cache_thetas")]
+            if not widen or attempt == b.max_widen:
+                break
+            for name in widen:  # one more factor of 4 beyond the edge that holds the optimum
+                values = grids[name]
+                grids[name] = sorted(set(values) | ({min(values) / 4, min(values) / 2}
+                                                    if best["best"][keys[name]] == min(values)
+                                                    else {max(values) * 2, max(values) * 4}))
+        return dict(best, grids=grids, on_edge=on_edge)
+
+    def evaluate(self, row: str, checkpoint: str, split: str, options) -> float:
+        """Perplexity of ``checkpoint`` on ``split`` with fairseq-eval-lm and these options."""
+        b = self.budget
+        name = f"eval-{row}-{split}"
+        self.runner.run(name, [
+            "fairseq-eval-lm", self.bin, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
+            "--path", checkpoint, "--gen-subset", split, "--tokens-per-sample", b.tokens_per_sample,
+            "--batch-size", b.eval_batch_size, "--doc-boundary", b.doc_boundary, *self.device,
+            *options])
+        losses = LOSS.findall(self.runner.log_text(name))
+        if not losses:
+            raise RuntimeError(f"no 'Loss (base 2)' line in the log of step {name}")
+        loss = float(losses[-1])
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"step {name}: non-finite loss {loss}")
+        return 2 ** loss
+
+    def options_of(self, best: Dict) -> List[str]:
+        return [str(a) for option, value in best["options"].items() for a in (option, value)]
+
+
+def with_overrides(budget: Budget, **changes) -> Budget:
+    return replace(budget, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,128 @@
+"""Resumable steps: each a console-script command run once, recorded in WORK/steps/NAME.json."""
+
+import contextlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+
+class StepMismatch(ValueError):
+    """A step was started with other options than it is asked to run with now."""
+
+
+def console_script(name: str) -> str:
+    """The console script of this Python environment (fairseq-train, trime-tune, ...)."""
+    here = os.path.join(os.path.dirname(sys.executable), name)
+    found = here if os.path.exists(here) else shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"console script {name!r} not found: install trime (pip install -e .)")
+    return found
+
+
+def _in_process(argv, log) -> int:
+    """Run a console script's entry point in this process, output and log records to ``log``
+    (tests: saves the interpreter and fairseq start-up of every step; same commands)."""
+    from importlib.metadata import entry_points
+
+    entry = next(e for e in entry_points(group="console_scripts") if e.name == argv[0])
+    root = logging.getLogger()
+    level, handler, saved_argv = root.level, logging.FileHandler(log), sys.argv
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    sys.argv = list(argv)
+    try:
+        with open(log, "a") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            try:
+                entry.load()()
+            except SystemExit as exit:
+                return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+        return 0
+    finally:
+        sys.argv = saved_argv
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(level)
+
+
+def _write_json(path, content):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(content, f, indent=1)
+    os.replace(tmp, path)
+
+
+class Runner:
+    """Runs the steps of a reproduction in the folder ``work`` and remembers them.
+
+    Args:
+        work: the folder of every step's outputs, records (steps/) and logs (logs/).
+        echo: where progress lines go.
+        in_process: run the console scripts' entry points in this process instead of a
+            subprocess each (the tests' tiny configs; real runs keep each step isolated).
+    """
+
+    def __init__(self, work: str, echo=print, in_process: bool = False):
+        self.work = os.path.abspath(work)
+        self.in_process = in_process
+        os.makedirs(self.path("steps"), exist_ok=True)
+        os.makedirs(self.path("logs"), exist_ok=True)
+        self.echo = echo
+        self.records = {}  # the steps used by this invocation, by name
+
+    def path(self, *parts) -> str:
+        return os.path.join(self.work, *parts)
+
+    def run(self, name: str, argv, done_if=()) -> dict:
+        """Run ``argv`` (a console script and its arguments) as step ``name`` unless its record
+        says it finished with this very command. ``done_if``: files whose existence means the
+        step finished (e.g. a datastore renamed into place just before an interruption).
+        Returns the record: command, done, seconds, log."""
+        argv = [str(a) for a in argv]
+        record_path = self.path("steps", f"{name}.json")
+        record = {"command": argv, "done": False}
+        if os.path.exists(record_path):
+            with open(record_path) as f:
+                previous = json.load(f)
+            if previous["command"] != argv:
+                raise StepMismatch(
+                    f"step {name!r} in {self.work} was run with other options:\n  before: "
+                    f"{shlex.join(previous['command'])}\n  now:    {shlex.join(argv)}\nIts "
+                    f"outputs (e.g. a checkpoint) belong to the old options: use another --work "
+                    f"folder, or delete {record_path} and the step's outputs to redo it.")
+            record = previous
+        if not record["done"] and done_if and all(os.path.exists(p) for p in done_if):
+            record.update(done=True, seconds=record.get("seconds", 0.0))
+            _write_json(record_path, record)
+        if record["done"]:
+            self.echo(f"== {name}: done ({record['seconds']:.0f} s), skipped")
+            self.records[name] = record
+            return record
+        _write_json(record_path, record)  # started: a rerun must use the same command
+        log = self.path("logs", f"{name}.log")
+        self.echo(f"== {name}: {shlex.join(argv)}  (log: {log})")
+        started = time.time()
+        open(log, "w").close()
+        if self.in_process:
+            code = _in_process(argv, log)
+        else:
+            with open(log, "w") as out:
+                code = subprocess.run([console_script(argv[0]), *argv[1:]], stdout=out,
+                                      stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            with open(log) as f:
+                tail = f.read()[-3000:]
+            raise RuntimeError(f"step {name!r} failed (exit {code}); rerun to resume. Log {log}:\n{tail}")
+        record.update(done=True, seconds=round(time.time() - started, 1), log=log)
+        _write_json(record_path, record)
+        self.records[name] = record
+        return record
+
+    def log_text(self, name: str) -> str:
+        with open(self.records[name]["log"] if "log" in self.records[name]
+                  else self.path("logs", f"{name}.log")) as f:
+            return f.read()

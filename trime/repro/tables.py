@@ -1,0 +1,149 @@
+"""The paper's tables as reproductions: rows, and the files written to results/<table>/.
+
+Each table function runs (or skips, when done) every step its rows need and returns the
+rows; ``write_table`` writes ``table.md`` and ``table.json`` (rows, dev/test perplexities,
+tuned options, the exact command and wall time of every step, commit, machine, budget).
+"""
+
+import json
+import os
+import platform
+import subprocess
+import time
+
+import trime
+
+# paper Table 10 (7M models, WikiText-103): dev / test perplexity
+PAPER_TABLE10 = {"Transformer": (82.68, 83.66), "+ continuous cache": (67.45, 68.08),
+                 "kNN-LM": (51.88, 52.24), "kNN-LM + continuous cache": (45.15, 45.82),
+                 "TrimeLM": (54.78, 54.69), "TrimeLM_long": (60.71, 60.10),
+                 "TrimeLM_ext": (41.50, 42.36)}
+# paper Table 7 (247M models, WikiText-103 dev): model -> test memories -> perplexity
+PAPER_TABLE7 = {"TrimeLM": {"local": 17.10, "local,long": 17.17, "local,long,ext": 17.40},
+                "TrimeLM_long": {"local": 17.12, "local,long": 17.01, "local,long,ext": 16.48},
+                "TrimeLM_ext": {"local": 17.99, "local,long": 17.80, "local,long,ext": 15.51}}
+TRIME_MODELS = {"TrimeLM": "trime", "TrimeLM_long": "trime_long", "TrimeLM_ext": "trime_ext"}
+
+
+def _memory(recipes, memory, dstore=None, sim=None):
+    """--task trime_lm options for an evaluation memory."""
+    options = ["--eval-memory", memory]
+    if "long" in memory:
+        options += ["--long-memory-size", recipes.budget.long_memory_size]
+    if "ext" in memory:
+        options += ["--dstore", dstore, *recipes.budget.knn] + (["--knn-sim", sim] if sim else [])
+    return [str(o) for o in options]
+
+
+def _tuned_row(recipes, row, checkpoint, scoring, memory_options, test=True):
+    """Tune on dev (trime-tune's best point is the dev perplexity: its grid points equal
+    fairseq-eval-lm at those values, tested), then score test with fairseq-eval-lm there."""
+    best = recipes.tune(row, checkpoint, scoring, memory_options)
+    options = [*memory_options, "--eval-scoring", scoring, *recipes.options_of(best)]
+    result = {"options": options, "tuned_on_dev": best["options"], "grids": best["grids"],
+              "optimum_on_grid_edge": best["on_edge"], "valid": best["best"]["perplexity"]}
+    if test:
+        result["test"] = recipes.evaluate(row, checkpoint, "test", options)
+    return result
+
+
+def table10(recipes):
+    """Table 10: Transformer, + continuous cache, kNN-LM, kNN-LM + cache, TrimeLM, TrimeLM_long,
+    TrimeLM_ext; same budget for every model; dev and test perplexity."""
+    recipes.preprocess()
+    vanilla = recipes.checkpoint("vanilla")
+    models = {name: recipes.checkpoint(recipe) for name, recipe in TRIME_MODELS.items()}
+    vanilla_dstore = recipes.datastore("vanilla", vanilla, "l2")
+    ext_dstore = recipes.datastore("trime_ext", models["TrimeLM_ext"], "ip")
+    rows = {"Transformer": {"options": [], **{split: recipes.evaluate("transformer", vanilla, split, [])
+                                              for split in ("valid", "test")}}}
+    rows["+ continuous cache"] = _tuned_row(recipes, "transformer-cache", vanilla, "cache",
+                                            _memory(recipes, "local,long"))
+    rows["kNN-LM"] = _tuned_row(recipes, "knnlm", vanilla, "knnlm",
+                                _memory(recipes, "ext", vanilla_dstore, "l2"))
+    rows["kNN-LM + continuous cache"] = _tuned_row(
+        recipes, "knnlm-cache", vanilla, "knnlm", _memory(recipes, "local,long,ext", vanilla_dstore, "l2"))
+    rows["TrimeLM"] = _tuned_row(recipes, "trimelm", models["TrimeLM"], "trime",
+                                 _memory(recipes, "local"))
+    rows["TrimeLM_long"] = _tuned_row(recipes, "trimelm-long", models["TrimeLM_long"], "trime",
+                                      _memory(recipes, "local,long"))
+    rows["TrimeLM_ext"] = _tuned_row(recipes, "trimelm-ext", models["TrimeLM_ext"], "trime",
+                                     _memory(recipes, "local,long,ext", ext_dstore))
+    for name, row in rows.items():
+        row["paper_dev"], row["paper_test"] = PAPER_TABLE10[name]
+    return rows
+
+
+def table7(recipes):
+    """Table 7: the three TRIME models × test memories {local, local+long, local+ext,
+    local+long+ext}, each with its own datastore of train, on dev (values tuned on dev)."""
+    recipes.preprocess()
+    rows = {}
+    for name, recipe in TRIME_MODELS.items():
+        checkpoint = recipes.checkpoint(recipe)
+        dstore = recipes.datastore(recipe, checkpoint, "ip")
+        rows[name] = {}
+        for memory in ("local", "local,long", "local,ext", "local,long,ext"):
+            row = f"table7-{recipe}-{memory.replace(',', '-')}"
+            cell = _tuned_row(recipes, row, checkpoint, "trime", _memory(recipes, memory, dstore),
+                              test=False)
+            cell["paper_dev"] = PAPER_TABLE7[name].get(memory)
+            rows[name][memory] = cell
+    return rows
+
+
+TABLES = {"table10": table10, "table7": table7}
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(trime.USER_DIR), check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _machine(device) -> str:
+    text = f"{platform.machine()}, {os.cpu_count()} CPU cores"
+    if device == "cuda":
+        import torch
+
+        text += f", {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def write_table(table: str, rows, recipes, out_dir: str, started: float) -> str:
+    """results/<table>/table.json and table.md; returns the markdown."""
+    os.makedirs(out_dir, exist_ok=True)
+    steps = {name: {"command": r["command"], "seconds": r.get("seconds")}
+             for name, r in recipes.runner.records.items()}
+    report = {"table": table, "commit": _commit(), "machine": _machine(recipes.budget.device),
+              "budget": recipes.budget.describe(), "data": recipes.splits,
+              "wall_seconds_this_invocation": round(time.time() - started, 1), "rows": rows,
+              "steps": steps}
+    with open(os.path.join(out_dir, "table.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    if table == "table10":
+        lines = ["| model | dev ppl | test ppl | paper dev | paper test | tuned on dev |",
+                 "|---|---|---|---|---|---|"]
+        for name, row in rows.items():
+            tuned = " ".join(f"{k} {v:g}" for k, v in row.get("tuned_on_dev", {}).items())
+            lines.append(f"| {name} | {row['valid']:.2f} | {row['test']:.2f} | {row['paper_dev']} | "
+                         f"{row['paper_test']} | {tuned} |")
+    else:
+        memories = ["local", "local,long", "local,ext", "local,long,ext"]
+        lines = ["| model | " + " | ".join(memories) + " |", "|---" * (len(memories) + 1) + "|"]
+        for name, cells in rows.items():
+            lines.append(f"| {name} | " + " | ".join(f"{cells[m]['valid']:.2f}" + (
+                f" (paper {cells[m]['paper_dev']})" if cells[m]["paper_dev"] else "")
+                for m in memories) + " |")
+    seconds = sum(s["seconds"] or 0 for s in steps.values())
+    markdown = "\n".join([
+        f"# {table}: reproduction", "",
+        f"`trime-repro {table}` at commit `{report['commit']}` on {report['machine']}; budget: "
+        f"{recipes.budget.updates} updates of {recipes.budget.batch_size} × "
+        f"{recipes.budget.tokens_per_sample} tokens per model; {seconds:.0f} s of steps in all "
+        "(every command and its wall time: table.json).", "", *lines, ""])
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(markdown)
+    return markdown
