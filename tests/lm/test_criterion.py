@@ -203,3 +203,42 @@ def test_detach_memory_gradients_match_naive_with_constant_keys(tmp_path, rule):
         assert torch.allclose(grads[True][name].double(), p.grad.double(), rtol=1e-3, atol=1e-6), name
         differs |= not torch.allclose(grads[True][name], grads[False][name], rtol=1e-3, atol=1e-6)
     assert differs, "detaching the memory keys changed no gradient"
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["softmax", "adaptive"])
+def test_memory_none_is_the_plain_lm_loss_on_every_word(tmp_path, adaptive):
+    """--memory none (the vanilla baseline): Eq. 1 on every word, in training and validation;
+    parameter gradients equal the naive full-vocabulary NLL (an adaptive softmax included)."""
+    d = write_dictionary(tmp_path / "data")
+    sample = lm_sample(d, _rows(5, [5, 6, 14, 15, 26, 37]), pad_last=3)
+    torch.manual_seed(0)
+    task, model, criterion = build(tmp_path / "data", ("--memory", "none", *(ADAPTIVE if adaptive else ())))
+    model.train()
+    loss, _, log = criterion(model, sample)
+    assert torch.equal(loss.detach(), log["lm_loss"])
+    loss.backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    decoder_out = model.decoder(sample["net_input"]["src_tokens"])
+    asm = model.decoder.adaptive_softmax
+    scores = decoder_out[0].double() if asm is None else adaptive_vocab_scores(asm, decoder_out[0])
+    target, pad = sample["target"], d.pad()
+    log_probs = scores.log_softmax(-1).gather(-1, target[..., None])[..., 0]
+    ref = -log_probs[target != pad].sum()
+    ref.backward()
+    assert torch.allclose(loss.double(), ref, rtol=1e-5)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(ours[name].double(), p.grad.double(), rtol=1e-3, atol=1e-6), name
+    if not adaptive:  # fairseq's own cross-entropy (which cannot train an adaptive softmax)
+        ce, _, _ = build(tmp_path / "data", (), ("--criterion", "cross_entropy"))[2](model, sample)
+        assert torch.allclose(loss, ce, rtol=1e-5)
+    model.eval()
+    valid_loss, _, log = criterion(model, sample)  # validation: no memory either
+    assert torch.allclose(valid_loss, log["lm_loss"])
+
+
+def test_memory_none_refuses_memory_options(tmp_path):
+    write_dictionary(tmp_path / "data")
+    with pytest.raises(ValueError, match="--memory none has none"):
+        build(tmp_path / "data", ("--memory", "none", "--detach-memory"))

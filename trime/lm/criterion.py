@@ -33,13 +33,17 @@ from trime.glue.distributed import DUMMY_BATCH, data_parallel_world, gather_batc
 logger = logging.getLogger(__name__)
 
 EXT_LOCAL_DROP_PROB = 0.9  # p of §4.3 / Appendix H when --local-drop-prob is not given
+# none: the plain LM loss (Eq. 1) on every word, in training and validation: the vanilla baseline
+TRAINING_MEMORIES = ("none", *MEMORY_RULES)
 
 
 @dataclass
 class TrimeLossConfig(FairseqDataclass):
-    memory: ChoiceEnum(list(MEMORY_RULES)) = field(
+    memory: ChoiceEnum(list(TRAINING_MEMORIES)) = field(
         default="local",
-        metadata={"help": "training memory (paper §4): local = earlier tokens of the same "
+        metadata={"help": "training memory (paper §4): none = no memory, the plain LM loss "
+                  "(Eq. 1) on every word, exact with an adaptive softmax too (the vanilla "
+                  "baseline); local = earlier tokens of the same "
                   "segment (TrimeLM); long = also every token of the earlier segments of the "
                   "same document in the batch (TrimeLM_long; use --batching consecutive); "
                   "ext = every token of the other segments of the batch, plus the own segment's "
@@ -86,8 +90,11 @@ class TrimeLoss(FairseqCriterion):
             raise ValueError(
                 f"--criterion trime_loss needs --task trime_lm (got {type(task).__name__}): "
                 "that task exposes g(c), the input of the last FFN, to the loss.")
-        if str(memory) not in MEMORY_RULES:
-            raise ValueError(f"--memory must be one of {', '.join(MEMORY_RULES)}, got {memory!r}")
+        if str(memory) not in TRAINING_MEMORIES:
+            raise ValueError(f"--memory must be one of {', '.join(TRAINING_MEMORIES)}, got {memory!r}")
+        if str(memory) == "none" and (detach_memory or memory_across_workers):
+            raise ValueError("--detach-memory and --memory-across-workers act on the memory, and "
+                             "--memory none has none: drop them or choose a memory rule")
         if ce_warmup_updates < 0:
             raise ValueError(f"--ce-warmup-updates must be >= 0, got {ce_warmup_updates}")
         if memory_chunk_size < 1:
@@ -141,7 +148,7 @@ class TrimeLoss(FairseqCriterion):
         lm_nll = log_partition - target_score
         scored = target.ne(self.padding_idx)
 
-        if model.training and self.num_updates < self.ce_warmup_updates:
+        if self.memory == "none" or (model.training and self.num_updates < self.ce_warmup_updates):
             nll = lm_nll
         else:
             lse_all, lse_pos = self._memory_logsumexp(model, query, src_tokens, target, sample)

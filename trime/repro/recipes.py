@@ -69,9 +69,9 @@ PRESETS = {
                    cache_thetas=(0.3,), max_widen=0),
 }
 
-# the training recipes: (task and criterion, memory options); vanilla is plain fairseq
+# the training recipes; vanilla = the plain LM loss (Eq. 1) on every word, no memory
 MODELS = {
-    "vanilla": ("--task", "language_modeling", "--criterion", "cross_entropy"),
+    "vanilla": ("--task", "trime_lm", "--criterion", "trime_loss", "--memory", "none"),
     "trime": ("--task", "trime_lm", "--criterion", "trime_loss"),
     "trime_long": ("--task", "trime_lm", "--criterion", "trime_loss", "--memory", "long",
                    "--batching", "consecutive"),
@@ -118,10 +118,9 @@ class Recipes:
         b = self.budget
         name = model + ("" if drop is None else f"_p{drop:g}") + ("" if batching is None else f"_{batching}") \
             + ("_detached" if detach else "")
-        args = list(MODELS[model])
-        if model != "vanilla":
-            args = ["--user-dir", trime.USER_DIR, *args, "--doc-boundary", b.doc_boundary,
-                    "--ce-warmup-updates", str(max(b.updates // 20, 0))]
+        args = ["--user-dir", trime.USER_DIR, *MODELS[model], "--doc-boundary", b.doc_boundary]
+        if model != "vanilla":  # §5.2: the first 5% of updates with the plain LM loss
+            args += ["--ce-warmup-updates", str(b.updates // 20)]
         if model == "trime_long":
             args += ["--consecutive-segments", str(b.consecutive_segments)]
         if model == "trime_ext":
