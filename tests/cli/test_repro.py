@@ -20,8 +20,8 @@ def reproduced(tmp_path_factory):
     write_splits(root / "raw", train_stories=120, valid_stories=12, test_stories=12)
     common = [str(root / "raw"), "--work", str(root / "work"), "--out", str(root / "results"),
               "--preset", "tiny", "--in-process"]
-    main(["table10", *common])
-    main(["table7", *common])
+    for table in ("table10", "table7", "table11", "table15"):
+        main([table, *common])
     return root, common
 
 
@@ -62,6 +62,26 @@ def test_table7_reuses_the_models_and_fills_every_cell(reproduced):
     trained = [name for name in report["steps"] if name.startswith("train-")]
     assert len(trained) == 3
     assert all(report["steps"][name] == table10_steps[name] for name in trained)
+
+
+def test_table11_and_table15_train_the_variants(reproduced):
+    import importlib.util
+
+    root, _ = reproduced
+    table11 = _table(root, "table11")
+    assert list(table11["rows"]) == ["TrimeLM_ext", "w/o BM25 batching", "w/o back-prop to memory"]
+    steps = table11["steps"]
+    assert "--detach-memory" in steps["train-trime_ext_detached"]["command"]
+    random = steps["train-trime_ext_random"]["command"]
+    assert random[random.index("--batching") + 1] == "random" and "--bm25-batches" not in random
+    table15 = _table(root, "table15")
+    assert [row["p"] for row in table15["rows"].values()] == [0.0, 0.1, 0.5, 0.9, 1.0]
+    # p = 0.9 is the default: Table 10's TrimeLM_ext, not trained again
+    assert "train-trime_ext_p0.9" not in table15["steps"] and "train-trime_ext_p0" in table15["steps"]
+    for report in (table11, table15):
+        assert all(math.isfinite(row["valid"]) for row in report["rows"].values())
+    if importlib.util.find_spec("matplotlib"):
+        assert (root / "results" / "table15" / "table15.png").stat().st_size > 0
 
 
 def test_a_rerun_skips_every_step(reproduced, capsys):

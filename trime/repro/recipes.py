@@ -159,7 +159,7 @@ class Recipes:
         self.runner.run(f"dstore-{model_name}", [
             "fairseq-eval-lm", self.bin, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
             "--path", checkpoint, "--gen-subset", "train", "--tokens-per-sample", b.tokens_per_sample,
-            "--batch-size", b.eval_batch_size, "--doc-boundary", b.doc_boundary,
+            "--batch-size", b.eval_batch_size, "--doc-boundary", b.doc_boundary, "--num-workers", "0",
             "--save-dstore", path, *self.device], done_if=[os.path.join(path, "meta.json")])
         index = os.path.join(path, f"index.{metric}.faiss")
         self.runner.run(f"index-{model_name}-{metric}", [
@@ -221,8 +221,8 @@ class Recipes:
         self.runner.run(name, [
             "fairseq-eval-lm", self.bin, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
             "--path", checkpoint, "--gen-subset", split, "--tokens-per-sample", b.tokens_per_sample,
-            "--batch-size", b.eval_batch_size, "--doc-boundary", b.doc_boundary, *self.device,
-            *options])
+            "--batch-size", b.eval_batch_size, "--doc-boundary", b.doc_boundary, "--num-workers", "0",
+            *self.device, *options])
         losses = LOSS.findall(self.runner.log_text(name))
         if not losses:
             raise RuntimeError(f"no 'Loss (base 2)' line in the log of step {name}")

@@ -23,6 +23,9 @@ PAPER_TABLE7 = {"TrimeLM": {"local": 17.10, "local,long": 17.17, "local,long,ext
                 "TrimeLM_long": {"local": 17.12, "local,long": 17.01, "local,long,ext": 16.48},
                 "TrimeLM_ext": {"local": 17.99, "local,long": 17.80, "local,long,ext": 15.51}}
 TRIME_MODELS = {"TrimeLM": "trime", "TrimeLM_long": "trime_long", "TrimeLM_ext": "trime_ext"}
+# paper Table 11 and Table 15 (7M models, WikiText-103 dev)
+PAPER_TABLE11 = {"TrimeLM_ext": 41.50, "w/o BM25 batching": 45.71, "w/o back-prop to memory": 45.15}
+PAPER_TABLE15 = {0.0: 54.33, 0.1: 49.85, 0.5: 45.08, 0.9: 41.50, 1.0: 41.86}
 
 
 def _memory(recipes, memory, dstore=None, sim=None):
@@ -92,7 +95,61 @@ def table7(recipes):
     return rows
 
 
-TABLES = {"table10": table10, "table7": table7}
+def _ext_dev_row(recipes, row, drop=None, batching=None, detach=False):
+    """A TrimeLM_ext variant with its own datastore, tuned and scored on dev (local + long + ext)."""
+    if drop == recipes.budget.local_drop_prob:
+        drop = None  # the default p: the same model as Table 10's TrimeLM_ext
+    checkpoint = recipes.checkpoint("trime_ext", drop=drop, batching=batching, detach=detach)
+    dstore = recipes.datastore(os.path.basename(os.path.dirname(checkpoint)), checkpoint, "ip")
+    return _tuned_row(recipes, row, checkpoint, "trime", _memory(recipes, "local,long,ext", dstore),
+                      test=False)
+
+
+def table11(recipes):
+    """Table 11: TrimeLM_ext, without BM25 batching (random batches), without back-prop to memory
+    (--detach-memory); dev perplexity with local + long + external memory."""
+    recipes.preprocess()
+    rows = {"TrimeLM_ext": _ext_dev_row(recipes, "table11-ext"),
+            "w/o BM25 batching": _ext_dev_row(recipes, "table11-random", batching="random"),
+            "w/o back-prop to memory": _ext_dev_row(recipes, "table11-detached", detach=True)}
+    for name, row in rows.items():
+        row["paper_dev"] = PAPER_TABLE11[name]
+    return rows
+
+
+def table15(recipes):
+    """Table 15: TrimeLM_ext trained with the own segment dropped from memory with probability p,
+    p in {0, 0.1, 0.5, 0.9, 1}; dev perplexity with local + long + external memory; plot."""
+    recipes.preprocess()
+    rows = {}
+    for p in PAPER_TABLE15:
+        rows[f"p = {p:g}"] = dict(_ext_dev_row(recipes, f"table15-p{p:g}", drop=p), p=p,
+                                  paper_dev=PAPER_TABLE15[p])
+    return rows
+
+
+def plot_table15(rows, png) -> bool:
+    from trime.cli.harness import pyplot
+
+    plt = pyplot()
+    if plt is None:
+        return False
+    ps = [row["p"] for row in rows.values()]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(ps, [row["valid"] for row in rows.values()], marker="o", label="trime-repro")
+    ax.plot(ps, [row["paper_dev"] for row in rows.values()], marker="s", linestyle="--",
+            label="paper (WikiText-103, 7M)")
+    ax.set_xlabel("p, probability of dropping the own segment from memory")
+    ax.set_ylabel("dev perplexity")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=150)
+    return True
+
+
+TABLES = {"table10": table10, "table7": table7, "table11": table11, "table15": table15}
+PLOTS = {"table15": plot_table15}
 
 
 def _commit() -> str:
@@ -130,6 +187,11 @@ def write_table(table: str, rows, recipes, out_dir: str, started: float) -> str:
             tuned = " ".join(f"{k} {v:g}" for k, v in row.get("tuned_on_dev", {}).items())
             lines.append(f"| {name} | {row['valid']:.2f} | {row['test']:.2f} | {row['paper_dev']} | "
                          f"{row['paper_test']} | {tuned} |")
+    elif table in ("table11", "table15"):
+        lines = ["| model | dev ppl | paper dev | tuned on dev |", "|---|---|---|---|"]
+        for name, row in rows.items():
+            tuned = " ".join(f"{k} {v:g}" for k, v in row["tuned_on_dev"].items())
+            lines.append(f"| {name} | {row['valid']:.2f} | {row['paper_dev']} | {tuned} |")
     else:
         memories = ["local", "local,long", "local,ext", "local,long,ext"]
         lines = ["| model | " + " | ".join(memories) + " |", "|---" * (len(memories) + 1) + "|"]
@@ -146,4 +208,6 @@ def write_table(table: str, rows, recipes, out_dir: str, started: float) -> str:
         "(every command and its wall time: table.json).", "", *lines, ""])
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(markdown)
+    if table in PLOTS:
+        PLOTS[table](rows, os.path.join(out_dir, f"{table}.png"))
     return markdown
