@@ -20,7 +20,7 @@ def reproduced(tmp_path_factory):
     write_splits(root / "raw", train_stories=120, valid_stories=12, test_stories=12)
     common = [str(root / "raw"), "--work", str(root / "work"), "--out", str(root / "results"),
               "--preset", "tiny", "--in-process"]
-    for table in ("table10", "table7", "table11", "table15"):
+    for table in ("table10", "table7", "table11", "table13", "table14", "table15"):
         main([table, *common])
     return root, common
 
@@ -82,6 +82,26 @@ def test_table11_and_table15_train_the_variants(reproduced):
         assert all(math.isfinite(row["valid"]) for row in report["rows"].values())
     if importlib.util.find_spec("matplotlib"):
         assert (root / "results" / "table15" / "table15.png").stat().st_size > 0
+
+
+def test_table13_and_table14_read_table10s_tuning_runs(reproduced):
+    import importlib.util
+
+    root, _ = reproduced
+    table13 = _table(root, "table13")["rows"]
+    assert list(table13) == ["kNN-LM", "TrimeLM_ext"]
+    for row in table13.values():  # the tiny preset retrieves K = 8
+        assert list(row["accuracy"]) == ["1", "8"] and 0 <= row["accuracy"]["1"] <= row["accuracy"]["8"] <= 100
+    report = _table(root, "table14")
+    assert "train-vanilla" in report["steps"] and len(report["rows"]) == 5
+    table10 = _table(root, "table10")["rows"]
+    for name, row in report["rows"].items():
+        assert list(row["buckets"]) == ["> 10k", "1k-10k", "100-1k", "10-100", "<= 10"]
+        if name != "Transformer":  # the tuned dev perplexity of Table 10
+            assert row["average"] == pytest.approx(table10[name]["valid"])
+    assert report["rows"]["Transformer"]["average"] == pytest.approx(table10["Transformer"]["valid"], rel=1e-3)
+    if importlib.util.find_spec("matplotlib"):
+        assert (root / "results" / "table14" / "table14.png").stat().st_size > 0
 
 
 def test_a_rerun_skips_every_step(reproduced, capsys):

@@ -6,6 +6,7 @@ tuned options, the exact command and wall time of every step, commit, machine, b
 """
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -26,6 +27,16 @@ TRIME_MODELS = {"TrimeLM": "trime", "TrimeLM_long": "trime_long", "TrimeLM_ext":
 # paper Table 11 and Table 15 (7M models, WikiText-103 dev)
 PAPER_TABLE11 = {"TrimeLM_ext": 41.50, "w/o BM25 batching": 45.71, "w/o back-prop to memory": 45.15}
 PAPER_TABLE15 = {0.0: 54.33, 0.1: 49.85, 0.5: 45.08, 0.9: 41.50, 1.0: 41.86}
+# paper Table 13 (7M, WikiText-103 dev): top-K retrieval accuracy (%), and Table 14 (247M, dev):
+# perplexity per frequency bucket of the target (and the average)
+PAPER_TABLE13 = {"kNN-LM": {1: 25.82, 8: 50.03, 64: 69.85, 1024: 86.97},
+                 "TrimeLM_ext": {1: 27.64, 8: 51.16, 64: 70.43, 1024: 87.18}}
+BUCKETS = ("> 10k", "1k-10k", "100-1k", "10-100", "<= 10")
+PAPER_TABLE14 = {"Transformer": (3.35, 4.11, 13.63, 30.46, 240.39, 18.04),
+                 "kNN-LM + continuous cache": (3.14, 3.85, 12.92, 26.90, 196.03, 16.23),
+                 "TrimeLM": (3.47, 4.15, 13.57, 28.05, 198.33, 17.10),
+                 "TrimeLM_long": (3.43, 4.13, 13.62, 27.89, 194.89, 17.01),
+                 "TrimeLM_ext": (3.15, 3.84, 12.50, 25.41, 171.61, 15.51)}
 
 
 def _memory(recipes, memory, dstore=None, sim=None):
@@ -148,8 +159,72 @@ def plot_table15(rows, png) -> bool:
     return True
 
 
-TABLES = {"table10": table10, "table7": table7, "table11": table11, "table15": table15}
-PLOTS = {"table15": plot_table15}
+def _tuned(recipes, row):
+    """best.json of a row's last tuning (after any widening), as table10 ran it."""
+    candidates = [row] + [f"{row}-widened{i}" for i in range(1, recipes.budget.max_widen + 1)]
+    done = [c for c in candidates if os.path.exists(recipes.runner.path("tune", c, "best.json"))]
+    with open(recipes.runner.path("tune", done[-1], "best.json")) as f:
+        return json.load(f)
+
+
+def table13(recipes):
+    """Table 13: top-K retrieval accuracy on dev (the target among the values of the K nearest
+    datastore entries), kNN-LM (its l2 datastore) vs TrimeLM_ext (its ip datastore); Table 10's
+    models and tuning runs (run or reused)."""
+    table10(recipes)
+    rows = {}
+    for name, row in (("kNN-LM", "knnlm"), ("TrimeLM_ext", "trimelm-ext")):
+        accuracy = {int(a["K"]): 100 * a["accuracy"] for a in _tuned(recipes, row)["retrieval_accuracy"]}
+        rows[name] = {"accuracy": accuracy,
+                      "paper": {k: v for k, v in PAPER_TABLE13[name].items() if k in accuracy}}
+    return rows
+
+
+def table14(recipes):
+    """Table 14: dev perplexity per frequency bucket of the target (its count in dev), for the
+    models of Table 10 at their tuned values; the Transformer's is the LM alone."""
+    table10(recipes)
+    sources = {"Transformer": ("transformer-cache", "LM only"),
+               "kNN-LM + continuous cache": ("knnlm-cache", "best"), "TrimeLM": ("trimelm", "best"),
+               "TrimeLM_long": ("trimelm-long", "best"), "TrimeLM_ext": ("trimelm-ext", "best")}
+    rows = {}
+    for name, (row, column) in sources.items():
+        tuned = _tuned(recipes, row)
+        buckets = {b["bucket"]: b[column] for b in tuned["frequency_buckets"]}
+        tokens = {b["bucket"]: b["tokens"] for b in tuned["frequency_buckets"]}
+        average = tuned["best"]["perplexity"] if column == "best" else None
+        if average is None:  # the LM alone over all dev tokens: the buckets' token-weighted mean
+            total = sum(tokens.values())
+            average = math.exp(sum(math.log(buckets[b]) * tokens[b] for b in buckets if tokens[b]) / total)
+        rows[name] = {"buckets": buckets, "tokens": tokens, "average": average,
+                      "paper": dict(zip((*BUCKETS, "avg"), PAPER_TABLE14[name]))}
+    return rows
+
+
+def plot_table14(rows, png) -> bool:
+    from trime.cli.harness import pyplot
+
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    width = 0.8 / len(rows)
+    for i, (name, row) in enumerate(rows.items()):
+        values = [row["buckets"][b] for b in BUCKETS]
+        ax.bar([j + i * width for j in range(len(BUCKETS))], values, width, label=name)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(BUCKETS))], BUCKETS)
+    ax.set_xlabel("frequency of the target in dev")
+    ax.set_ylabel("dev perplexity (log scale)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=150)
+    return True
+
+
+TABLES = {"table10": table10, "table7": table7, "table11": table11, "table13": table13,
+          "table14": table14, "table15": table15}
+PLOTS = {"table14": plot_table14, "table15": plot_table15}
 
 
 def _commit() -> str:
@@ -187,6 +262,19 @@ def write_table(table: str, rows, recipes, out_dir: str, started: float) -> str:
             tuned = " ".join(f"{k} {v:g}" for k, v in row.get("tuned_on_dev", {}).items())
             lines.append(f"| {name} | {row['valid']:.2f} | {row['test']:.2f} | {row['paper_dev']} | "
                          f"{row['paper_test']} | {tuned} |")
+    elif table == "table13":
+        ks = sorted({k for row in rows.values() for k in row["accuracy"]})
+        lines = ["| model | " + " | ".join(f"top-{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+        for name, row in rows.items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{row['accuracy'][k]:.1f}% (paper {row['paper'].get(k, '-')}%)" for k in ks) + " |")
+    elif table == "table14":
+        lines = ["| model | " + " | ".join(BUCKETS) + " | avg |", "|---" * (len(BUCKETS) + 2) + "|"]
+        for name, row in rows.items():
+            cells = [f"{row['buckets'][b]:.2f}" if row["tokens"][b] else "-" for b in BUCKETS]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['average']:.2f} |")
+        lines += ["", "Paper (247M, WikiText-103): " + "; ".join(
+            f"{name} " + " / ".join(f"{v:g}" for v in row["paper"].values()) for name, row in rows.items())]
     elif table in ("table11", "table15"):
         lines = ["| model | dev ppl | paper dev | tuned on dev |", "|---|---|---|---|"]
         for name, row in rows.items():
