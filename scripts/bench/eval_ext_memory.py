@@ -23,7 +23,6 @@ memory (trime.extmem.index.build_index) unless index files exist (``--reuse-inde
 """
 
 import argparse
-import dataclasses
 import logging
 import os
 import shutil

@@ -15,7 +15,6 @@ paper's 7M model (Table 9) for 1 update (speed does not depend on the weights).
 """
 
 import argparse
-import dataclasses
 import logging
 import os
 import statistics

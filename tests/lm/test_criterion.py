@@ -31,6 +31,25 @@ def _naive_loss(model, sample, pad):
     return naive_trime_loss(scores, g, sample["target"], pad)
 
 
+def _naive_loss_with_memory(model, sample, pad, sees, detach_keys=False):
+    """The naive Eq. 5 (float64) over explicit memory lists: position t of segment s sees key j of
+    segment s2 when sees(s, t, s2, j) (and the key has a real label)."""
+    from naive import naive_loss_over_memory
+
+    captured = {}
+    handle = model.decoder.layers[-1].fc1.register_forward_pre_hook(
+        lambda m, inp: captured.update(g=inp[0]))
+    scores = model.decoder(sample["net_input"]["src_tokens"])[0].double()
+    handle.remove()
+    g = captured["g"].transpose(0, 1)
+    target = sample["target"]
+    B, T = target.shape
+    valid = (target != pad).tolist()
+    memory = [[[(s2, j) for s2 in range(B) for j in range(T) if valid[s2][j] and sees(s, t, s2, j)]
+               for t in range(T)] for s in range(B)]
+    return naive_loss_over_memory(scores, g, target, memory, pad, detach_keys=detach_keys)
+
+
 def _rows(seed, vocab_ids, B=3, T=13):
     gen = torch.Generator().manual_seed(seed)
     # draw from a few ids so that memory positives are common
@@ -128,8 +147,6 @@ def test_bf16_model_loss_close_to_fp32(tmp_path):
 def test_ext_memory_and_local_drop_match_naive(tmp_path, drop, training, keeps_local):
     """--memory ext: every token of the other segments + (unless dropped; never at validation)
     the earlier tokens of the own segment; loss and parameter gradients vs explicit lists."""
-    from naive import naive_loss_over_memory
-
     d = write_dictionary(tmp_path / "data")
     torch.manual_seed(0)
     task, model, criterion = build(tmp_path / "data", ("--memory", "ext", "--local-drop-prob", drop))
@@ -140,19 +157,8 @@ def test_ext_memory_and_local_drop_match_naive(tmp_path, drop, training, keeps_l
     ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
 
-    captured = {}
-    handle = model.decoder.layers[-1].fc1.register_forward_pre_hook(
-        lambda m, inp: captured.update(g=inp[0]))
-    scores = model.decoder(sample["net_input"]["src_tokens"])[0].double()
-    handle.remove()
-    g = captured["g"].transpose(0, 1)
-    target, pad = sample["target"], d.pad()
-    B, T = target.shape
-    valid = (target != pad).tolist()
-    memory = [[[(s2, j) for s2 in range(B) for j in range(T)
-                if valid[s2][j] and (s2 != s or (keeps_local and j < t))] for t in range(T)]
-              for s in range(B)]
-    ref = naive_loss_over_memory(scores, g, target, memory, pad)
+    ref = _naive_loss_with_memory(model, sample, d.pad(),
+                                  lambda s, t, s2, j: s2 != s or (keeps_local and j < t))
     ref.backward()
     assert torch.allclose(loss.double(), ref, rtol=1e-5), (loss, ref)
     for name, p in model.named_parameters():
@@ -165,8 +171,6 @@ def test_detach_memory_gradients_match_naive_with_constant_keys(tmp_path, rule):
     """--detach-memory (Table 11, "w/o back-prop to memory"): the same loss, and parameter
     gradients equal to the naive Eq. 5 whose memory keys are constants; they differ from the
     gradients with back-prop to memory."""
-    from naive import naive_loss_over_memory
-
     d = write_dictionary(tmp_path / "data")
     sample = lm_sample(d, _rows(2, [5, 6, 7, 8, 9, 5, 6]), pad_last=2)
     extra = ("--memory", rule) + (("--local-drop-prob", "0.0") if rule == "ext" else ())
@@ -180,19 +184,9 @@ def test_detach_memory_gradients_match_naive_with_constant_keys(tmp_path, rule):
         grads[detach] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         losses[detach] = loss.detach()
     model.zero_grad()
-    captured = {}
-    handle = model.decoder.layers[-1].fc1.register_forward_pre_hook(
-        lambda m, inp: captured.update(g=inp[0]))
-    scores = model.decoder(sample["net_input"]["src_tokens"])[0].double()
-    handle.remove()
-    g = captured["g"].transpose(0, 1)
-    target, pad = sample["target"], d.pad()
-    B, T = target.shape
-    valid = (target != pad).tolist()
-    memory = [[[(s2, j) for s2 in range(B) for j in range(T)
-                if valid[s2][j] and ((s2 == s and j < t) or (rule == "ext" and s2 != s))]
-               for t in range(T)] for s in range(B)]
-    ref = naive_loss_over_memory(scores, g, target, memory, pad, detach_keys=True)
+    ref = _naive_loss_with_memory(model, sample, d.pad(),
+                                  lambda s, t, s2, j: (s2 == s and j < t) or (rule == "ext" and s2 != s),
+                                  detach_keys=True)
     ref.backward()
     assert torch.allclose(losses[True].double(), ref, rtol=1e-5)
     assert torch.equal(losses[True], losses[False])  # detaching changes no forward value

@@ -49,8 +49,7 @@ def start_split(task, model, cfg, dataset, settings=None, retriever=None):
     from fairseq import utils
 
     context_window = cfg.eval_lm.context_window
-    model.start_evaluation(task.split_name(dataset), dataset.stream_tokens,
-                           task.datastore_meta(context_window), settings, retriever)
+    task.start_evaluation(dataset, context_window, [model], settings, retriever)
     return task.stream_batches(
         dataset, max_tokens=cfg.dataset.max_tokens or 36000, batch_size=cfg.dataset.batch_size,
         max_positions=utils.resolve_max_positions(model.max_positions()), num_shards=1,

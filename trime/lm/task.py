@@ -206,11 +206,13 @@ class TrimeLMTask(LanguageModelingTask):
         return {"tokens_per_sample": self.args.tokens_per_sample,
                 "context_window": context_window, "data": self.args.data}
 
-    def start_evaluation(self, dataset, context_window=0):
-        """Every model this task built begins scoring ``dataset`` under the task's settings."""
-        for model in self.trime_models:
+    def start_evaluation(self, dataset, context_window=0, models=None, settings=None,
+                         retriever=None):
+        """``models`` (default: every model this task built) begin scoring ``dataset`` under
+        ``settings`` and ``retriever`` (default: the task's)."""
+        for model in self.trime_models if models is None else models:
             model.start_evaluation(self.split_name(dataset), dataset.stream_tokens,
-                                   self.datastore_meta(context_window))
+                                   self.datastore_meta(context_window), settings, retriever)
 
     def stream_batches(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
                        num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10,
