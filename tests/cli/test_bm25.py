@@ -23,6 +23,7 @@ from console import preprocess  # noqa: E402
 from fairseq_utils import build  # noqa: E402
 from trime.cli.bm25_batches import main  # noqa: E402
 from trime.core.bm25 import bm25_neighbours  # noqa: E402
+from trime.core.batching import in_batch_target_coverage  # noqa: E402
 from trime.lm.bm25_batches import (FORMAT, load_bm25_batches, save_bm25_batches,  # noqa: E402
                                    segment_token_ids, special_token_ids)
 from trime.cli.toy_corpus import write_splits  # noqa: E402
@@ -295,3 +296,16 @@ def test_cli_help_names_the_training_options(capsys):
     text = capsys.readouterr().out
     assert "--batching bm25 --bm25-batches FILE" in text
     assert "must equal the training" in text
+
+
+def test_cli_records_in_batch_coverage_bm25_above_random(toy_bin, toy_task, tmp_path):
+    out = tmp_path / "batches.json"
+    main([str(toy_bin / "bin"), "--tokens-per-sample", str(L), "--k", str(K),
+          "--batch-size", str(B), "--seed", str(SEED), "-o", str(out)])
+    task, _ = toy_task
+    coverage = json.loads(out.read_text())["in_batch_coverage"]
+    segments = segment_token_ids(str(toy_bin / "bin"), "train", L, task.dictionary)
+    batches = load_bm25_batches(str(out), len(segments), L, task.dictionary)
+    rare = np.array(task.dictionary.count) <= 100
+    assert coverage["bm25"] == pytest.approx(in_batch_target_coverage(segments, batches, rare))
+    assert coverage["bm25"]["all"] > coverage["random"]["all"]

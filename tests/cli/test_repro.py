@@ -20,7 +20,8 @@ def reproduced(tmp_path_factory):
     write_splits(root / "raw", train_stories=120, valid_stories=12, test_stories=12)
     common = [str(root / "raw"), "--work", str(root / "work"), "--out", str(root / "results"),
               "--preset", "tiny", "--in-process"]
-    for table in ("table10", "table7", "table11", "table13", "table14", "table15"):
+    for table in ("table10", "table7", "table11", "table12", "table13", "table14", "table15",
+                  "figure3"):
         main([table, *common])
     return root, common
 
@@ -84,6 +85,49 @@ def test_table11_and_table15_train_the_variants(reproduced):
         assert (root / "results" / "table15" / "table15.png").stat().st_size > 0
 
 
+def test_table11_reports_in_batch_targets_bm25_above_random(reproduced):
+    root, _ = reproduced
+    rows = _table(root, "table11")["rows"]
+    bm25, random = rows["TrimeLM_ext"]["in_batch_targets"], rows["w/o BM25 batching"]["in_batch_targets"]
+    assert 0 < random < bm25 < 1
+    assert rows["w/o back-prop to memory"]["in_batch_targets"] == bm25
+    assert "targets in the batch's other segments" in (root / "results" / "table11" / "table.md").read_text()
+
+
+def test_table12_trains_each_length_with_the_same_tokens_per_update(reproduced):
+    root, _ = reproduced
+    report = _table(root, "table12")
+    assert list(report["rows"]) == ["Transformer", "+ continuous cache", "TrimeLM"]
+    for cells in report["rows"].values():
+        assert list(cells) == ["16", "32", "64"]
+        assert all(math.isfinite(cell["valid"]) for cell in cells.values())
+        assert [cell["batch_size"] for cell in cells.values()] == [8, 4, 2]  # 128 tokens per update
+    steps = report["steps"]
+    for length, batch in ((16, 8), (32, 4), (64, 2)):
+        command = steps[f"train-trime_L{length}"]["command"]
+        assert command[command.index("--tokens-per-sample") + 1] == str(length)
+        assert command[command.index("--batch-size") + 1] == str(batch)
+        tuning = steps[f"tune-table12-trimelm_L{length}"]["command"]
+        assert tuning[tuning.index("--tokens-per-sample") + 1] == str(length)
+    # Table 10's L = 32 models are other models (batch 4 of the budget, not these)
+    assert "train-trime" in _table(root, "table10")["steps"] and "train-trime" not in steps
+
+
+def test_figure3_curves_start_at_local_memory(reproduced):
+    import importlib.util
+
+    root, _ = reproduced
+    rows = _table(root, "figure3")["rows"]
+    assert list(rows) == ["TrimeLM_long", "Transformer + continuous cache"]
+    for row in rows.values():
+        assert list(row["perplexity"]) == ["0", "32", "64"]
+        assert all(math.isfinite(p) for p in row["perplexity"].values())
+    assert "--memory-temp" in rows["TrimeLM_long"]["tuned_on_dev"]
+    assert set(rows["Transformer + continuous cache"]["tuned_on_dev"]) == {"--cache-lambda", "--cache-theta"}
+    if importlib.util.find_spec("matplotlib"):
+        assert (root / "results" / "figure3" / "figure3.png").stat().st_size > 0
+
+
 def test_table13_and_table14_read_table10s_tuning_runs(reproduced):
     import importlib.util
 
@@ -134,3 +178,36 @@ def test_a_data_folder_without_the_splits_is_refused(tmp_path, capsys):
         main(["table10", str(tmp_path / "raw"), "--work", str(tmp_path / "w"), "--preset", "tiny"])
     assert "no valid split" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "w" / "bin")
+
+
+def test_run_many_runs_steps_side_by_side_and_refuses_in_process_jobs(tmp_path):
+    from trime.repro.runner import Runner
+
+    runner = Runner(str(tmp_path / "work"), echo=lambda line: None, jobs=2)
+    records = runner.run_many([("a", ["trime-user-dir"]), ("b", ["trime-user-dir"])])
+    assert [r["done"] for r in records] == [True, True]
+    assert runner.log_text("a").strip().endswith("trime")
+    with pytest.raises(ValueError, match="one at a time"):
+        Runner(str(tmp_path / "w2"), in_process=True, jobs=2)
+
+
+def test_orderings_are_checked_for_ours_and_the_papers_numbers():
+    from trime.repro.orderings import check_claims
+    from trime.repro.tables import PAPER_TABLE10
+
+    rows = {name: {"valid": dev, "test": test, "paper_dev": dev, "paper_test": test}
+            for name, (dev, test) in PAPER_TABLE10.items()}
+    checked = check_claims({"table10": rows})
+    assert len(checked) == 6 and all(c["holds"] and c["holds_in_paper"] for c in checked)
+    rows["TrimeLM_ext"]["test"] = 0.95 * rows["Transformer"]["test"]  # < 10% below: fails two claims
+    failed = [c["claim"] for c in check_claims({"table10": rows}) if not c["holds"]]
+    assert failed == ["TrimeLM_ext < kNN-LM + continuous cache",
+                      "TrimeLM_ext at least 10% below Transformer"]
+
+
+def test_orderings_file_covers_the_tables_written(reproduced):
+    root, _ = reproduced
+    checked = json.loads((root / "results" / "orderings.json").read_text())
+    assert {c["table"] for c in checked} == {"table10", "table11", "table15"}
+    assert len(checked) == 12
+    assert "| TrimeLM_ext at least 10% below Transformer |" in (root / "results" / "orderings.md").read_text()

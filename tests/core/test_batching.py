@@ -157,3 +157,30 @@ def test_bm25_chain_follows_neighbours():
             first_unused = next((n for n in neighbours[a] if n in unused_before_b), None)
             assert b == first_unused or first_unused is None  # followed, or a restart
     assert bm25_chain(neighbours, 3) == bm25_chain(neighbours, 3)
+
+
+def test_in_batch_target_coverage_matches_word_by_word_count():
+    from trime.core.batching import in_batch_target_coverage
+
+    rng = np.random.default_rng(0)
+    segments = [rng.integers(0, 30, size=rng.integers(1, 12)) for _ in range(13)]
+    batches = [[0, 5, 7], [1], [2, 3, 4, 6], [8, 9, 10, 11, 12]]
+    rare = np.zeros(30, dtype=bool)
+    rare[20:] = True
+    covered, total, covered_rare, total_rare = 0, 0, 0, 0
+    for batch in batches:  # naive: for every word, look through the other segments
+        for s in batch:
+            for token in segments[s].tolist():
+                found = any(token in segments[o].tolist() for o in batch if o != s)
+                covered += found
+                total += 1
+                if token >= 20:
+                    covered_rare += found
+                    total_rare += 1
+    coverage = in_batch_target_coverage(segments, batches, rare)
+    assert coverage["all"] == pytest.approx(covered / total)
+    assert coverage["rare"] == pytest.approx(covered_rare / total_rare)
+    assert 0 < coverage["all"] < 1
+    # a batch of one segment has no in-batch memory; identical segments cover everything
+    assert in_batch_target_coverage(segments, [[1]])["all"] == 0
+    assert in_batch_target_coverage([segments[0], segments[0]], [[0, 1]])["all"] == 1

@@ -86,7 +86,7 @@ def test_memory_size_curve_writes_csv_and_plot(trained):
     root, _ = trained
     code, out = run("trime-memory-curve", root / "bin", "--path", root / "ckpt" / "checkpoint_last.pt",
                     "--sizes", "0,64,256", "--tokens-per-sample", L, "--batch-size", 4,
-                    "--doc-boundary", "empty-line", "--cache", "--cpu", "--out-dir", root / "curve")
+                    "--doc-boundary", "empty-line", "--scorings", "trime,cache", "--cpu", "--out-dir", root / "curve")
     with open(root / "curve" / "curve.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["scoring"], int(r["memory_size"])) for r in rows] == [

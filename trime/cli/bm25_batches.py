@@ -14,10 +14,11 @@ import time
 
 import numpy as np
 
-from trime.core.batching import bm25_chain, chain_batches
+from trime.core.batching import bm25_chain, chain_batches, in_batch_target_coverage
 from trime.core.bm25 import BACKENDS, bm25_neighbours
 
 logger = logging.getLogger("trime.bm25")
+RARE_COUNT = 100  # "rare" targets in the in-batch coverage report: train count <= this
 
 
 EPILOG = """\
@@ -118,8 +119,20 @@ def main(argv=None):
     logger.info(f"Algorithm 1 chain in {time.perf_counter() - chain_started:.1f} s: "
                 f"{followed:.1%} of its steps go to a BM25 neighbour; {len(batches):,} batches "
                 f"of {args.batch_size} segments")
+    # §4.3's point, measured: how often a target occurs in the batch's other segments (the
+    # in-batch memory of --memory ext), for these batches and for random ones of the same size
+    counts = np.array(dictionary.count)
+    rare = counts <= RARE_COUNT
+    random_batches = chain_batches(np.random.default_rng(args.seed).permutation(num), args.batch_size)
+    coverage = {"bm25": in_batch_target_coverage(segments, batches, rare),
+                "random": in_batch_target_coverage(segments, random_batches, rare),
+                "rare": f"train count <= {RARE_COUNT}"}
+    logger.info("targets found in the batch's other segments: "
+                + "; ".join(f"{name} batches {c['all']:.1%} of all tokens, {c['rare']:.1%} of rare "
+                            f"ones (train count <= {RARE_COUNT})"
+                            for name, c in coverage.items() if name != "rare"))
     save_bm25_batches(
-        args.output, batches, data=args.data, split=args.split,
+        args.output, batches, in_batch_coverage=coverage, data=args.data, split=args.split,
         tokens_per_sample=args.tokens_per_sample, num_segments=num,
         dictionary_checksum=dictionary_checksum(dictionary), k=k, k1=args.k1, b=args.b,
         excluded_tokens=[dictionary[i] for i in excluded], backend=args.backend,

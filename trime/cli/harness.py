@@ -69,6 +69,24 @@ def pyplot():
     return plt
 
 
+def line_plot(png, curves, xlabel, ylabel) -> bool:
+    """Curves {label: (xs, ys, matplotlib line style)} into ``png``; False without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, (xs, ys, style) in curves.items():
+        ax.plot(xs, ys, marker="o", linestyle=style, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=150)
+    plt.close(fig)
+    return True
+
+
 def evaluate(task, model, cfg, dataset, settings=None, max_batches=None, retriever=None):
     """fairseq's eval-lm loop with these EvalSettings (and retriever; default: the task's).
 

@@ -2,11 +2,11 @@
 
 Loads a checkpoint once and runs fairseq's own eval-lm loop (``trime.cli.harness``)
 for every memory size S with ``--eval-memory local,long`` (S = 0 is local memory alone),
-with TRIME scoring (Eq. 6, τ = --memory-temp) and, with ``--cache``, the continuous-cache
-baseline over the same memory. Writes ``curve.csv`` and ``curve.png`` to --out-dir.
+with TRIME scoring (Eq. 6, τ = --memory-temp) and, with ``--scorings trime,cache``, the
+continuous-cache baseline over the same memory too. Writes ``curve.csv`` and ``curve.png`` to --out-dir.
 
     trime-memory-curve data-bin --path ckpt/checkpoint_best.pt --sizes 0,1024,2048,4096,8192,16384 \\
-        --tokens-per-sample 512 --context-window 256 --memory-temp 1.1 --cache --out-dir curve
+        --tokens-per-sample 512 --context-window 256 --memory-temp 1.1 --scorings trime,cache --out-dir curve
 """
 
 import argparse
@@ -15,23 +15,14 @@ import os
 
 
 def plot(rows, png):
-    from trime.cli.harness import pyplot
+    from trime.cli.harness import line_plot
 
-    plt = pyplot()
-    if plt is None:
-        return False
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    curves = {}
     for scoring, label in (("trime", "TRIME (Eq. 6)"), ("cache", "continuous cache")):
         points = [(r["memory_size"], r["perplexity"]) for r in rows if r["scoring"] == scoring]
         if points:
-            ax.plot(*zip(*points), marker="o", label=label)
-    ax.set_xlabel("long-memory size S (tokens)")
-    ax.set_ylabel("perplexity")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=150)
-    return True
+            curves[label] = (*zip(*points), "-")
+    return line_plot(png, curves, "long-memory size S (tokens)", "perplexity")
 
 
 TASK_OPTIONS = ("memory_temp", "doc_boundary", "long_memory_reset", "cache_lambda", "cache_theta",
@@ -54,7 +45,9 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=None)
     # these options keep their --task trime_lm declaration (default, choices, help)
     add_argparse_options(parser, TrimeLMConfig, TASK_OPTIONS)
-    parser.add_argument("--cache", action="store_true", help="also the continuous-cache baseline")
+    parser.add_argument("--scorings", default="trime",
+                        help="comma-separated: trime (Eq. 6 with τ = --memory-temp) and/or cache (the "
+                             "continuous-cache baseline, --cache-lambda / --cache-theta); default trime")
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--out-dir", default="memory-curve")
     args = parser.parse_args(argv)
@@ -64,6 +57,9 @@ def main(argv=None):
         parser.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
     if not sizes or min(sizes) < 0:
         parser.error(f"--sizes must be non-negative memory sizes, got {args.sizes!r}")
+    scorings = [s.strip() for s in args.scorings.split(",") if s.strip()]
+    if not scorings or set(scorings) - {"trime", "cache"}:
+        parser.error(f"--scorings must name trime and/or cache, got {args.scorings!r}")
 
     from tqdm import tqdm
 
@@ -77,8 +73,7 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     base = model.settings  # the task's: --eval-memory local,long and the options above
-    runs = [(scoring, size) for scoring in (["trime", "cache"] if args.cache else ["trime"])
-            for size in sizes]
+    runs = [(scoring, size) for scoring in scorings for size in sizes]
     os.makedirs(args.out_dir, exist_ok=True)
     rows = []
     for scoring, size in tqdm(runs, desc="memory sizes"):

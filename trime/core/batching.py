@@ -137,3 +137,34 @@ def chain_batches(order: Sequence[int], batch_size: int) -> List[List[int]]:
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     return [[int(s) for s in order[i:i + batch_size]] for i in range(0, len(order), batch_size)]
+
+
+def in_batch_target_coverage(segments: Sequence[np.ndarray], batches: Sequence[Sequence[int]],
+                             rare: Optional[np.ndarray] = None) -> dict:
+    """How often a word's target can be found in the in-batch external memory (§4.3).
+
+    With ``--memory ext`` a segment's memory holds the other segments of its batch, whose
+    values are their tokens; a target the model can copy from there is a positive (Eq. 5).
+    Returns the fraction of target tokens (every token of every segment) that occur in
+    at least one *other* segment of the same batch: ``all``, and ``rare`` over the tokens
+    whose id is flagged in the boolean array ``rare`` (when given; nan if none is).
+    BM25 batches (Algorithm 1) should score higher than random ones.
+    """
+    covered = total = covered_rare = total_rare = 0
+    for batch in batches:
+        distinct = [np.unique(np.asarray(segments[s])) for s in batch]
+        ids, segments_with = np.unique(np.concatenate(distinct), return_counts=True)
+        for s in batch:
+            tokens = np.asarray(segments[s])
+            # a segment contains each of its tokens once: found elsewhere iff in >= 2 segments
+            elsewhere = segments_with[np.searchsorted(ids, tokens)] >= 2
+            covered += int(elsewhere.sum())
+            total += len(tokens)
+            if rare is not None:
+                flagged = rare[tokens]
+                covered_rare += int(elsewhere[flagged].sum())
+                total_rare += int(flagged.sum())
+    result = {"all": covered / total if total else float("nan")}
+    if rare is not None:
+        result["rare"] = covered_rare / total_rare if total_rare else float("nan")
+    return result

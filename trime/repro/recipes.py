@@ -2,11 +2,12 @@
 
 Every model of a table gets the same budget (architecture, segment length, batch, updates).
 ``cpu``: the paper's 7M model (Table 9: 8 layers, d 128, FFN 512, 4 heads, adaptive input and
-softmax) with L = 512 so that a model trains in about half an hour on 2 CPU cores; ``tiny``: a
+softmax) with L = 512 (1,600 updates: about 45 min a model on 2 CPU cores); ``tiny``: a
 toy model for tests. Hyperparameters are tuned on the dev split only, with ``trime-tune``;
 a grid whose optimum sits on an edge of a temperature grid is widened and tuned again.
 """
 
+import csv
 import json
 import math
 import os
@@ -40,10 +41,13 @@ class Budget:
     device: str = "cpu"
     taus: Tuple[float, ...] = (0.5, 1, 2, 4, 8)
     interp_temps: Tuple[float, ...] = (0.5, 1, 2, 4, 8)
-    lambdas: Tuple[float, ...] = (0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7)
-    cache_lambdas: Tuple[float, ...] = (0, 0.05, 0.1, 0.2, 0.3, 0.5)
+    lambdas: Tuple[float, ...] = (0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    cache_lambdas: Tuple[float, ...] = (0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7)
     cache_thetas: Tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1)
     max_widen: int = 2                    # times a temperature grid is widened past an edge
+    segment_lengths: Tuple[int, ...] = (150, 512, 3072)  # Table 12's L ...
+    tokens_per_update: int = 6144                        # ... at this many tokens per update
+    curve_sizes: Tuple[int, ...] = (0, 1024, 2048, 4096, 8192, 12288)  # Figure 3's memory sizes S
 
     def describe(self) -> Dict:
         return asdict(self)
@@ -66,7 +70,8 @@ PRESETS = {
                    knn=("--knn-k", "8", "--knn-nprobe", "4"),
                    index=("--index-type", "ivfpq", "--nlist", "8", "--pq-m", "4", "--train-size", "4096"),
                    taus=(1,), interp_temps=(1,), lambdas=(0, 0.3), cache_lambdas=(0, 0.2),
-                   cache_thetas=(0.3,), max_widen=0),
+                   cache_thetas=(0.3,), max_widen=0, segment_lengths=(16, 32, 64),
+                   tokens_per_update=128, curve_sizes=(0, 32, 64)),
 }
 
 # the training recipes; vanilla = the plain LM loss (Eq. 1) on every word, no memory
@@ -98,11 +103,19 @@ def find_splits(data_dir: str) -> Dict[str, str]:
 class Recipes:
     """The steps of a reproduction under one budget, run by a ``Runner``."""
 
-    def __init__(self, runner, data_dir: str, budget: Budget):
-        self.runner, self.budget = runner, budget
+    def __init__(self, runner, data_dir: str, budget: Budget, suffix: str = ""):
+        self.runner, self.budget, self.data_dir = runner, budget, data_dir
         self.splits = find_splits(data_dir)
         self.bin = runner.path("bin")
         self.device = () if budget.device == "cuda" else ("--cpu",)
+        self.suffix = suffix  # of every model, datastore and row name: variants of the budget
+
+    def at_length(self, tokens_per_sample: int, tokens_per_update: int) -> "Recipes":
+        """The same recipes for segments of L = ``tokens_per_sample`` tokens, B = round(tokens
+        per update / L) segments per batch (Table 12); its models and rows are named ``*_L{L}``."""
+        batch = max(1, round(tokens_per_update / tokens_per_sample))
+        budget = replace(self.budget, tokens_per_sample=tokens_per_sample, batch_size=batch)
+        return Recipes(self.runner, self.data_dir, budget, suffix=f"_L{tokens_per_sample}")
 
     # -- data and training -----------------------------------------------------------
 
@@ -115,9 +128,20 @@ class Recipes:
     def checkpoint(self, model: str, drop: float = None, batching: str = None, detach=False) -> str:
         """Train ``model`` (a MODELS recipe; TrimeLM_ext variants: local-drop p, batching, detached
         memory) with the budget and return its checkpoint."""
+        return self.checkpoints([dict(model=model, drop=drop, batching=batching, detach=detach)])[0]
+
+    def checkpoints(self, models: List[Dict]) -> List[str]:
+        """Train several models (``checkpoint``'s arguments, one dict each), ``runner.jobs`` at a
+        time, and return their checkpoints in order."""
+        steps = [self.training(**model) for model in models]
+        self.runner.run_many([(name, argv) for name, argv, _ in steps])
+        return [checkpoint for _, _, checkpoint in steps]
+
+    def training(self, model: str, drop: float = None, batching: str = None, detach=False):
+        """(step name, fairseq-train command, checkpoint) of a model under this budget."""
         b = self.budget
         name = model + ("" if drop is None else f"_p{drop:g}") + ("" if batching is None else f"_{batching}") \
-            + ("_detached" if detach else "")
+            + ("_detached" if detach else "") + self.suffix
         args = ["--user-dir", trime.USER_DIR, *MODELS[model], "--doc-boundary", b.doc_boundary]
         if model != "vanilla":  # §5.2: the first 5% of updates with the plain LM loss
             args += ["--ce-warmup-updates", str(b.updates // 20)]
@@ -132,29 +156,31 @@ class Recipes:
             if detach:
                 args += ["--detach-memory"]
         save_dir = self.runner.path("models", name)
-        self.runner.run(f"train-{name}", [
+        return f"train-{name}", [
             "fairseq-train", self.bin, *args, *b.model, "--tokens-per-sample", b.tokens_per_sample,
             "--batch-size", b.batch_size, "--max-update", b.updates, "--optimizer", "adam",
             "--adam-betas", "(0.9,0.98)", "--lr", b.lr, "--lr-scheduler", "inverse_sqrt",
             "--warmup-updates", max(b.updates // 10, 1), "--clip-norm", "0.1", "--seed", "1",
             "--num-workers", "0", "--no-epoch-checkpoints", "--disable-validation",
             "--save-interval-updates", max(b.updates // 10, 1), "--keep-interval-updates", "1",
-            "--log-format", "simple", "--log-interval", "50", "--save-dir", save_dir, *self.device])
-        return os.path.join(save_dir, "checkpoint_last.pt")
+            "--log-format", "simple", "--log-interval", "50", "--save-dir", save_dir, *self.device], \
+            os.path.join(save_dir, "checkpoint_last.pt")
 
     def bm25_batches(self) -> str:
         b = self.budget
-        path = self.runner.path("bm25.json")
-        self.runner.run("bm25-batches", [
+        path = self.runner.path(f"bm25{self.suffix}.json")
+        self.runner.run(f"bm25-batches{self.suffix}", [
             "trime-bm25-batches", self.bin, "--tokens-per-sample", b.tokens_per_sample,
             "--k", b.bm25_k, "--batch-size", b.batch_size, "-o", path], done_if=[path])
         return path
 
     # -- external memory ---------------------------------------------------------------
 
-    def datastore(self, model_name: str, checkpoint: str, metric: str) -> str:
-        """The datastore of the train split with this model's keys, indexed for ``metric``."""
+    def datastore(self, checkpoint: str, metric: str) -> str:
+        """The datastore of the train split with this model's keys, indexed for ``metric``
+        (named after the model: models/NAME/checkpoint_last.pt -> dstores/NAME)."""
         b = self.budget
+        model_name = os.path.basename(os.path.dirname(checkpoint))
         path = self.runner.path("dstores", model_name)
         self.runner.run(f"dstore-{model_name}", [
             "fairseq-eval-lm", self.bin, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
@@ -185,13 +211,14 @@ class Recipes:
         """trime-tune on dev; widen a temperature grid whose optimum sits on its edge. Returns
         best.json plus {"grids": the last grids, "on_edge": grids whose optimum is on an edge}."""
         b = self.budget
+        row += self.suffix
         grids = self._grids(scoring, memory_options)
         keys = {"taus": "tau", "interp_temps": "interp_temp", "lambdas": "lambda",
                 "cache_lambdas": "cache_lambda", "cache_thetas": "cache_theta"}
         for attempt in range(b.max_widen + 1):
-            suffix = "" if attempt == 0 else f"-widened{attempt}"
-            out = self.runner.path("tune", row + suffix)
-            self.runner.run(f"tune-{row}{suffix}", [
+            widened = "" if attempt == 0 else f"-widened{attempt}"
+            out = self.runner.path("tune", row + widened)
+            self.runner.run(f"tune-{row}{widened}", [
                 "trime-tune", self.bin, "--path", checkpoint, "--gen-subset", "valid",
                 "--tokens-per-sample", b.tokens_per_sample, "--batch-size", b.eval_batch_size,
                 *self.device, "--scoring", scoring,
@@ -217,7 +244,7 @@ class Recipes:
     def evaluate(self, row: str, checkpoint: str, split: str, options) -> float:
         """Perplexity of ``checkpoint`` on ``split`` with fairseq-eval-lm and these options."""
         b = self.budget
-        name = f"eval-{row}-{split}"
+        name = f"eval-{row}{self.suffix}-{split}"
         self.runner.run(name, [
             "fairseq-eval-lm", self.bin, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
             "--path", checkpoint, "--gen-subset", split, "--tokens-per-sample", b.tokens_per_sample,
@@ -230,6 +257,21 @@ class Recipes:
         if not math.isfinite(loss):
             raise FloatingPointError(f"step {name}: non-finite loss {loss}")
         return 2 ** loss
+
+    def memory_curve(self, checkpoint: str, scoring: str, options) -> Dict[int, float]:
+        """Dev perplexity at each long-memory size S of the budget (trime-memory-curve, Figure 3),
+        by S."""
+        b = self.budget
+        name = os.path.basename(os.path.dirname(checkpoint))
+        out = self.runner.path("curves", f"{name}-{scoring}")
+        self.runner.run(f"curve-{name}-{scoring}", [
+            "trime-memory-curve", self.bin, "--path", checkpoint, "--sizes",
+            ",".join(str(size) for size in b.curve_sizes), "--tokens-per-sample", b.tokens_per_sample,
+            "--batch-size", b.eval_batch_size, "--doc-boundary", b.doc_boundary, "--scorings", scoring,
+            *options, *self.device, "--out-dir", out], done_if=[os.path.join(out, "curve.csv")])
+        with open(os.path.join(out, "curve.csv")) as f:
+            rows = list(csv.DictReader(f))
+        return {int(row["memory_size"]): float(row["perplexity"]) for row in rows}
 
     def options_of(self, best: Dict) -> List[str]:
         return [str(a) for option, value in best["options"].items() for a in (option, value)]

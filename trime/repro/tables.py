@@ -26,6 +26,9 @@ PAPER_TABLE7 = {"TrimeLM": {"local": 17.10, "local,long": 17.17, "local,long,ext
 TRIME_MODELS = {"TrimeLM": "trime", "TrimeLM_long": "trime_long", "TrimeLM_ext": "trime_ext"}
 # paper Table 11 and Table 15 (7M models, WikiText-103 dev)
 PAPER_TABLE11 = {"TrimeLM_ext": 41.50, "w/o BM25 batching": 45.71, "w/o back-prop to memory": 45.15}
+PAPER_TABLE12 = {"Transformer": {3072: 82.70, 512: 81.15, 150: 81.40},
+                 "+ continuous cache": {3072: 67.45, 512: 71.29, 150: 75.10},
+                 "TrimeLM": {3072: 54.89, 512: 63.22, 150: 71.82}}
 PAPER_TABLE15 = {0.0: 54.33, 0.1: 49.85, 0.5: 45.08, 0.9: 41.50, 1.0: 41.86}
 # paper Table 13 (7M, WikiText-103 dev): top-K retrieval accuracy (%), and Table 14 (247M, dev):
 # perplexity per frequency bucket of the target (and the average)
@@ -65,10 +68,10 @@ def table10(recipes):
     """Table 10: Transformer, + continuous cache, kNN-LM, kNN-LM + cache, TrimeLM, TrimeLM_long,
     TrimeLM_ext; same budget for every model; dev and test perplexity."""
     recipes.preprocess()
-    vanilla = recipes.checkpoint("vanilla")
-    models = {name: recipes.checkpoint(recipe) for name, recipe in TRIME_MODELS.items()}
-    vanilla_dstore = recipes.datastore("vanilla", vanilla, "l2")
-    ext_dstore = recipes.datastore("trime_ext", models["TrimeLM_ext"], "ip")
+    vanilla, *trained = recipes.checkpoints([dict(model=m) for m in ("vanilla", *TRIME_MODELS.values())])
+    models = dict(zip(TRIME_MODELS, trained))
+    vanilla_dstore = recipes.datastore(vanilla, "l2")
+    ext_dstore = recipes.datastore(models["TrimeLM_ext"], "ip")
     rows = {"Transformer": {"options": [], **{split: recipes.evaluate("transformer", vanilla, split, [])
                                               for split in ("valid", "test")}}}
     rows["+ continuous cache"] = _tuned_row(recipes, "transformer-cache", vanilla, "cache",
@@ -93,9 +96,10 @@ def table7(recipes):
     local+long+ext}, each with its own datastore of train, on dev (values tuned on dev)."""
     recipes.preprocess()
     rows = {}
-    for name, recipe in TRIME_MODELS.items():
-        checkpoint = recipes.checkpoint(recipe)
-        dstore = recipes.datastore(recipe, checkpoint, "ip")
+    checkpoints = recipes.checkpoints([dict(model=recipe) for recipe in TRIME_MODELS.values()])
+    for name, checkpoint in zip(TRIME_MODELS, checkpoints):
+        recipe = TRIME_MODELS[name]
+        dstore = recipes.datastore(checkpoint, "ip")
         rows[name] = {}
         for memory in ("local", "local,long", "local,ext", "local,long,ext"):
             row = f"table7-{recipe}-{memory.replace(',', '-')}"
@@ -106,25 +110,39 @@ def table7(recipes):
     return rows
 
 
-def _ext_dev_row(recipes, row, drop=None, batching=None, detach=False):
-    """A TrimeLM_ext variant with its own datastore, tuned and scored on dev (local + long + ext)."""
-    if drop == recipes.budget.local_drop_prob:
-        drop = None  # the default p: the same model as Table 10's TrimeLM_ext
-    checkpoint = recipes.checkpoint("trime_ext", drop=drop, batching=batching, detach=detach)
-    dstore = recipes.datastore(os.path.basename(os.path.dirname(checkpoint)), checkpoint, "ip")
-    return _tuned_row(recipes, row, checkpoint, "trime", _memory(recipes, "local,long,ext", dstore),
-                      test=False)
+def _ext_dev_rows(recipes, variants):
+    """TrimeLM_ext variants ({row: checkpoint() arguments}), trained ``jobs`` at a time, each
+    with its own datastore, tuned and scored on dev (local + long + ext)."""
+    for variant in variants.values():
+        if variant.get("drop") == recipes.budget.local_drop_prob:
+            variant["drop"] = None  # the default p: the same model as Table 10's TrimeLM_ext
+    checkpoints = recipes.checkpoints([dict(model="trime_ext", **v) for v in variants.values()])
+    rows = {}
+    for row, checkpoint in zip(variants, checkpoints):
+        dstore = recipes.datastore(checkpoint, "ip")
+        rows[row] = _tuned_row(recipes, row, checkpoint, "trime",
+                               _memory(recipes, "local,long,ext", dstore), test=False)
+    return rows
 
 
 def table11(recipes):
     """Table 11: TrimeLM_ext, without BM25 batching (random batches), without back-prop to memory
-    (--detach-memory); dev perplexity with local + long + external memory."""
+    (--detach-memory); dev perplexity with local + long + external memory. Beside each row: the
+    fraction of targets found in the other segments of a training batch (BM25 vs random
+    batches, from trime-bm25-batches), the in-batch positives that §4.3's batching is for."""
     recipes.preprocess()
-    rows = {"TrimeLM_ext": _ext_dev_row(recipes, "table11-ext"),
-            "w/o BM25 batching": _ext_dev_row(recipes, "table11-random", batching="random"),
-            "w/o back-prop to memory": _ext_dev_row(recipes, "table11-detached", detach=True)}
-    for name, row in rows.items():
-        row["paper_dev"] = PAPER_TABLE11[name]
+    names = {"table11-ext": "TrimeLM_ext", "table11-random": "w/o BM25 batching",
+             "table11-detached": "w/o back-prop to memory"}
+    trained = _ext_dev_rows(recipes, {"table11-ext": {}, "table11-random": {"batching": "random"},
+                                      "table11-detached": {"detach": True}})
+    with open(recipes.bm25_batches()) as f:
+        coverage = json.load(f)["in_batch_coverage"]
+    rows = {}
+    for row, name in names.items():
+        batching = "random" if row == "table11-random" else "bm25"
+        rows[name] = dict(trained[row], paper_dev=PAPER_TABLE11[name],
+                          in_batch_targets=coverage[batching]["all"],
+                          in_batch_rare_targets=coverage[batching]["rare"])
     return rows
 
 
@@ -132,35 +150,47 @@ def table15(recipes):
     """Table 15: TrimeLM_ext trained with the own segment dropped from memory with probability p,
     p in {0, 0.1, 0.5, 0.9, 1}; dev perplexity with local + long + external memory; plot."""
     recipes.preprocess()
-    rows = {}
-    for p in PAPER_TABLE15:
-        rows[f"p = {p:g}"] = dict(_ext_dev_row(recipes, f"table15-p{p:g}", drop=p), p=p,
-                                  paper_dev=PAPER_TABLE15[p])
+    trained = _ext_dev_rows(recipes, {f"table15-p{p:g}": {"drop": p} for p in PAPER_TABLE15})
+    return {f"p = {p:g}": dict(trained[f"table15-p{p:g}"], p=p, paper_dev=PAPER_TABLE15[p])
+            for p in PAPER_TABLE15}
+
+
+def table12(recipes):
+    """Table 12: Transformer, + continuous cache, TrimeLM trained and scored on dev with segments
+    of L tokens, L in the budget's segment_lengths (150, 512, 3072), the same number of tokens
+    per update for every L (batch = tokens_per_update / L segments)."""
+    recipes.preprocess()
+    lengths = recipes.budget.segment_lengths
+    variants = [recipes.at_length(length, recipes.budget.tokens_per_update) for length in lengths]
+    steps = [variant.training(model) for variant in variants for model in ("vanilla", "trime")]
+    recipes.runner.run_many([(name, argv) for name, argv, _ in steps])
+    rows = {name: {} for name in PAPER_TABLE12}
+    for i, (length, variant) in enumerate(zip(lengths, variants)):
+        vanilla, trimelm = steps[2 * i][2], steps[2 * i + 1][2]
+        rows["Transformer"][length] = {
+            "options": [], "valid": variant.evaluate("table12-transformer", vanilla, "valid", [])}
+        rows["+ continuous cache"][length] = _tuned_row(
+            variant, "table12-cache", vanilla, "cache", _memory(variant, "local,long"), test=False)
+        rows["TrimeLM"][length] = _tuned_row(variant, "table12-trimelm", trimelm, "trime",
+                                             _memory(variant, "local"), test=False)
+        for name, cells in rows.items():
+            cells[length].update(batch_size=variant.budget.batch_size,
+                                 paper_dev=PAPER_TABLE12[name].get(length))
     return rows
 
 
 def plot_table15(rows, png) -> bool:
-    from trime.cli.harness import pyplot
+    from trime.cli.harness import line_plot
 
-    plt = pyplot()
-    if plt is None:
-        return False
     ps = [row["p"] for row in rows.values()]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(ps, [row["valid"] for row in rows.values()], marker="o", label="trime-repro")
-    ax.plot(ps, [row["paper_dev"] for row in rows.values()], marker="s", linestyle="--",
-            label="paper (WikiText-103, 7M)")
-    ax.set_xlabel("p, probability of dropping the own segment from memory")
-    ax.set_ylabel("dev perplexity")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=150)
-    return True
+    return line_plot(png, {"trime-repro": (ps, [row["valid"] for row in rows.values()], "-"),
+                           "paper (WikiText-103, 7M)": (ps, [row["paper_dev"] for row in rows.values()], "--")},
+                     "p, probability of dropping the own segment from memory", "dev perplexity")
 
 
 def _tuned(recipes, row):
     """best.json of a row's last tuning (after any widening), as table10 ran it."""
+    row += recipes.suffix
     candidates = [row] + [f"{row}-widened{i}" for i in range(1, recipes.budget.max_widen + 1)]
     done = [c for c in candidates if os.path.exists(recipes.runner.path("tune", c, "best.json"))]
     with open(recipes.runner.path("tune", done[-1], "best.json")) as f:
@@ -201,6 +231,32 @@ def table14(recipes):
     return rows
 
 
+def figure3(recipes):
+    """Figure 3: dev perplexity vs long-memory size S, TrimeLM_long (TRIME, Eq. 6) and the
+    Transformer + continuous cache, Table 10's models at their values tuned on dev."""
+    table10(recipes)
+    vanilla, trime_long = recipes.checkpoints([dict(model="vanilla"), dict(model="trime_long")])
+    rows = {}
+    for name, checkpoint, row, scoring in (
+            ("TrimeLM_long", trime_long, "trimelm-long", "trime"),
+            ("Transformer + continuous cache", vanilla, "transformer-cache", "cache")):
+        tuned = {k: v for k, v in _tuned(recipes, row)["options"].items()
+                 if k in ("--memory-temp", "--cache-lambda", "--cache-theta")}
+        rows[name] = {"tuned_on_dev": tuned, "perplexity": recipes.memory_curve(
+            checkpoint, scoring, [str(a) for k, v in tuned.items() for a in (k, v)])}
+    return rows
+
+
+def plot_figure3(rows, png) -> bool:
+    from trime.cli.harness import line_plot
+
+    curves = {}
+    for name, row in rows.items():
+        points = sorted((int(size), perplexity) for size, perplexity in row["perplexity"].items())
+        curves[name] = (*zip(*points), "-")
+    return line_plot(png, curves, "long-memory size S (tokens; 0 = local memory only)", "dev perplexity")
+
+
 def plot_table14(rows, png) -> bool:
     from trime.cli.harness import pyplot
 
@@ -222,9 +278,9 @@ def plot_table14(rows, png) -> bool:
     return True
 
 
-TABLES = {"table10": table10, "table7": table7, "table11": table11, "table13": table13,
-          "table14": table14, "table15": table15}
-PLOTS = {"table14": plot_table14, "table15": plot_table15}
+TABLES = {"table10": table10, "table7": table7, "table11": table11, "table12": table12,
+          "table13": table13, "table14": table14, "table15": table15, "figure3": figure3}
+PLOTS = {"table14": plot_table14, "table15": plot_table15, "figure3": plot_figure3}
 
 
 def _commit() -> str:
@@ -275,7 +331,35 @@ def write_table(table: str, rows, recipes, out_dir: str, started: float) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['average']:.2f} |")
         lines += ["", "Paper (247M, WikiText-103): " + "; ".join(
             f"{name} " + " / ".join(f"{v:g}" for v in row["paper"].values()) for name, row in rows.items())]
-    elif table in ("table11", "table15"):
+    elif table == "table11":
+        lines = ["| model | dev ppl | paper dev | targets in the batch's other segments: all / rare "
+                 "| tuned on dev |", "|---|---|---|---|---|"]
+        for name, row in rows.items():
+            tuned = " ".join(f"{k} {v:g}" for k, v in row["tuned_on_dev"].items())
+            lines.append(f"| {name} | {row['valid']:.2f} | {row['paper_dev']} | "
+                         f"{row['in_batch_targets']:.1%} / {row['in_batch_rare_targets']:.1%} | {tuned} |")
+        lines += ["", "Rare: train count <= 100. The detached model is trained on the BM25 batches."]
+    elif table == "table12":
+        lengths = list(next(iter(rows.values())))
+        lines = ["| model | " + " | ".join(f"L = {length}" for length in lengths) + " |",
+                 "|---" * (len(lengths) + 1) + "|"]
+        for name, cells in rows.items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{cells[length]['valid']:.2f}" + (f" (paper {cells[length]['paper_dev']})"
+                                                   if cells[length]["paper_dev"] else "")
+                for length in lengths) + " |")
+        lines += ["", "Batch sizes (segments per update): " + ", ".join(
+            f"L = {length}: {cells['batch_size']}" for length, cells in next(iter(rows.values())).items())]
+    elif table == "figure3":
+        sizes = list(next(iter(rows.values()))["perplexity"])
+        lines = ["| model | " + " | ".join(f"S = {size}" for size in sizes) + " | tuned on dev |",
+                 "|---" * (len(sizes) + 2) + "|"]
+        for name, row in rows.items():
+            tuned = " ".join(f"{k} {v:g}" for k, v in row["tuned_on_dev"].items())
+            lines.append(f"| {name} | " + " | ".join(f"{row['perplexity'][size]:.2f}" for size in sizes)
+                         + f" | {tuned} |")
+        lines += ["", "The plot: figure3.png."]
+    elif table == "table15":
         lines = ["| model | dev ppl | paper dev | tuned on dev |", "|---|---|---|---|"]
         for name, row in rows.items():
             tuned = " ".join(f"{k} {v:g}" for k, v in row["tuned_on_dev"].items())
@@ -288,11 +372,13 @@ def write_table(table: str, rows, recipes, out_dir: str, started: float) -> str:
                 f" (paper {cells[m]['paper_dev']})" if cells[m]["paper_dev"] else "")
                 for m in memories) + " |")
     seconds = sum(s["seconds"] or 0 for s in steps.values())
+    batch = (f"about {recipes.budget.tokens_per_update}" if table == "table12" else
+             f"{recipes.budget.batch_size} × {recipes.budget.tokens_per_sample}")
     markdown = "\n".join([
         f"# {table}: reproduction", "",
         f"`trime-repro {table}` at commit `{report['commit']}` on {report['machine']}; budget: "
-        f"{recipes.budget.updates} updates of {recipes.budget.batch_size} × "
-        f"{recipes.budget.tokens_per_sample} tokens per model; {seconds:.0f} s of steps in all "
+        f"{recipes.budget.updates} updates of {batch} tokens per model; "
+        f"{seconds:.0f} s of steps in all "
         "(every command and its wall time: table.json).", "", *lines, ""])
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(markdown)

@@ -1,0 +1,75 @@
+"""The paper's claims as orderings, checked on the tables in results/ (results/orderings.md).
+
+Each claim compares perplexities of two rows (lower is better); the paper's own numbers are
+checked the same way beside ours, so a claim that fails in ours is visible at a glance. A
+claim whose table has not been written yet is left out.
+"""
+
+import json
+import os
+from typing import Dict, List, Optional
+
+# (table, claim, better row, worse row, split, factor): holds when better <= factor * worse
+# (factor 1: strictly lower; 0.9: at least 10% lower)
+CLAIMS = (
+    ("table10", "+ continuous cache < Transformer", "+ continuous cache", "Transformer", "test", 1.0),
+    ("table10", "TrimeLM < + continuous cache", "TrimeLM", "+ continuous cache", "test", 1.0),
+    ("table10", "kNN-LM < Transformer", "kNN-LM", "Transformer", "test", 1.0),
+    ("table10", "kNN-LM + continuous cache < kNN-LM", "kNN-LM + continuous cache", "kNN-LM", "test", 1.0),
+    ("table10", "TrimeLM_ext < kNN-LM + continuous cache", "TrimeLM_ext", "kNN-LM + continuous cache",
+     "test", 1.0),
+    ("table10", "TrimeLM_ext at least 10% below Transformer", "TrimeLM_ext", "Transformer", "test", 0.9),
+    ("table11", "TrimeLM_ext < w/o BM25 batching", "TrimeLM_ext", "w/o BM25 batching", "valid", 1.0),
+    ("table11", "TrimeLM_ext < w/o back-prop to memory", "TrimeLM_ext", "w/o back-prop to memory",
+     "valid", 1.0),
+    ("table15", "p = 0.1 < p = 0", "p = 0.1", "p = 0", "valid", 1.0),
+    ("table15", "p = 0.5 < p = 0.1", "p = 0.5", "p = 0.1", "valid", 1.0),
+    ("table15", "p = 0.9 < p = 0.5", "p = 0.9", "p = 0.5", "valid", 1.0),
+    ("table15", "p = 0.9 < p = 1", "p = 0.9", "p = 1", "valid", 1.0),
+)
+
+
+def check_claims(tables: Dict[str, Dict]) -> List[Dict]:
+    """Every claim whose table is in ``tables`` (table name -> its table.json "rows"): our
+    perplexities, the paper's, and whether the ordering holds in each."""
+    checked = []
+    for table, claim, better, worse, split, factor in CLAIMS:
+        rows = tables.get(table)
+        if rows is None:
+            continue
+        paper_key = "paper_test" if split == "test" else "paper_dev"
+        ours = (rows[better][split], rows[worse][split])
+        paper = (rows[better][paper_key], rows[worse][paper_key])
+        checked.append({"table": table, "claim": claim, "split": split, "ours": ours, "paper": paper,
+                        "holds": ours[0] < factor * ours[1],
+                        "holds_in_paper": paper[0] < factor * paper[1]})
+    return checked
+
+
+def _load(out_dir: str, table: str) -> Optional[Dict]:
+    path = os.path.join(out_dir, table, "table.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["rows"]
+
+
+def write_orderings(out_dir: str) -> str:
+    """results/orderings.md and .json from the tables written so far; returns the markdown."""
+    tables = {t: rows for t in sorted({c[0] for c in CLAIMS}) if (rows := _load(out_dir, t)) is not None}
+    checked = check_claims(tables)
+    with open(os.path.join(out_dir, "orderings.json"), "w") as f:
+        json.dump(checked, f, indent=1)
+    lines = ["# The paper's orderings, checked", "",
+             "Perplexity, lower is better; ours from `trime-repro` (each table's `table.md` says how "
+             "it was made), the paper's from its Tables 10, 11 and 15 (7M models, WikiText-103).", "",
+             "| table | claim | split | ours | holds | paper | holds in paper |",
+             "|---|---|---|---|---|---|---|"]
+    for c in checked:
+        lines.append(f"| [{c['table']}]({c['table']}/table.md) | {c['claim']} | {c['split']} | "
+                     f"{c['ours'][0]:.2f} vs {c['ours'][1]:.2f} | {'yes' if c['holds'] else '**no**'} | "
+                     f"{c['paper'][0]:g} vs {c['paper'][1]:g} | {'yes' if c['holds_in_paper'] else 'no'} |")
+    markdown = "\n".join(lines) + "\n"
+    with open(os.path.join(out_dir, "orderings.md"), "w") as f:
+        f.write(markdown)
+    return markdown
