@@ -14,13 +14,32 @@ def console_script(name):
     return here if os.path.exists(here) else shutil.which(name)
 
 
-def run(name, *args, check=True):
-    proc = subprocess.run([console_script(name), *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    output = proc.stdout + proc.stderr
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{name} failed ({proc.returncode}):\n{output[-4000:]}")
-    return proc.returncode, output
+def run(name, *args, check=True, in_process=True):
+    """(exit code, output) of console script ``name``; by default its entry point runs in this
+    process (as trime-repro --in-process does: no interpreter and fairseq start-up per call), an
+    exception counting as exit code 1; ``in_process=False`` starts the installed script."""
+    if in_process:
+        import tempfile
+        import traceback
+
+        from trime.repro.runner import run_in_process
+
+        with tempfile.TemporaryDirectory() as tmp:
+            log = os.path.join(tmp, "output.log")
+            try:
+                returncode = run_in_process([name, *map(str, args)], log)
+                crash = ""
+            except Exception:  # a subprocess would print the traceback and exit with 1
+                returncode, crash = 1, traceback.format_exc()
+            with open(log) as f:
+                output = f.read() + crash
+    else:
+        proc = subprocess.run([console_script(name), *map(str, args)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        returncode, output = proc.returncode, proc.stdout + proc.stderr
+    if check and returncode != 0:
+        raise AssertionError(f"{name} failed ({returncode}):\n{output[-4000:]}")
+    return returncode, output
 
 
 def preprocess(raw_dir, dest):

@@ -40,6 +40,11 @@ def test_table10_rows_commands_and_budget(reproduced):
     for name, row in report["rows"].items():
         assert math.isfinite(row["valid"]) and math.isfinite(row["test"]) and row["paper_test"], name
     assert report["rows"]["TrimeLM_ext"]["tuned_on_dev"]["--knn-lambda"] in (0, 0.3)
+    memories = {name: row["options"][row["options"].index("--eval-memory") + 1]
+                for name, row in report["rows"].items() if row["options"]}
+    # the cache reads the local memory (paper §2.2, Table 12); only the TRIME rows read long memory
+    assert memories == {"+ continuous cache": "local", "kNN-LM": "ext", "kNN-LM + continuous cache": "local,ext",
+                        "TrimeLM": "local", "TrimeLM_long": "local,long", "TrimeLM_ext": "local,long,ext"}
     steps = report["steps"]
     vanilla = steps["train-vanilla"]["command"]
     assert vanilla[:2] == ["fairseq-train", str(root / "work" / "bin")]
@@ -124,6 +129,8 @@ def test_figure3_curves_start_at_local_memory(reproduced):
         assert all(math.isfinite(p) for p in row["perplexity"].values())
     assert "--memory-temp" in rows["TrimeLM_long"]["tuned_on_dev"]
     assert set(rows["Transformer + continuous cache"]["tuned_on_dev"]) == {"--cache-lambda", "--cache-theta"}
+    tuning = _table(root, "figure3")["steps"]["tune-transformer-cache-long"]["command"]
+    assert tuning[tuning.index("--eval-memory") + 1] == "local,long"  # tuned for the long memory
     if importlib.util.find_spec("matplotlib"):
         assert (root / "results" / "figure3" / "figure3.png").stat().st_size > 0
 

@@ -30,7 +30,8 @@ def trained(tmp_path_factory):
                  "--criterion", "trime_loss", *MODEL, "--tokens-per-sample", L,
                  "--batch-size", 8, "--max-update", 6, "--ce-warmup-updates", 2,
                  "--optimizer", "adam", "--lr", "1e-3", "--save-dir", root / "ckpt",
-                 "--no-epoch-checkpoints", "--cpu", "--num-workers", 0, "--seed", 3)
+                 "--no-epoch-checkpoints", "--cpu", "--num-workers", 0, "--seed", 3,
+                 in_process=False)  # the installed console script, once; the other tests run in-process
     return root, log
 
 

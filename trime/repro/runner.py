@@ -24,7 +24,7 @@ def console_script(name: str) -> str:
     return found
 
 
-def _in_process(argv, log) -> int:
+def run_in_process(argv, log) -> int:
     """Run a console script's entry point in this process, output and log records to ``log``
     (tests: saves the interpreter and fairseq start-up of every step; same commands)."""
     from importlib.metadata import entry_points
@@ -32,6 +32,9 @@ def _in_process(argv, log) -> int:
     entry = next(e for e in entry_points(group="console_scripts") if e.name == argv[0])
     root = logging.getLogger()
     level, handler, saved_argv = root.level, logging.FileHandler(log), sys.argv
+    # the format fairseq's console scripts give their log lines (e.g. "... | train | epoch 001 | loss")
+    handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                                           datefmt="%Y-%m-%d %H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     sys.argv = list(argv)
@@ -130,7 +133,7 @@ class Runner:
         started = time.time()
         open(log, "w").close()
         if self.in_process:
-            code = _in_process(argv, log)
+            code = run_in_process(argv, log)
         else:
             env = None if threads is None else dict(
                 os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
