@@ -16,4 +16,7 @@ try:
 except ImportError:  # the pure math stays importable without fairseq
     pass
 else:
+    from trime.glue.checkpoints import allow_namespace_in_checkpoints
+
+    allow_namespace_in_checkpoints()  # translation checkpoints under torch >= 2.6
     from trime import lm  # noqa: F401  (register with fairseq)
