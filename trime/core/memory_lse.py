@@ -31,11 +31,14 @@ def chunk_scores(queries, keys, scale, q0, q1, k0, k1):
     return torch.bmm(q, k.transpose(1, 2))
 
 
-def _memory_chunks(queries, keys, key_labels, query_targets, visibility, scale, chunk_size):
+def _memory_chunks(queries, keys, key_labels, query_targets, visibility, scale, chunk_size,
+                   top_k=None):
     """Yield (q0, q1, k0, k1, scores, visible, positive) for each chunk of queries.
 
     scores [G, C, K] fp32 over the chunk's key span; visible/positive are bool
-    masks of the same shape (positive = visible and x_j = w*).
+    masks of the same shape (positive = visible and x_j = w*). With ``top_k``, a query's
+    visible keys are only its ``top_k`` highest-scoring visible keys (recomputed, hence the
+    same, in the backward pass).
     """
     num_queries = queries.shape[1]
     for q0 in range(0, num_queries, chunk_size):
@@ -45,22 +48,26 @@ def _memory_chunks(queries, keys, key_labels, query_targets, visibility, scale, 
             continue
         scores = chunk_scores(queries, keys, scale, q0, q1, k0, k1)
         visible = visibility.visible(q0, q1, k0, k1)  # [G or 1, C, K]
+        if top_k is not None and top_k < k1 - k0:
+            best = scores.masked_fill(~visible, NEG_INF).topk(top_k, dim=-1).indices
+            visible = visible & torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, best, True)
         positive = visible & (key_labels[:, None, k0:k1] == query_targets[:, q0:q1, None])
         yield q0, q1, k0, k1, scores, visible, positive
 
 
 class _MemoryLogSumExp(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, queries, keys, key_labels, query_targets, visibility, scale, chunk_size):
+    def forward(ctx, queries, keys, key_labels, query_targets, visibility, scale, chunk_size, top_k):
         G, Nq, _ = queries.shape
         lse_all = torch.full((G, Nq), NEG_INF, dtype=torch.float32, device=queries.device)
         lse_pos = torch.full_like(lse_all, NEG_INF)
-        chunks = _memory_chunks(queries, keys, key_labels, query_targets, visibility, scale, chunk_size)
+        chunks = _memory_chunks(queries, keys, key_labels, query_targets, visibility, scale, chunk_size,
+                                top_k)
         for q0, q1, k0, k1, scores, visible, positive in chunks:
             lse_all[:, q0:q1] = scores.masked_fill(~visible, NEG_INF).logsumexp(-1)
             lse_pos[:, q0:q1] = scores.masked_fill(~positive, NEG_INF).logsumexp(-1)
         ctx.save_for_backward(queries, keys, key_labels, query_targets, lse_all, lse_pos)
-        ctx.visibility, ctx.scale, ctx.chunk_size = visibility, scale, chunk_size
+        ctx.visibility, ctx.scale, ctx.chunk_size, ctx.top_k = visibility, scale, chunk_size, top_k
         return lse_all, lse_pos
 
     @staticmethod
@@ -76,7 +83,8 @@ class _MemoryLogSumExp(torch.autograd.Function):
             if need_queries else None
         d_keys = torch.zeros(keys.shape, dtype=torch.float32, device=keys.device) \
             if need_keys else None
-        chunks = _memory_chunks(queries, keys, key_labels, query_targets, visibility, scale, chunk_size)
+        chunks = _memory_chunks(queries, keys, key_labels, query_targets, visibility, scale, chunk_size,
+                                ctx.top_k)
         for q0, q1, k0, k1, scores, visible, positive in chunks:
             # d lse / d score_j = softmax weight of j within its set
             p_all = torch.exp(scores - safe_all[:, q0:q1, None]).masked_fill(~visible, 0.0)
@@ -90,12 +98,12 @@ class _MemoryLogSumExp(torch.autograd.Function):
         return (
             d_queries.to(queries.dtype) if need_queries else None,
             d_keys.to(keys.dtype) if need_keys else None,
-            None, None, None, None, None,
+            None, None, None, None, None, None,
         )
 
 
 def memory_logsumexp(queries, keys, key_labels, query_targets, visibility,
-                     temperature: float = 1.0, chunk_size: int = 1024):
+                     temperature: float = 1.0, chunk_size: int = 1024, top_k: int = None):
     """Log-sum-exp of memory similarities over visible and over positive keys.
 
     Args:
@@ -106,6 +114,9 @@ def memory_logsumexp(queries, keys, key_labels, query_targets, visibility,
         visibility: a ``trime.core.visibility.VisibilityRule``.
         temperature: τ of Eq. 6 (1 in training); divides the memory logits only.
         chunk_size: queries per chunk.
+        top_k: keep only each query's ``top_k`` most similar visible keys (the authors' MT
+            ``--topk-mem``); gradients flow through the kept scores only, as through
+            ``torch.topk``'s values. None: every visible key.
     Returns:
         (lse_all, lse_pos), fp32 [G, Nq]; -inf where the set is empty.
         sim = g·g' / √d / τ (scaled dot product, §3).
@@ -114,7 +125,10 @@ def memory_logsumexp(queries, keys, key_labels, query_targets, visibility,
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if temperature <= 0:
         raise ValueError(f"the memory temperature must be > 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 (or None for every visible key), got {top_k}")
     scale = 1.0 / (math.sqrt(queries.shape[-1]) * temperature)
     return _MemoryLogSumExp.apply(
-        queries, keys, key_labels, query_targets, visibility, scale, int(chunk_size)
+        queries, keys, key_labels, query_targets, visibility, scale, int(chunk_size),
+        None if top_k is None else int(top_k)
     )

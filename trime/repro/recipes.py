@@ -133,9 +133,7 @@ class Recipes:
     def checkpoints(self, models: List[Dict]) -> List[str]:
         """Train several models (``checkpoint``'s arguments, one dict each), ``runner.jobs`` at a
         time, and return their checkpoints in order."""
-        steps = [self.training(**model) for model in models]
-        self.runner.run_many([(name, argv) for name, argv, _ in steps])
-        return [checkpoint for _, _, checkpoint in steps]
+        return train_all([(self, model) for model in models])
 
     def training(self, model: str, drop: float = None, batching: str = None, detach=False):
         """(step name, fairseq-train command, checkpoint) of a model under this budget."""
@@ -279,3 +277,11 @@ class Recipes:
 
 def with_overrides(budget: Budget, **changes) -> Budget:
     return replace(budget, **{k: v for k, v in changes.items() if v is not None})
+
+
+def train_all(models) -> List[str]:
+    """Train models of one or more budgets (``(recipes, checkpoint() arguments)`` pairs, e.g.
+    Table 12's segment lengths), the runner's ``jobs`` at a time; their checkpoints in order."""
+    steps = [recipes.training(**arguments) for recipes, arguments in models]
+    models[0][0].runner.run_many([(name, argv) for name, argv, _ in steps])
+    return [checkpoint for _, _, checkpoint in steps]

@@ -13,6 +13,7 @@ import subprocess
 import time
 
 import trime
+from trime.repro.recipes import train_all
 
 # paper Table 10 (7M models, WikiText-103): dev / test perplexity
 PAPER_TABLE10 = {"Transformer": (82.68, 83.66), "+ continuous cache": (67.45, 68.08),
@@ -165,11 +166,11 @@ def table12(recipes):
     recipes.preprocess()
     lengths = recipes.budget.segment_lengths
     variants = [recipes.at_length(length, recipes.budget.tokens_per_update) for length in lengths]
-    steps = [variant.training(model) for variant in variants for model in ("vanilla", "trime")]
-    recipes.runner.run_many([(name, argv) for name, argv, _ in steps])
+    checkpoints = train_all([(variant, dict(model=model)) for variant in variants
+                             for model in ("vanilla", "trime")])
     rows = {name: {} for name in PAPER_TABLE12}
     for i, (length, variant) in enumerate(zip(lengths, variants)):
-        vanilla, trimelm = steps[2 * i][2], steps[2 * i + 1][2]
+        vanilla, trimelm = checkpoints[2 * i:2 * i + 2]
         rows["Transformer"][length] = {
             "options": [], "valid": variant.evaluate("table12-transformer", vanilla, "valid", [])}
         rows["+ continuous cache"][length] = _tuned_row(  # local memory, as in table10
