@@ -193,14 +193,6 @@ def brute_force_knn(queries, keys, k, metric):
     return torch.tensor(out_sims, dtype=torch.float64), torch.tensor(out_rows)
 
 
-def other_segments_memory(targets, pad):
-    """memory[s][t]: every non-pad position of the *other* segments (MT's in-batch memory,
-    §5.4: the other target sentences of the batch; no local memory)."""
-    B, T = targets.shape
-    keys = [(s2, j) for s2 in range(B) for j in range(T) if int(targets[s2, j]) != pad]
-    return [[[(s2, j) for s2, j in keys if s2 != s] for _ in range(T)] for s in range(B)]
-
-
 def top_k_memory(g, memory, k):
     """Each query's ``k`` most similar keys of its memory (by g·g', sorted explicitly)."""
     B, T, _ = g.shape

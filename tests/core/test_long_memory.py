@@ -139,11 +139,15 @@ def test_each_worker_with_the_global_memory_sums_to_the_global_loss(split):
     assert g_in.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("top_k", [None, 1, 3])
 @pytest.mark.parametrize("keep_local", [True, False])
 @pytest.mark.parametrize("chunk", [1, 4, 100])
-def test_ext_rule_matches_naive(keep_local, chunk):
+def test_ext_rule_matches_naive(keep_local, chunk, top_k):
     """ExtMemory (Eq. 4 in training): every token of the other segments + (unless dropped) the
-    earlier tokens of the own segment, against explicit lists; losses and gradients."""
+    earlier tokens of the own segment, against explicit lists; losses and gradients. With
+    ``top_k`` (the authors' MT --topk-mem; keep_local=False is MT's memory, §5.4) each query
+    keeps its k most similar keys, sorted explicitly in the reference."""
+    from naive import top_k_memory
     from trime.core.memory_lse import memory_logsumexp
     from trime.core.visibility import ExtMemory
 
@@ -153,13 +157,17 @@ def test_ext_rule_matches_naive(keep_local, chunk):
     memory = [[[(s2, j) for s2 in range(B) for j in range(T)
                 if valid[s2, j] and (s2 != s or (keep_local and j < t))] for t in range(T)]
               for s in range(B)]
+    if top_k is not None:
+        whole = naive_loss_over_memory(scores, g, targets, memory, PAD)
+        memory = top_k_memory(g, memory, top_k)
+        assert not torch.allclose(whole, naive_loss_over_memory(scores, g, targets, memory, PAD))
     s1, g1 = scores.clone().requires_grad_(), g.clone().requires_grad_()
     s2, g2 = scores.clone().requires_grad_(), g.clone().requires_grad_()
     rule = ExtMemory(valid.reshape(1, -1), torch.arange(B)[:, None].expand(B, T).reshape(1, -1),
                      keep_local=keep_local)
     flat_g = g1.reshape(1, B * T, -1)
     lse_all, lse_pos = memory_logsumexp(flat_g, flat_g, targets.reshape(1, -1), targets.reshape(1, -1),
-                                        rule, chunk_size=chunk)
+                                        rule, chunk_size=chunk, top_k=top_k)
     target_score = s1.gather(-1, targets[..., None]).squeeze(-1).float()
     nll = trime_nll(target_score, s1.float().logsumexp(-1), lse_all.view(B, T), lse_pos.view(B, T))
     ours = nll[valid].sum()

@@ -134,41 +134,6 @@ def test_softmax_target_log_prob_values_and_gradcheck():
     assert torch.allclose(logits.grad, ref_logits.grad, atol=1e-6)
 
 
-@pytest.mark.parametrize("chunk,top_k", [(1, 1), (4, 3), (100, 3), (4, 1000)])
-def test_top_k_memory_over_other_segments_matches_naive(chunk, top_k):
-    """The MT memory (§5.4: the other target sentences of the batch) cut to each query's top-k
-    keys (the authors' --topk-mem): loss and gradients vs explicit sorting and sums."""
-    from naive import naive_loss_over_memory, other_segments_memory, top_k_memory
-    from trime.core.visibility import ExtMemory
-
-    scores, g, targets = _batch(B=3, T=6, seed=4)
-    s1, g1 = scores.clone().requires_grad_(), g.clone().requires_grad_()
-    s2, g2 = scores.clone().requires_grad_(), g.clone().requires_grad_()
-    B, T = targets.shape
-    valid = targets != PAD
-    flat = valid.reshape(1, B * T)
-    segments = torch.arange(B).repeat_interleave(T)[None]
-    lse_all, lse_pos = memory_logsumexp(g1.reshape(1, B * T, -1), g1.reshape(1, B * T, -1),
-                                        targets.reshape(1, -1), targets.reshape(1, -1),
-                                        ExtMemory(flat, segments, keep_local=False),
-                                        chunk_size=chunk, top_k=top_k)
-    target_score = s1.gather(-1, targets[..., None]).squeeze(-1).float()
-    nll = trime_nll(target_score, s1.float().logsumexp(-1), lse_all.view(B, T), lse_pos.view(B, T))
-    ours = nll[valid].sum()
-    memory = top_k_memory(g2, other_segments_memory(targets, PAD), top_k)
-    assert all(len(m) == min(top_k, int(valid.sum()) - int(valid[s].sum()))
-               for s, rows in enumerate(memory) for m in rows)
-    ref = naive_loss_over_memory(s2, g2, targets, memory, PAD)
-    assert torch.allclose(ours.double(), ref, rtol=1e-5), (ours, ref)
-    ours.backward()
-    ref.backward()
-    assert torch.allclose(s1.grad, s2.grad, rtol=1e-4, atol=1e-6)
-    assert torch.allclose(g1.grad, g2.grad, rtol=1e-4, atol=1e-6)
-    if top_k == 1:  # a cut memory is another loss than the whole memory
-        whole = naive_loss_over_memory(scores, g, targets, other_segments_memory(targets, PAD), PAD)
-        assert not torch.allclose(whole, ref)
-
-
 def test_top_k_must_be_positive():
     g = torch.randn(1, 4, 3)
     labels = torch.ones(1, 4, dtype=torch.long)
