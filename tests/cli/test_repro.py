@@ -68,6 +68,16 @@ def test_table7_reuses_the_models_and_fills_every_cell(reproduced):
     trained = [name for name in report["steps"] if name.startswith("train-")]
     assert len(trained) == 3
     assert all(report["steps"][name] == table10_steps[name] for name in trained)
+    # a cell with a Table 10 row's model and memory is that row's tuning run, not a second one
+    table10 = _table(root, "table10")["rows"]
+    for name, memory, tuning in (("TrimeLM", "local", "tune-trimelm"),
+                                 ("TrimeLM_long", "local,long", "tune-trimelm-long"),
+                                 ("TrimeLM_ext", "local,long,ext", "tune-trimelm-ext")):
+        assert report["rows"][name][memory]["valid"] == table10[name]["valid"]
+        assert report["steps"][tuning] == table10_steps[tuning]
+    assert not {"tune-table7-trime-local", "tune-table7-trime_long-local-long",
+                "tune-table7-trime_ext-local-long-ext"} & set(report["steps"])
+    assert "tune-table7-trime_ext-local-ext" in report["steps"]
 
 
 def test_table11_and_table15_train_the_variants(reproduced):
@@ -86,6 +96,10 @@ def test_table11_and_table15_train_the_variants(reproduced):
     assert "train-trime_ext_p0.9" not in table15["steps"] and "train-trime_ext_p0" in table15["steps"]
     for report in (table11, table15):
         assert all(math.isfinite(row["valid"]) for row in report["rows"].values())
+    # the default variant is Table 10's TrimeLM_ext with its tuning run
+    table10_ext = _table(root, "table10")["rows"]["TrimeLM_ext"]["valid"]
+    assert table11["rows"]["TrimeLM_ext"]["valid"] == table15["rows"]["p = 0.9"]["valid"] == table10_ext
+    assert not any(step.startswith(("tune-table11-ext", "tune-table15-p0.9")) for step in {**steps, **table15["steps"]})
     if importlib.util.find_spec("matplotlib"):
         assert (root / "results" / "table15" / "table15.png").stat().st_size > 0
 
@@ -212,9 +226,25 @@ def test_orderings_are_checked_for_ours_and_the_papers_numbers():
                       "TrimeLM_ext at least 10% below Transformer"]
 
 
+def test_table7_orderings_read_the_model_and_memory_cell():
+    from trime.repro.orderings import check_claims
+    from trime.repro.tables import PAPER_TABLE7
+
+    rows = {model: {memory: {"valid": ppl, "paper_dev": ppl} for memory, ppl in cells.items()}
+            for model, cells in PAPER_TABLE7.items()}
+    checked = check_claims({"table7": rows})
+    assert [c["claim"] for c in checked] == [
+        "TrimeLM_long: local + long < local", "TrimeLM_ext: local + long + ext < local + long",
+        "TrimeLM_ext < TrimeLM_long, both with local + long + ext"]
+    assert all(c["holds"] and c["holds_in_paper"] for c in checked)
+    assert checked[0]["ours"] == (17.01, 17.12)
+    rows["TrimeLM_ext"]["local,long,ext"]["valid"] = 18.0  # ext no longer helps: two claims fail
+    assert [c["holds"] for c in check_claims({"table7": rows})] == [True, False, False]
+
+
 def test_orderings_file_covers_the_tables_written(reproduced):
     root, _ = reproduced
     checked = json.loads((root / "results" / "orderings.json").read_text())
-    assert {c["table"] for c in checked} == {"table10", "table11", "table15"}
-    assert len(checked) == 12
+    assert {c["table"] for c in checked} == {"table7", "table10", "table11", "table15"}
+    assert len(checked) == 15
     assert "| TrimeLM_ext at least 10% below Transformer |" in (root / "results" / "orderings.md").read_text()

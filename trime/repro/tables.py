@@ -25,6 +25,10 @@ PAPER_TABLE7 = {"TrimeLM": {"local": 17.10, "local,long": 17.17, "local,long,ext
                 "TrimeLM_long": {"local": 17.12, "local,long": 17.01, "local,long,ext": 16.48},
                 "TrimeLM_ext": {"local": 17.99, "local,long": 17.80, "local,long,ext": 15.51}}
 TRIME_MODELS = {"TrimeLM": "trime", "TrimeLM_long": "trime_long", "TrimeLM_ext": "trime_ext"}
+# Table 10's tuning runs of the TRIME models (model, test memory): the cells of Tables 7, 11 and
+# 15 with the same model and memory are these very runs, tuned once
+TABLE10_TUNING = {("TrimeLM", "local"): "trimelm", ("TrimeLM_long", "local,long"): "trimelm-long",
+                  ("TrimeLM_ext", "local,long,ext"): "trimelm-ext"}
 # paper Table 11 and Table 15 (7M models, WikiText-103 dev)
 PAPER_TABLE11 = {"TrimeLM_ext": 41.50, "w/o BM25 batching": 45.71, "w/o back-prop to memory": 45.15}
 PAPER_TABLE12 = {"Transformer": {3072: 82.70, 512: 81.15, 150: 81.40},
@@ -84,12 +88,8 @@ def table10(recipes):
                                 _memory(recipes, "ext", vanilla_dstore, "l2"))
     rows["kNN-LM + continuous cache"] = _tuned_row(
         recipes, "knnlm-cache", vanilla, "knnlm", _memory(recipes, "local,ext", vanilla_dstore, "l2"))
-    rows["TrimeLM"] = _tuned_row(recipes, "trimelm", models["TrimeLM"], "trime",
-                                 _memory(recipes, "local"))
-    rows["TrimeLM_long"] = _tuned_row(recipes, "trimelm-long", models["TrimeLM_long"], "trime",
-                                      _memory(recipes, "local,long"))
-    rows["TrimeLM_ext"] = _tuned_row(recipes, "trimelm-ext", models["TrimeLM_ext"], "trime",
-                                     _memory(recipes, "local,long,ext", ext_dstore))
+    for (name, memory), row in TABLE10_TUNING.items():
+        rows[name] = _tuned_row(recipes, row, models[name], "trime", _memory(recipes, memory, ext_dstore))
     for name, row in rows.items():
         row["paper_dev"], row["paper_test"] = PAPER_TABLE10[name]
     return rows
@@ -106,7 +106,7 @@ def table7(recipes):
         dstore = recipes.datastore(checkpoint, "ip")
         rows[name] = {}
         for memory in ("local", "local,long", "local,ext", "local,long,ext"):
-            row = f"table7-{recipe}-{memory.replace(',', '-')}"
+            row = TABLE10_TUNING.get((name, memory), f"table7-{recipe}-{memory.replace(',', '-')}")
             cell = _tuned_row(recipes, row, checkpoint, "trime", _memory(recipes, memory, dstore),
                               test=False)
             cell["paper_dev"] = PAPER_TABLE7[name].get(memory)
@@ -122,9 +122,11 @@ def _ext_dev_rows(recipes, variants):
             variant["drop"] = None  # the default p: the same model as Table 10's TrimeLM_ext
     checkpoints = recipes.checkpoints([dict(model="trime_ext", **v) for v in variants.values()])
     rows = {}
-    for row, checkpoint in zip(variants, checkpoints):
+    for (row, variant), checkpoint in zip(variants.items(), checkpoints):
         dstore = recipes.datastore(checkpoint, "ip")
-        rows[row] = _tuned_row(recipes, row, checkpoint, "trime",
+        default = variant.get("drop") is None and not variant.get("batching") and not variant.get("detach")
+        tuning = TABLE10_TUNING["TrimeLM_ext", "local,long,ext"] if default else row  # (p = 0 is not the default)
+        rows[row] = _tuned_row(recipes, tuning, checkpoint, "trime",
                                _memory(recipes, "local,long,ext", dstore), test=False)
     return rows
 
