@@ -248,3 +248,16 @@ def test_orderings_file_covers_the_tables_written(reproduced):
     assert {c["table"] for c in checked} == {"table7", "table10", "table11", "table15"}
     assert len(checked) == 15
     assert "| TrimeLM_ext at least 10% below Transformer |" in (root / "results" / "orderings.md").read_text()
+
+
+def test_orderings_link_the_analysis_only_where_one_is_written(tmp_path):
+    from trime.repro.orderings import write_orderings
+    from trime.repro.tables import PAPER_TABLE10
+
+    rows = {name: {"valid": dev, "test": test, "paper_dev": dev, "paper_test": test}
+            for name, (dev, test) in PAPER_TABLE10.items()}
+    (tmp_path / "table10").mkdir()
+    (tmp_path / "table10" / "table.json").write_text(json.dumps({"rows": rows}))
+    assert "analysis.md" not in write_orderings(str(tmp_path))
+    (tmp_path / "analysis.md").write_text("why\n")
+    assert "[analysis.md](analysis.md)" in write_orderings(str(tmp_path))
