@@ -121,11 +121,12 @@ def _ext_dev_rows(recipes, variants):
         if variant.get("drop") == recipes.budget.local_drop_prob:
             variant["drop"] = None  # the default p: the same model as Table 10's TrimeLM_ext
     checkpoints = recipes.checkpoints([dict(model="trime_ext", **v) for v in variants.values()])
+    table10_ext = recipes.training("trime_ext")[2]
     rows = {}
-    for (row, variant), checkpoint in zip(variants.items(), checkpoints):
+    for row, checkpoint in zip(variants, checkpoints):
         dstore = recipes.datastore(checkpoint, "ip")
-        default = variant.get("drop") is None and not variant.get("batching") and not variant.get("detach")
-        tuning = TABLE10_TUNING["TrimeLM_ext", "local,long,ext"] if default else row  # (p = 0 is not the default)
+        # Table 10's TrimeLM_ext itself: its tuning run, not a second one
+        tuning = TABLE10_TUNING["TrimeLM_ext", "local,long,ext"] if checkpoint == table10_ext else row
         rows[row] = _tuned_row(recipes, tuning, checkpoint, "trime",
                                _memory(recipes, "local,long,ext", dstore), test=False)
     return rows
