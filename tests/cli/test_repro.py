@@ -242,12 +242,32 @@ def test_table7_orderings_read_the_model_and_memory_cell():
     assert [c["holds"] for c in check_claims({"table7": rows})] == [True, False, False]
 
 
+def test_table12_orderings_name_the_lengths_of_the_table():
+    from trime.repro.orderings import check_claims
+    from trime.repro.tables import PAPER_TABLE12
+
+    rows = {name: {str(length): {"valid": ppl, "paper_dev": ppl} for length, ppl in cells.items()}
+            for name, cells in PAPER_TABLE12.items()}  # the paper lists L = 3072 first
+    checked = check_claims({"table12": rows})
+    assert [c["claim"] for c in checked] == [
+        "TrimeLM: L = 3072 < L = 512", "TrimeLM: L = 512 < L = 150",
+        "+ continuous cache: L = 3072 < L = 150", "TrimeLM < + continuous cache, L = 3072",
+        "TrimeLM < + continuous cache, L = 150"]
+    assert all(c["holds"] and c["holds_in_paper"] for c in checked)
+    assert checked[0]["ours"] == (54.89, 63.22)
+    rows["TrimeLM"]["150"]["valid"] = 60.0  # L = 150 now beats L = 512: one claim fails
+    assert [c["holds"] for c in check_claims({"table12": rows})] == [True, False, True, True, True]
+
+
 def test_orderings_file_covers_the_tables_written(reproduced):
     root, _ = reproduced
     checked = json.loads((root / "results" / "orderings.json").read_text())
-    assert {c["table"] for c in checked} == {"table7", "table10", "table11", "table15"}
-    assert len(checked) == 15
-    assert "| TrimeLM_ext at least 10% below Transformer |" in (root / "results" / "orderings.md").read_text()
+    assert {c["table"] for c in checked} == {"table7", "table10", "table11", "table12", "table15"}
+    assert len(checked) == 20
+    markdown = (root / "results" / "orderings.md").read_text()
+    assert "| TrimeLM_ext at least 10% below Transformer |" in markdown
+    # the tiny preset's own lengths: named in the claim, no paper cell to compare
+    assert "| TrimeLM: L = 64 < L = 32 | valid |" in markdown and "| — | — |" in markdown
 
 
 def test_orderings_link_the_analysis_only_where_one_is_written(tmp_path):
