@@ -39,9 +39,11 @@ def long_memory(segment_docs, segment_order, valid_keys):
     return memory
 
 
-def naive_loss_over_memory(vocab_scores, g, targets, memory, pad, detach_keys=False):
+def naive_loss_over_memory(vocab_scores, g, targets, memory, pad, detach_keys=False, temperature=1.0,
+                           label_smoothing=0.0):
     """Sum of -log P(target) (Eq. 5) with memory[s][t] = list of (segment, position) keys;
-    ``detach_keys``: the keys are constants (no gradient), the queries are not."""
+    ``detach_keys``: the keys are constants (no gradient), the queries are not. With
+    ``label_smoothing`` ε: (1 - ε - ε/(V-1)) (-log P(target)) + ε/(V-1) Σ_v -log p_vocab(v)."""
     B, T, _ = vocab_scores.shape
     flat_g, flat_targets = g.reshape(B * T, -1), targets.reshape(-1)
     if detach_keys:
@@ -52,8 +54,17 @@ def naive_loss_over_memory(vocab_scores, g, targets, memory, pad, detach_keys=Fa
             if int(targets[s, t]) == pad:
                 continue
             flat_memory = [s2 * T + j for s2, j in memory[s][t]]
-            p = eq6_distribution(vocab_scores[s, t], g[s, t], flat_g, flat_targets, flat_memory)
-            total = total - torch.log(p[int(targets[s, t])])
+            p = eq6_distribution(vocab_scores[s, t], g[s, t], flat_g, flat_targets, flat_memory,
+                                 temperature)
+            nll = -torch.log(p[int(targets[s, t])])
+            if label_smoothing:
+                V = vocab_scores.shape[-1]
+                p_vocab = torch.exp(vocab_scores[s, t].double())
+                p_vocab = p_vocab / p_vocab.sum()
+                smooth = sum(-torch.log(p_vocab[v]) for v in range(V))
+                eps_i = label_smoothing / (V - 1)
+                nll = (1 - label_smoothing - eps_i) * nll + eps_i * smooth
+            total = total + nll
     return total
 
 

@@ -2,7 +2,7 @@
 
 fairseq imports this package by its folder name when given ``--user-dir``;
 importing it registers ``--task trime_lm`` and ``--criterion trime_loss``
-(``trime.lm``). The pure math (``trime.core``) and external memory
+(``trime.lm``), ``--task trime_translation`` and ``--criterion trime_mt_loss`` (``trime.mt``). The pure math (``trime.core``) and external memory
 (``trime.extmem``) import without fairseq.
 """
 
@@ -19,4 +19,4 @@ else:
     from trime.glue.checkpoints import allow_namespace_in_checkpoints
 
     allow_namespace_in_checkpoints()  # translation checkpoints under torch >= 2.6
-    from trime import lm  # noqa: F401  (register with fairseq)
+    from trime import lm, mt  # noqa: F401  (register with fairseq)

@@ -20,14 +20,17 @@ def option_table():
     from trime.glue.options import EvalOptions, choices_of, flag
     from trime.lm.criterion import TrimeLossConfig
     from trime.lm.task import TrimeLMConfig
+    from trime.mt.criterion import TrimeMTLossConfig
 
     inherited = {f.name for f in dataclasses.fields(LanguageModelingConfig)}
     evaluation = {f.name for f in dataclasses.fields(EvalOptions)}
-    for config, where in ((TrimeLMConfig, "--task trime_lm"), (TrimeLossConfig, "--criterion trime_loss")):
+    for config, where in ((TrimeLMConfig, "--task trime_lm"), (TrimeLossConfig, "--criterion trime_loss"),
+                          (TrimeMTLossConfig, "--criterion trime_mt_loss")):
         for f in dataclasses.fields(config):
             if f.name in inherited or "help" not in f.metadata:
                 continue
-            used_by = "fairseq-eval-lm" if f.name in evaluation else "fairseq-train"
+            used_by = ("fairseq-eval-lm" if f.name in evaluation and where == "--task trime_lm"
+                       else "fairseq-train")
             if f.name == "doc_boundary":
                 used_by = "fairseq-train, fairseq-eval-lm"
             yield {"flag": flag(f.name), "default": f.default, "choices": choices_of(f),

@@ -1,4 +1,5 @@
-"""Every evaluation option, declared once (default, type, help), and its checked form.
+"""Every evaluation option, declared once (default, type, help), and its checked form; the
+training options that the LM and MT losses share (``TrainingMemoryOptions``).
 
 ``EvalOptions`` is a fairseq dataclass: a task config inherits it, so
 ``fairseq-eval-lm`` (and any other fairseq CLI) parses these flags with exactly these
@@ -23,6 +24,22 @@ KNN_DEFAULTS = {  # (similarity, lambda, temperature) when --knn-sim / --knn-lam
     "knnlm": ("l2", 0.25, 1.0),  # Khandelwal et al. (2020)
     "trime": ("ip", 0.3, 1.0),   # TRIME's sim (§3); λ = 0.3 as in the authors' release; tune τ'
 }
+
+
+@dataclass
+class TrainingMemoryOptions(FairseqDataclass):
+    """What ``--criterion trime_loss`` and ``trime_mt_loss`` both offer (their configs inherit it)."""
+
+    ce_warmup_updates: int = field(
+        default=0,
+        metadata={"help": "train with the plain cross-entropy (Eq. 1) for this many updates first "
+                  "(paper §5.2: the first ~5%% of updates; the authors' IWSLT recipe: 5 epochs)"},
+    )
+    memory_chunk_size: int = field(
+        default=1024,
+        metadata={"help": "queries per chunk when summing over memory; extra memory is "
+                  "O(tokens x chunk)"},
+    )
 
 
 @dataclass

@@ -5,6 +5,8 @@ LayerNorm in pre-norm models; the hook adds no parameters, so checkpoints stay p
 fairseq checkpoints. Works for any fairseq Transformer decoder (LM or translation).
 """
 
+from contextlib import contextmanager
+
 import torch
 
 
@@ -41,3 +43,14 @@ class LastFFNInput:
                 "missing; TRIME does not support --decoder-layerdrop (the last layer may be skipped)."
             )
         return captured.transpose(0, 1)  # T x B x C -> B x T x C
+
+
+@contextmanager
+def capturing_last_ffn_input(decoder):
+    """``LastFFNInput`` for the forward passes inside the block; the hook is removed on exit,
+    so the model is left as it was (for a criterion, which does not own the model)."""
+    capture = LastFFNInput(decoder)
+    try:
+        yield capture
+    finally:
+        capture.handle.remove()

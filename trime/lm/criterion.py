@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass import ChoiceEnum
 
 from trime.core.objective import batch_memory_logsumexp, trime_nll
 from trime.core.visibility import MEMORY_RULES, memory_labels
 from trime.glue import vocab
+from trime.glue.options import TrainingMemoryOptions
 from trime.glue.distributed import DUMMY_BATCH, data_parallel_world, gather_batch_memory
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ TRAINING_MEMORIES = ("none", *MEMORY_RULES)
 
 
 @dataclass
-class TrimeLossConfig(FairseqDataclass):
+class TrimeLossConfig(TrainingMemoryOptions):
     memory: ChoiceEnum(list(TRAINING_MEMORIES)) = field(
         default="local",
         metadata={"help": "training memory (paper §4): none = no memory, the plain LM loss "
@@ -48,11 +49,6 @@ class TrimeLossConfig(FairseqDataclass):
                   "same document in the batch (TrimeLM_long; use --batching consecutive); "
                   "ext = every token of the other segments of the batch, plus the own segment's "
                   "earlier tokens unless dropped (TrimeLM_ext, §4.3; see --local-drop-prob)"},
-    )
-    ce_warmup_updates: int = field(
-        default=0,
-        metadata={"help": "train with the plain LM loss (Eq. 1) for this many updates first "
-                  "(paper §5.2: the first ~5%% of updates)"},
     )
     local_drop_prob: Optional[float] = field(
         default=None,
@@ -73,16 +69,11 @@ class TrimeLossConfig(FairseqDataclass):
                   "\"w/o back-prop to memory\" ablation, Table 11; stop-gradient memory as in "
                   "Transformer-XL); any --memory rule, also across workers"},
     )
-    memory_chunk_size: int = field(
-        default=1024,
-        metadata={"help": "queries per chunk when summing over memory; extra memory is "
-                  "O(tokens x chunk)"},
-    )
 
 
 @register_criterion("trime_loss", dataclass=TrimeLossConfig)
 class TrimeLoss(FairseqCriterion):
-    # fairseq passes every TrimeLossConfig field by name: the defaults live there alone
+    # fairseq passes every config field by name: the defaults live there alone
     def __init__(self, task, memory, ce_warmup_updates, local_drop_prob, memory_across_workers,
                  detach_memory, memory_chunk_size):
         super().__init__(task)

@@ -24,9 +24,9 @@ from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageMode
 
 from trime.core.batching import consecutive_batches, shuffled_batches
 from trime.core.documents import DOC_BOUNDARIES
-from trime.glue.distributed import DUMMY_BATCH
 from trime.glue.options import EvalOptions, EvalSettings
 from trime.glue.query import last_ffn
+from trime.glue.train_step import tell_criterion
 from trime.lm.data import EvalStreamDataset, SegmentPositionsDataset
 from trime.lm.model import TrimeLanguageModel
 
@@ -168,12 +168,7 @@ class TrimeLMTask(LanguageModelingTask):
                          settings.knn_exact_scores)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        # fairseq tells a criterion nothing about updates: the CE warm-up and the local-drop
-        # draw of trime_loss need the update number (a criterion without the hook ignores it)
-        if hasattr(criterion, "set_num_updates"):
-            criterion.set_num_updates(update_num)
-        # fairseq's filler batch at the end of an epoch (ignore_grad): the batch says so
-        sample[DUMMY_BATCH] = bool(ignore_grad)
+        tell_criterion(sample, criterion, update_num, ignore_grad)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def get_batch_iterator(self, dataset, **kwargs):
