@@ -4,7 +4,9 @@ Algorithm 1 packs training segments that share rare words into the same batch, s
 the in-batch memory (--memory ext) holds useful neighbours. Steps: the training
 segments (``trime.lm.bm25_batches.segment_token_ids``), their exact BM25 neighbours
 (``trime.core.bm25``), the greedy chain and its batches (``trime.core.batching``), the
-file (``trime.lm.bm25_batches.save_bm25_batches``).
+file (``trime.lm.bm25_batches.save_bm25_batches``). With --source-lang/--target-lang the
+same over the target sentences of translation pairs, written as the chain's order
+(``trime.mt.bm25_order``): fairseq's --max-tokens batching cuts it at training time.
 """
 
 import argparse
@@ -27,6 +29,12 @@ The file is for training with Algorithm 1's batches (paper Appendix B):
     fairseq-train DATA --user-dir $(trime-user-dir) --task trime_lm \\
         --tokens-per-sample L --batch-size B --batching bm25 --bm25-batches FILE ...
 
+or, made with --source-lang S --target-lang T (the target sentences of translation pairs,
+paper §5.4; no L or B: fairseq's --max-tokens cuts the chain into batches):
+
+    fairseq-train DATA --user-dir $(trime-user-dir) --task trime_translation -s S -t T \\
+        --batching bm25 --bm25-batches FILE --criterion trime_mt_loss ...
+
 --tokens-per-sample must equal the training one (segment i of this file is training
 example i); --batch-size is the number of segments per batch (the training
 --batch-size). The file records L, the segment count and a checksum of dict.txt, and
@@ -45,19 +53,26 @@ def main(argv=None):
         description="Pack training segments into batches of BM25-similar segments "
                     "(TRIME, Appendix B, Algorithm 1) and write them to a JSON file.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data", help="fairseq-preprocess --only-source output directory "
-                                     "(dict.txt and SPLIT.bin/.idx)")
+    parser.add_argument("data", help="fairseq-preprocess output directory: --only-source for a "
+                                     "language model (dict.txt and SPLIT.bin/.idx), or of parallel "
+                                     "data with --source-lang/--target-lang")
     parser.add_argument("--split", default="train", help="binarised split to pack (default: train)")
-    parser.add_argument("--tokens-per-sample", type=int, required=True, metavar="L",
-                        help="segment length: must equal the training --tokens-per-sample")
+    parser.add_argument("--tokens-per-sample", type=int, metavar="L",
+                        help="segment length: must equal the training --tokens-per-sample "
+                             "(language models)")
     parser.add_argument("--k", type=int, default=20,
-                        help="BM25 neighbours retrieved per segment (default: 20)")
-    parser.add_argument("--batch-size", type=int, required=True, metavar="B",
-                        help="segments per batch (the training --batch-size)")
+                        help="BM25 neighbours retrieved per segment or sentence (default: 20)")
+    parser.add_argument("--batch-size", type=int, metavar="B",
+                        help="segments per batch (the training --batch-size; language models)")
+    parser.add_argument("--source-lang", "-s", metavar="S",
+                        help="translation: the source language of the pairs (with --target-lang)")
+    parser.add_argument("--target-lang", "-t", metavar="T",
+                        help="translation: the target language; BM25 runs on its sentences")
     parser.add_argument("--seed", type=int, default=1,
                         help="seed of the chain's random restarts (default: 1)")
     parser.add_argument("-o", "--output", required=True, metavar="FILE",
-                        help="where to write the batches (JSON; written atomically)")
+                        help="where to write the batches, or a translation order (JSON; "
+                             "written atomically)")
     parser.add_argument("--k1", type=float, default=1.5, metavar="k1",
                         help="BM25 k1 (default: 1.5)")
     parser.add_argument("--b", type=float, default=0.75, metavar="b",
@@ -69,24 +84,29 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not os.path.isdir(args.data):
         parser.error(f"data directory {args.data!r} does not exist")
-    if not os.path.isfile(os.path.join(args.data, "dict.txt")):
-        parser.error(f"no dict.txt in {args.data!r}: point DATA at the --destdir of "
-                     "`fairseq-preprocess --only-source --trainpref TEXT --destdir DATA`")
-    if not os.path.isfile(os.path.join(args.data, args.split + ".bin")):
-        parser.error(f"no {args.split}.bin/.idx in {args.data!r}: binarise that split with "
-                     "fairseq-preprocess, or choose another --split")
-    for name, value in (("--tokens-per-sample", args.tokens_per_sample), ("--k", args.k),
+    for name, value in (("--k", args.k), ("--tokens-per-sample", args.tokens_per_sample),
                         ("--batch-size", args.batch_size)):
-        if value < 1:
+        if value is not None and value < 1:
             parser.error(f"{name} must be >= 1, got {value}")
     if args.k1 < 0 or not 0 <= args.b <= 1:
         parser.error(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1 = {args.k1}, b = {args.b}")
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(out_dir):
         parser.error(f"output directory {out_dir!r} does not exist")
+    if args.source_lang or args.target_lang:
+        return _translation(parser, args)
+    if args.tokens_per_sample is None or args.batch_size is None:
+        parser.error("a language model's batches need --tokens-per-sample L and --batch-size B "
+                     "(the training ones); for translation pairs give --source-lang and "
+                     "--target-lang instead")
+    if not os.path.isfile(os.path.join(args.data, "dict.txt")):
+        parser.error(f"no dict.txt in {args.data!r}: point DATA at the --destdir of "
+                     "`fairseq-preprocess --only-source --trainpref TEXT --destdir DATA`")
+    if not os.path.isfile(os.path.join(args.data, args.split + ".bin")):
+        parser.error(f"no {args.split}.bin/.idx in {args.data!r}: binarise that split with "
+                     "fairseq-preprocess, or choose another --split")
 
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        level=logging.INFO)
+    _log_to_stderr()
     from fairseq.data import Dictionary
 
     from trime.extmem.fingerprints import dictionary_checksum
@@ -106,19 +126,10 @@ def main(argv=None):
     if k < args.k:
         logger.warning(f"--k {args.k} > {num - 1} other segments: using k = {k}")
 
-    timings = {}
     excluded = special_token_ids(dictionary)
-    neighbours = bm25_neighbours(segments, k, args.k1, args.b, exclude_ids=excluded,
-                                 backend=args.backend, progress=True, timings=timings)
-    logger.info(f"BM25 neighbours (k = {k}, backend {args.backend}): index "
-                f"{timings['index']:.1f} s, retrieval and top-k {timings['retrieval']:.1f} s")
-    chain_started = time.perf_counter()
-    order = bm25_chain(neighbours, args.seed)
+    order, seconds = _neighbours_and_chain(segments, k, args, excluded, "segments")
     batches = chain_batches(order, args.batch_size)
-    followed = np.mean([b in neighbours[a] for a, b in zip(order, order[1:])]) if num > 1 else 0
-    logger.info(f"Algorithm 1 chain in {time.perf_counter() - chain_started:.1f} s: "
-                f"{followed:.1%} of its steps go to a BM25 neighbour; {len(batches):,} batches "
-                f"of {args.batch_size} segments")
+    logger.info(f"{len(batches):,} batches of {args.batch_size} segments")
     # §4.3's point, measured: how often a target occurs in the batch's other segments (the
     # in-batch memory of --memory ext), for these batches and for random ones of the same size
     counts = np.array(dictionary.count)
@@ -137,7 +148,71 @@ def main(argv=None):
         dictionary_checksum=dictionary_checksum(dictionary), k=k, k1=args.k1, b=args.b,
         excluded_tokens=[dictionary[i] for i in excluded], backend=args.backend,
         seed=args.seed, batch_size=args.batch_size,
-        neighbour_seconds=round(timings["index"] + timings["retrieval"], 2))
+        neighbour_seconds=seconds)
+    logger.info(f"wrote {args.output} in {time.perf_counter() - started:.1f} s in all")
+
+
+def _log_to_stderr():
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        level=logging.INFO)
+
+
+def _neighbours_and_chain(sentences, k, args, excluded, unit):
+    """Exact BM25 neighbours of every sentence and Algorithm 1's chain over them."""
+    timings = {}
+    neighbours = bm25_neighbours(sentences, k, args.k1, args.b, exclude_ids=excluded,
+                                 backend=args.backend, progress=True, timings=timings)
+    logger.info(f"BM25 neighbours (k = {k}, backend {args.backend}): index "
+                f"{timings['index']:.1f} s, retrieval and top-k {timings['retrieval']:.1f} s")
+    started = time.perf_counter()
+    order = bm25_chain(neighbours, args.seed)
+    followed = np.mean([b in neighbours[a] for a, b in zip(order, order[1:])])
+    logger.info(f"Algorithm 1 chain over {len(order):,} {unit} in {time.perf_counter() - started:.1f} s: "
+                f"{followed:.1%} of its steps go to a BM25 neighbour")
+    return order, round(timings["index"] + timings["retrieval"], 2)
+
+
+def _translation(parser, args):
+    """The chain over the target sentences of translation pairs, written as an order."""
+    if not (args.source_lang and args.target_lang):
+        parser.error("translation pairs need both --source-lang and --target-lang")
+    if args.tokens_per_sample is not None or args.batch_size is not None:
+        parser.error("--tokens-per-sample and --batch-size are for language models: translation "
+                     "batches are cut from the order by the training --max-tokens")
+    src, tgt = args.source_lang, args.target_lang
+    dictionaries = {lang: os.path.join(args.data, f"dict.{lang}.txt") for lang in (src, tgt)}
+    for lang, path in dictionaries.items():
+        if not os.path.isfile(path):
+            parser.error(f"no dict.{lang}.txt in {args.data!r}: point DATA at the --destdir of "
+                         f"`fairseq-preprocess --source-lang {src} --target-lang {tgt} ...`")
+    _log_to_stderr()
+    from fairseq.data import Dictionary
+
+    from trime.extmem.fingerprints import dictionary_checksum
+    from trime.lm.bm25_batches import special_token_ids
+    from trime.mt.bm25_order import save_bm25_order, target_sentences
+
+    started = time.perf_counter()
+    src_dict, tgt_dict = (Dictionary.load(dictionaries[lang]) for lang in (src, tgt))
+    try:
+        sentences = target_sentences(args.data, args.split, src, tgt, src_dict, tgt_dict)
+    except FileNotFoundError as e:
+        parser.error(str(e))
+    num = len(sentences)
+    logger.info(f"{num:,} {src}-{tgt} pairs ({sum(len(s) for s in sentences):,} target tokens) "
+                f"from {args.data}/{args.split}")
+    if num < 2:
+        parser.error(f"{args.split} has {num} pair(s): nothing to order")
+    k = min(args.k, num - 1)
+    if k < args.k:
+        logger.warning(f"--k {args.k} > {num - 1} other pairs: using k = {k}")
+    excluded = special_token_ids(tgt_dict)
+    order, seconds = _neighbours_and_chain(sentences, k, args, excluded, "pairs")
+    save_bm25_order(
+        args.output, order, data=args.data, split=args.split, source_lang=src, target_lang=tgt,
+        num_pairs=num, dictionary_checksum=dictionary_checksum(tgt_dict), k=k, k1=args.k1,
+        b=args.b, excluded_tokens=[tgt_dict[i] for i in excluded], backend=args.backend,
+        seed=args.seed, neighbour_seconds=seconds)
     logger.info(f"wrote {args.output} in {time.perf_counter() - started:.1f} s in all")
 
 

@@ -16,15 +16,19 @@ def option_table():
     """(flag, default, help, where) for every option trime adds to fairseq, read from the
     dataclass configs where each is declared."""
     from fairseq.tasks.language_modeling import LanguageModelingConfig
+    from fairseq.tasks.translation import TranslationConfig
 
     from trime.glue.options import EvalOptions, choices_of, flag
     from trime.lm.criterion import TrimeLossConfig
     from trime.lm.task import TrimeLMConfig
     from trime.mt.criterion import TrimeMTLossConfig
+    from trime.mt.task import TrimeTranslationConfig
 
-    inherited = {f.name for f in dataclasses.fields(LanguageModelingConfig)}
+    inherited = {f.name for base in (LanguageModelingConfig, TranslationConfig)
+                 for f in dataclasses.fields(base)}
     evaluation = {f.name for f in dataclasses.fields(EvalOptions)}
     for config, where in ((TrimeLMConfig, "--task trime_lm"), (TrimeLossConfig, "--criterion trime_loss"),
+                          (TrimeTranslationConfig, "--task trime_translation"),
                           (TrimeMTLossConfig, "--criterion trime_mt_loss")):
         for f in dataclasses.fields(config):
             if f.name in inherited or "help" not in f.metadata:

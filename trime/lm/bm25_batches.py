@@ -5,7 +5,8 @@
   (segment i = training example id i), the input of ``trime.core.bm25``;
 - ``save_bm25_batches`` / ``load_bm25_batches``: the JSON file that
   ``trime-bm25-batches`` writes and ``fairseq-train --task trime_lm --batching bm25
-  --bm25-batches FILE`` reads, checked against the training data.
+  --bm25-batches FILE`` reads, checked against the training data (the writer, reader and
+  permutation check are shared with translation's order file, ``trime.mt.bm25_order``).
 """
 
 import json
@@ -47,20 +48,58 @@ def special_token_ids(dictionary) -> List[int]:
     return sorted({dictionary.bos(), dictionary.pad(), dictionary.eos(), dictionary.unk()})
 
 
-def save_bm25_batches(path: str, batches: List[List[int]], **fields) -> None:
-    """Write {"format": FORMAT, **fields, "batches": batches} as JSON, one batch a line.
-
-    Atomic: written to path + ".tmp", then renamed over path."""
-    header = json.dumps({"format": FORMAT, **fields}, indent=1)
+def write_bm25_file(path: str, file_format: str, key: str, rows: list, **fields) -> None:
+    """Write {"format": file_format, **fields, key: rows} as JSON: a list of lists one per line,
+    a flat list on one line. Atomic: written to path + ".tmp", then renamed over path."""
+    header = json.dumps({"format": file_format, **fields}, indent=1)
     assert header.endswith("\n}")
-    lines = ",\n".join("  " + json.dumps(batch, separators=(",", ":")) for batch in batches)
-    text = header[:-2] + ',\n "batches": [\n' + lines + "\n ]\n}\n"
+    if rows and isinstance(rows[0], list):
+        body = "[\n" + ",\n".join("  " + json.dumps(row, separators=(",", ":")) for row in rows) + "\n ]"
+    else:
+        body = json.dumps(rows, separators=(",", ":"))
+    text = header[:-2] + f',\n "{key}": ' + body + "\n}\n"
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_bm25_batches(path: str, batches: List[List[int]], **fields) -> None:
+    """Write {"format": FORMAT, **fields, "batches": batches} as JSON, one batch a line, atomically."""
+    write_bm25_file(path, FORMAT, "batches", batches, **fields)
+
+
+def read_bm25_file(path: str, file_format: str, required, rerun: str) -> dict:
+    """The JSON content of a BM25 file of ``file_format`` with the ``required`` keys; a
+    ValueError ending in ``rerun`` (the command that remakes it) otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"BM25 batch file {path!r} does not exist: {rerun}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read BM25 batch file {path!r} ({e}): {rerun}") from None
+    if not isinstance(content, dict) or content.get("format") != file_format:
+        found = content.get("format") if isinstance(content, dict) else type(content).__name__
+        raise ValueError(f"{path!r} is not a trime-bm25-batches file of this kind (format "
+                         f"{found!r}, expected {file_format!r}): {rerun}")
+    missing = [key for key in required if key not in content]
+    if missing:
+        raise ValueError(f"{path!r} lacks {', '.join(missing)}: {rerun}")
+    return content
+
+
+def check_permutation(ids: np.ndarray, num: int, what: str, unit: str, rerun: str) -> None:
+    """A ValueError unless ``ids`` holds every id in range(num) exactly once."""
+    inside = ids[(ids >= 0) & (ids < num)]
+    counts = np.bincount(inside, minlength=num)
+    if len(ids) != num or len(inside) != len(ids) or (counts != 1).any():
+        raise ValueError(
+            f"{what} are not a permutation of the {num:,} {unit} ids ({len(ids):,} entries, "
+            f"{int((counts == 0).sum()):,} ids missing, {int((counts > 1).sum()):,} repeated, "
+            f"{len(ids) - len(inside):,} out of range): {rerun}")
 
 
 def load_bm25_batches(path: str, num_segments: int, tokens_per_sample: int,
@@ -81,21 +120,8 @@ def load_bm25_batches(path: str, num_segments: int, tokens_per_sample: int,
     """
     rerun = (f"rerun `trime-bm25-batches DATA --split train --tokens-per-sample "
              f"{tokens_per_sample} --batch-size B -o {path}` on this training data")
-    try:
-        with open(path, encoding="utf-8") as f:
-            content = json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"BM25 batch file {path!r} does not exist: {rerun}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read BM25 batch file {path!r} ({e}): {rerun}") from None
-    if not isinstance(content, dict) or content.get("format") != FORMAT:
-        found = content.get("format") if isinstance(content, dict) else type(content).__name__
-        raise ValueError(f"{path!r} is not a trime-bm25-batches file (format {found!r}, expected "
-                         f"{FORMAT!r}): {rerun}")
-    missing = [key for key in ("num_segments", "tokens_per_sample", "dictionary_checksum",
-                               "batches") if key not in content]
-    if missing:
-        raise ValueError(f"{path!r} lacks {', '.join(missing)}: {rerun}")
+    content = read_bm25_file(path, FORMAT, ("num_segments", "tokens_per_sample",
+                                            "dictionary_checksum", "batches"), rerun)
     file_segments, file_tokens = content["num_segments"], content["tokens_per_sample"]
     if file_tokens != tokens_per_sample or file_segments != num_segments:
         raise ValueError(
@@ -113,12 +139,5 @@ def load_bm25_batches(path: str, num_segments: int, tokens_per_sample: int,
             for batch in batches):
         raise ValueError(f"the batches of {path!r} are not non-empty lists of segment ids: {rerun}")
     ids = np.array([s for batch in batches for s in batch], dtype=np.int64)
-    inside = ids[(ids >= 0) & (ids < num_segments)]
-    counts = np.bincount(inside, minlength=num_segments)
-    if len(ids) != num_segments or len(inside) != len(ids) or (counts != 1).any():
-        raise ValueError(
-            f"the batches of {path!r} are not a permutation of the {num_segments:,} segment ids "
-            f"({len(ids):,} entries, {int((counts == 0).sum()):,} ids missing, "
-            f"{int((counts > 1).sum()):,} repeated, {len(ids) - len(inside):,} out of range): "
-            f"{rerun}")
+    check_permutation(ids, num_segments, f"the batches of {path!r}", "segment", rerun)
     return batches
