@@ -31,6 +31,7 @@ setup(
             "trime-toy-corpus = trime.cli.toy_corpus:main",
             "trime-memory-curve = trime.cli.memory_curve:main",
             "trime-build-index = trime.cli.build_index:main",
+            "trime-mt-datastore = trime.cli.mt_datastore:main",
             "trime-bm25-batches = trime.cli.bm25_batches:main",
             "trime-tune = trime.cli.tune:main",
             "trime-repro = trime.cli.repro:main",

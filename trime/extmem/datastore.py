@@ -2,9 +2,10 @@
 
 A datastore is a folder with
 
-- ``keys.npy``: fp16 [N, d], the key g(c) of every scored token of a split: the
-  input of the last decoder layer's FFN, the same representation the TRIME loss
-  uses (``trime.glue.query.LastFFNInput``);
+- ``keys.npy``: fp16 [N, d], the key g(c) of every scored token of a split: for a
+  language model the input of the last decoder layer's FFN, the same representation
+  the TRIME loss uses (``trime.glue.query.LastFFNInput``); for translation the
+  ``--mt-key`` representation (``meta["key_type"]``, ``trime.mt.datastore``);
 - ``values.npy``: int32 [N], the token that followed each context (int32: the
   public kNN-LM code used int16, which overflows a 267k vocabulary);
 - ``meta.json``: N, d, dtypes, key type, dictionary size and checksum, the
@@ -43,7 +44,8 @@ class DatastoreWriter:
     written and ``DIR.partial`` is renamed to ``DIR``.
     """
 
-    def __init__(self, path: str, num_tokens: int, dim: int, meta: dict, progress: bool = True):
+    def __init__(self, path: str, num_tokens: int, dim: int, meta: dict, progress: bool = True,
+                 key_type: str = KEY_TYPE):
         self.path = os.path.abspath(path)
         self.partial = self.path + ".partial"
         if os.path.exists(self.path):
@@ -56,7 +58,7 @@ class DatastoreWriter:
         os.makedirs(self.partial)
         self.num_tokens, self.dim = int(num_tokens), int(dim)
         self.meta = dict(meta, format=FORMAT, num_tokens=self.num_tokens, dim=self.dim,
-                         key_dtype="float16", value_dtype="int32", key_type=KEY_TYPE)
+                         key_dtype="float16", value_dtype="int32", key_type=key_type)
         self.keys = open_memmap(os.path.join(self.partial, KEYS_FILE), mode="w+",
                                 dtype=np.float16, shape=(self.num_tokens, self.dim))
         self.values = open_memmap(os.path.join(self.partial, VALUES_FILE), mode="w+",

@@ -1,0 +1,42 @@
+"""A toy parallel corpus, binarised, and a tiny translation model trained on it (e2e tests)."""
+
+import random
+
+from console import run
+
+TINY_ARCH = [
+    "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
+    "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32",
+    "--decoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2",
+    "--decoder-attention-heads", "2", "--decoder-normalize-before",
+]
+
+
+def write_pairs(folder, name, lines, seed):
+    """de: random words; en: the same words upper-cased, in reverse order."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(40)]
+    with open(folder / f"{name}.de", "w") as de, open(folder / f"{name}.en", "w") as en:
+        for _ in range(lines):
+            sentence = rng.sample(words, rng.randint(3, 8))
+            de.write(" ".join(sentence) + "\n")
+            en.write(" ".join(w.upper() for w in reversed(sentence)) + "\n")
+    return str(folder / name)
+
+
+def binarised(folder, train_lines=64, valid_lines=16):
+    train, valid = write_pairs(folder, "train", train_lines, 0), write_pairs(folder, "valid", valid_lines, 1)
+    run("fairseq-preprocess", "--source-lang", "de", "--target-lang", "en", "--trainpref", train,
+        "--validpref", valid, "--destdir", folder / "bin", "--workers", "1")
+    return folder / "bin"
+
+
+def train(data, save_dir, extra=(), updates=6):
+    """(exit code, output) of a tiny fairseq-train on ``data``."""
+    import trime
+
+    return run("fairseq-train", data, "--user-dir", trime.USER_DIR, "--task", "trime_translation",
+               *TINY_ARCH, "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "256",
+               "--max-update", str(updates), "--save-dir", save_dir, "--no-epoch-checkpoints",
+               "--log-format", "simple", "--log-interval", "1", "--cpu", "--num-workers", "0",
+               *extra)

@@ -1,0 +1,83 @@
+"""A datastore from parallel data (kNN-MT, TrimeMT_ext's external memory; paper §5.4).
+
+A teacher-forced pass of a translation model over a split saves, for every target token, the
+decoder's key (``--mt-key``: ``final`` = the output features, what the authors' and most kNN-MT
+code use; ``last-ffn-input`` = the LM's g) and the token itself, through the project's
+datastore writer (``trime.extmem.datastore``: fp16 keys, int32 values, ``meta.json``). Row
+``offset[i] + t`` holds token t of pair i's target (EOS included), so every target token is
+written exactly once, whatever the batching; a pass that leaves any out (pairs skipped as too
+long) leaves the datastore incomplete and says so. ``meta.json`` records the direction and both
+dictionaries' checksums, which decoding checks.
+"""
+
+import logging
+import sys
+
+import numpy as np
+import torch
+
+from trime.extmem.datastore import DatastoreWriter
+from trime.extmem.fingerprints import dictionary_checksum, model_fingerprint
+from trime.glue.query import capturing_last_ffn_input
+
+logger = logging.getLogger(__name__)
+
+KIND = "translation"  # meta["kind"] of a datastore built from parallel data
+
+
+def decoder_keys(model, net_input, mt_key: str) -> torch.Tensor:
+    """The decoder representation ``mt_key`` of every target position, [B, T, d]."""
+    if mt_key == "last-ffn-input":
+        with capturing_last_ffn_input(model.decoder) as capture:
+            model(**net_input, features_only=True)
+        return capture.pop()
+    if mt_key != "final":
+        raise ValueError(f"unknown --mt-key {mt_key!r}: final or last-ffn-input")
+    return model(**net_input, features_only=True)[0]
+
+
+def target_rows(sample, pair_offsets: np.ndarray, pad: int):
+    """(rows, scored) of a batch: each non-pad target token's datastore row, offset of its
+    pair + its position in the target (either padding side)."""
+    target = sample["target"]
+    scored = target.ne(pad)
+    positions = scored.long().cumsum(1) - 1
+    starts = torch.from_numpy(pair_offsets[sample["id"].cpu().numpy()]).to(target.device)
+    return (starts[:, None] + positions)[scored], scored
+
+
+def save_translation_datastore(path, model, batches, target_sizes, mt_key, source_dictionary,
+                               target_dictionary, meta: dict) -> str:
+    """Write the datastore of one teacher-forced pass over ``batches`` (fairseq samples of a
+    split whose pairs have ``target_sizes`` target tokens, EOS included, every pair once).
+    Returns the datastore folder; raises if the batches left any target token out."""
+    target_sizes = np.asarray(target_sizes, dtype=np.int64)
+    pair_offsets = np.concatenate([[0], np.cumsum(target_sizes)[:-1]])
+    num_tokens = int(target_sizes.sum())
+    dim = None
+    writer = None
+    pad = target_dictionary.pad()
+    model.eval()
+    with torch.no_grad():
+        for sample in batches:
+            keys = decoder_keys(model, sample["net_input"], mt_key)
+            if writer is None:
+                dim = keys.shape[-1]
+                writer = DatastoreWriter(path, num_tokens, dim, dict(
+                    meta, kind=KIND, dictionary_size=len(target_dictionary),
+                    dictionary_checksum=dictionary_checksum(target_dictionary),
+                    source_dictionary_size=len(source_dictionary),
+                    source_dictionary_checksum=dictionary_checksum(source_dictionary),
+                    model_fingerprint=model_fingerprint(model), command=" ".join(sys.argv)),
+                    key_type=mt_key)
+            rows, scored = target_rows(sample, pair_offsets, pad)
+            writer.add(rows, keys[scored], sample["target"][scored])
+    if writer is None or not writer.complete:
+        written = 0 if writer is None else writer.count
+        raise ValueError(
+            f"the datastore {path} is incomplete: {written:,} of {num_tokens:,} target tokens "
+            "were written, so some pairs were skipped (too long for the model, or "
+            "--skip-invalid-size-inputs-valid-test). A datastore needs every pair: drop that "
+            "flag, or raise --max-source-positions / --max-target-positions. "
+            f"{path}.partial is left and is refused by every reader.")
+    return writer.path
