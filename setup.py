@@ -16,6 +16,8 @@ setup(
         "scipy",
         "bm25s",
         "tqdm",
+        "sacremoses",   # Moses tokenisation for translation data (trime-prepare-translation)
+        "subword-nmt",  # joint BPE
         'fairseq==0.12.2; python_version < "3.11"',
         'fairseq-fixed==0.12.3.1; python_version >= "3.11"',
     ],
@@ -32,6 +34,7 @@ setup(
             "trime-memory-curve = trime.cli.memory_curve:main",
             "trime-build-index = trime.cli.build_index:main",
             "trime-mt-datastore = trime.cli.mt_datastore:main",
+            "trime-prepare-translation = trime.cli.prepare_translation:main",
             "trime-bm25-batches = trime.cli.bm25_batches:main",
             "trime-tune = trime.cli.tune:main",
             "trime-repro = trime.cli.repro:main",
