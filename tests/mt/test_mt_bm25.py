@@ -32,7 +32,8 @@ def data(tmp_path_factory):
     run("fairseq-preprocess", "--source-lang", "de", "--target-lang", "en", "--trainpref", train,
         "--validpref", valid, "--destdir", root / "bin", "--workers", "1")
     order_file = root / "order.json"
-    run("trime-bm25-batches", root / "bin", "-s", "de", "-t", "en", "--k", "3", "-o", order_file)
+    run("trime-bm25-batches", root / "bin", "-s", "de", "-t", "en", "--k", "3",
+        "--report-max-tokens", "24", "-o", order_file)
     return root, order_file
 
 
@@ -47,6 +48,12 @@ def test_the_chain_runs_over_the_target_sentences(data):
     # each pair's only BM25 neighbour with a shared rare word is its partner: the chain goes
     # there next (or came from there)
     assert all(abs(position[2 * i] - position[2 * i + 1]) == 1 for i in range(20))
+    # the file reports how often a target token is in another target sentence of its batch:
+    # the partners' shared word mostly is with BM25, seldom in fairseq's size-sorted batches
+    # (every word of this toy counts as rare: the common ones are there with either batching)
+    coverage = content["in_batch_coverage"]
+    assert coverage["max_tokens"] == 24
+    assert coverage["bm25"]["rare"] > coverage["length_sorted"]["rare"] + 0.15
 
 
 def _task(root, extra):

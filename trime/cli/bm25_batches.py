@@ -68,6 +68,9 @@ def main(argv=None):
                         help="translation: the source language of the pairs (with --target-lang)")
     parser.add_argument("--target-lang", "-t", metavar="T",
                         help="translation: the target language; BM25 runs on its sentences")
+    parser.add_argument("--report-max-tokens", type=int, default=4096, metavar="N",
+                        help="translation: the --max-tokens of the batches whose in-batch target "
+                             "coverage is reported (the file does not depend on it)")
     parser.add_argument("--seed", type=int, default=1,
                         help="seed of the chain's random restarts (default: 1)")
     parser.add_argument("-o", "--output", required=True, metavar="FILE",
@@ -190,12 +193,12 @@ def _translation(parser, args):
 
     from trime.extmem.fingerprints import dictionary_checksum
     from trime.lm.bm25_batches import special_token_ids
-    from trime.mt.bm25_order import save_bm25_order, target_sentences
+    from trime.mt.bm25_order import cut_like_fairseq, save_bm25_order, target_sentences
 
     started = time.perf_counter()
     src_dict, tgt_dict = (Dictionary.load(dictionaries[lang]) for lang in (src, tgt))
     try:
-        sentences = target_sentences(args.data, args.split, src, tgt, src_dict, tgt_dict)
+        sentences, sizes = target_sentences(args.data, args.split, src, tgt, src_dict, tgt_dict)
     except FileNotFoundError as e:
         parser.error(str(e))
     num = len(sentences)
@@ -208,11 +211,28 @@ def _translation(parser, args):
         logger.warning(f"--k {args.k} > {num - 1} other pairs: using k = {k}")
     excluded = special_token_ids(tgt_dict)
     order, seconds = _neighbours_and_chain(sentences, k, args, excluded, "pairs")
+    # §4.3's point for MT (§5.4): how often a target token occurs in another target sentence of
+    # its batch (trime_mt_loss's memory), for these batches and for fairseq's usual ones
+    # (pairs sorted by size, as fairseq-train orders them); EOS is left out, every sentence has it
+    if args.report_max_tokens < 1:
+        parser.error(f"--report-max-tokens must be >= 1, got {args.report_max_tokens}")
+    shuffled = np.random.default_rng(args.seed).permutation(num)
+    by_length = shuffled[np.argsort(sizes[shuffled], kind="mergesort")]  # ties in random order
+    words = [s[s != tgt_dict.eos()] for s in sentences]
+    rare = np.array(tgt_dict.count) <= RARE_COUNT
+    coverage = {name: in_batch_target_coverage(words, cut_like_fairseq(o, sizes, args.report_max_tokens), rare)
+                for name, o in (("bm25", order), ("length_sorted", by_length))}
+    coverage.update(rare=f"train count <= {RARE_COUNT}", max_tokens=args.report_max_tokens)
+    logger.info(f"target tokens found in another target sentence of the batch (--max-tokens "
+                f"{args.report_max_tokens}, EOS left out): "
+                + "; ".join(f"{name} batches {c['all']:.1%} of all, {c['rare']:.1%} of rare ones"
+                            for name, c in coverage.items() if isinstance(c, dict)))
     save_bm25_order(
-        args.output, order, data=args.data, split=args.split, source_lang=src, target_lang=tgt,
-        num_pairs=num, dictionary_checksum=dictionary_checksum(tgt_dict), k=k, k1=args.k1,
-        b=args.b, excluded_tokens=[tgt_dict[i] for i in excluded], backend=args.backend,
-        seed=args.seed, neighbour_seconds=seconds)
+        args.output, order, in_batch_coverage=coverage, data=args.data, split=args.split,
+        source_lang=src, target_lang=tgt, num_pairs=num,
+        dictionary_checksum=dictionary_checksum(tgt_dict), k=k, k1=args.k1, b=args.b,
+        excluded_tokens=[tgt_dict[i] for i in excluded], backend=args.backend, seed=args.seed,
+        neighbour_seconds=seconds)
     logger.info(f"wrote {args.output} in {time.perf_counter() - started:.1f} s in all")
 
 

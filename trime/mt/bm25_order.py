@@ -8,7 +8,8 @@ bm25 --bm25-batches FILE`` hands fairseq that order in place of its length-sorte
 fairseq's own ``--max-tokens`` batching cuts the chain into batches (as the authors did).
 
 - ``target_sentences``: the target side of the training pairs, exactly as ``--task
-  translation`` loads them (pair i = training example i);
+  translation`` loads them (pair i = training example i), and each pair's size in tokens;
+- ``cut_like_fairseq``: an order cut into batches as fairseq's --max-tokens batching cuts it;
 - ``save_bm25_order`` / ``load_bm25_order``: the JSON file, checked against the training data.
 """
 
@@ -23,9 +24,10 @@ FORMAT = "trime-bm25-order/1"
 
 
 def target_sentences(data_dir: str, split: str, source_lang: str, target_lang: str, source_dictionary,
-                     target_dictionary) -> List[np.ndarray]:
-    """Token ids of the target sentence of every pair of ``split`` (EOS included), loaded with
-    fairseq's ``load_langpair_dataset`` as ``--task translation`` loads them."""
+                     target_dictionary):
+    """(token ids of the target sentence of every pair of ``split``, EOS included; each pair's
+    size max(source, target) in tokens), loaded with fairseq's ``load_langpair_dataset`` as
+    ``--task translation`` loads them."""
     from fairseq.tasks.translation import load_langpair_dataset
 
     try:
@@ -38,7 +40,18 @@ def target_sentences(data_dir: str, split: str, source_lang: str, target_lang: s
             f"{e}: binarise the parallel data with `fairseq-preprocess --source-lang "
             f"{source_lang} --target-lang {target_lang} --trainpref TEXT --destdir {data_dir}`"
         ) from None
-    return [pairs.tgt[i].numpy() for i in range(len(pairs))]
+    sizes = np.maximum(pairs.src_sizes, pairs.tgt_sizes).astype(np.int64)
+    return [pairs.tgt[i].numpy() for i in range(len(pairs))], sizes
+
+
+def cut_like_fairseq(order, sizes: np.ndarray, max_tokens: int) -> List[List[int]]:
+    """``order`` cut into batches by fairseq's own ``batch_by_size`` (padded size <= max_tokens),
+    as training with --max-tokens cuts it (before --required-batch-size-multiple)."""
+    from fairseq.data import data_utils
+
+    order = np.asarray(order, dtype=np.int64)
+    batches = data_utils.batch_by_size(order, None, num_tokens_vec=sizes[order], max_tokens=max_tokens)
+    return [[int(i) for i in batch] for batch in batches]
 
 
 def save_bm25_order(path: str, order: List[int], **fields) -> None:
