@@ -34,7 +34,9 @@ def option_table():
             if f.name in inherited or "help" not in f.metadata:
                 continue
             used_by = ("fairseq-eval-lm" if f.name in evaluation and where == "--task trime_lm"
-                       else "fairseq-train")
+                       else "fairseq-generate" if f.name in evaluation else "fairseq-train")
+            if f.name == "memory_temp" and where == "--task trime_translation":
+                used_by = "fairseq-train, fairseq-generate"
             if f.name == "doc_boundary":
                 used_by = "fairseq-train, fairseq-eval-lm"
             yield {"flag": flag(f.name), "default": f.default, "choices": choices_of(f),

@@ -54,7 +54,9 @@ class EvalOptions(FairseqDataclass):
     )
     memory_temp: float = field(
         default=1.0,
-        metadata={"help": "evaluation temperature τ of Eq. 6; divides the memory logits only"},
+        metadata={"help": "temperature τ of Eq. 6; divides the memory logits only (at evaluation; "
+                  "with --task trime_translation also in training, Eq. 5: the authors' IWSLT "
+                  "recipe uses 10)"},
     )
     long_memory_size: int = field(
         default=12288,
@@ -130,6 +132,15 @@ class EvalOptions(FairseqDataclass):
                   "g(c) (fp16) and next token (int32) of every scored token, row i = token i of "
                   "the split; written to DIR.partial and renamed when complete"},
     )
+
+
+def declared_fields(config_class, names):
+    """(name, type, field) copies of these fields' declarations (default, help, choices), for
+    ``dataclasses.make_dataclass``: a config offering some of them declares nothing again."""
+    by_name = {f.name: f for f in dataclasses.fields(config_class)}
+    return [(name, by_name[name].type,
+             field(default=by_name[name].default, metadata=dict(by_name[name].metadata)))
+            for name in names]
 
 
 def option_names():

@@ -2,7 +2,8 @@
 
 The memory of a target token is every target token of the *other* sentences of the batch
 (§5.4: no local memory in MT; the ext rule with the own sentence always left out), keyed by
-the decoder representation ``--mt-key``. A memory logit is g·g' / √d / ``--memory-temp``;
+the decoder representation ``--mt-key``. A memory logit is g·g' / √d / ``--memory-temp`` (an
+option of ``--task trime_translation``, which decoding with TrimeMT_ext uses too);
 with ``--memory-topk k`` each token keeps only its k most similar memory entries, whatever
 their labels (as the authors' ``--topk-mem``). The math is ``trime.core.objective`` (chunked:
 never a dense [tokens × memory] matrix for the whole batch); this file gathers the tensors
@@ -49,11 +50,6 @@ class TrimeMTLossConfig(TrainingMemoryOptions):
                   "what the authors' MT code uses); last-ffn-input = the input of the last decoder "
                   "layer's FFN (paper Appendix C's g, and the LM's)"},
     )
-    memory_temp: float = field(
-        default=1.0,
-        metadata={"help": "divides the memory logits g·g'/√d (Eq. 5 has 1; the authors' IWSLT "
-                  "recipe uses 10)"},
-    )
     memory_topk: Optional[int] = field(
         default=None,
         metadata={"help": "keep only each token's k most similar memory entries, whatever their "
@@ -72,7 +68,7 @@ class TrimeMTLossConfig(TrainingMemoryOptions):
 @register_criterion("trime_mt_loss", dataclass=TrimeMTLossConfig)
 class TrimeMTLoss(FairseqCriterion):
     # fairseq passes every config field by name: the defaults live there alone
-    def __init__(self, task, mt_key, memory_temp, memory_topk, label_smoothing, ce_warmup_updates,
+    def __init__(self, task, mt_key, memory_topk, label_smoothing, ce_warmup_updates,
                  memory_chunk_size, sentence_avg):
         super().__init__(task)
         if not isinstance(task, TrimeTranslationTask):
@@ -81,6 +77,7 @@ class TrimeMTLoss(FairseqCriterion):
                              "(CE warm-up); it reads the same data as --task translation.")
         if str(mt_key) not in MT_KEYS:
             raise ValueError(f"--mt-key must be one of {', '.join(MT_KEYS)}, got {mt_key!r}")
+        memory_temp = task.cfg.memory_temp  # a task option: one τ for Eq. 5 and Eq. 6
         if not memory_temp > 0:
             raise ValueError(f"--memory-temp must be > 0, got {memory_temp}")
         if memory_topk is not None and memory_topk < 1:

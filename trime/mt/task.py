@@ -9,28 +9,39 @@ all). What it adds:
   ``--max-tokens`` batching then cuts the chain into batches, so similar target sentences
   share a batch, i.e. each other's memory (§5.4 with §4.3). The batches are shuffled per
   epoch as usual;
+- decoding with a datastore in ``fairseq-generate`` (``--eval-memory ext --dstore DIR``:
+  kNN-MT with ``--eval-scoring knnlm``, TrimeMT_ext with ``--eval-scoring trime``;
+  ``trime.mt.generation``), with the LM's option declarations (``EvalOptions``);
 - the criterion is told the update number (``trime_mt_loss``'s CE warm-up) and whether a
   batch is fairseq's end-of-epoch filler (``trime.glue.train_step``).
 """
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Optional
 
 import numpy as np
 from fairseq.data import BaseWrapperDataset
-from fairseq.dataclass import ChoiceEnum
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from trime.glue.options import EvalOptions, EvalSettings, declared_fields
 from trime.glue.train_step import tell_criterion
+
+# the LM's evaluation options that decoding with a datastore uses, declared there once
+MT_MEMORY_OPTIONS = ("eval_memory", "eval_scoring", "memory_temp", "dstore", "knn_k", "knn_sim",
+                     "knn_lambda", "knn_temp", "knn_nprobe", "knn_exact_scores")
+MTMemoryOptions = make_dataclass("MTMemoryOptions", declared_fields(EvalOptions, MT_MEMORY_OPTIONS),
+                                 bases=(FairseqDataclass,))
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TrimeTranslationConfig(TranslationConfig):
-    """fairseq's translation options and how training pairs are batched."""
+class TrimeTranslationConfig(MTMemoryOptions, TranslationConfig):
+    """fairseq's translation options, how training pairs are batched, and the memory options
+    (``--memory-temp``: τ of Eq. 5 in training and of Eq. 6 in decoding)."""
 
     batching: ChoiceEnum(["random", "bm25"]) = field(
         default="random",
@@ -67,6 +78,14 @@ class TrimeTranslationTask(TranslationTask):
             raise ValueError("--batching bm25 and --bm25-batches FILE go together (the file from "
                              "`trime-bm25-batches DATA --source-lang S --target-lang T` gives the "
                              "order; it is unused otherwise)")
+        self.memory = EvalSettings(**{name: getattr(cfg, name) for name in MT_MEMORY_OPTIONS})
+        if self.memory.eval_memory not in ("none", "ext"):
+            raise ValueError(f"--eval-memory {self.memory.eval_memory}: translation decodes with "
+                             "the datastore only (--eval-memory ext; no local or long memory, "
+                             "paper §5.4)")
+        if self.memory.eval_scoring == "cache":
+            raise ValueError("--eval-scoring cache has no memory to cache in translation: use "
+                             "--eval-scoring knnlm (kNN-MT) or trime (TrimeMT_ext)")
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
@@ -80,6 +99,57 @@ class TrimeTranslationTask(TranslationTask):
         logger.info(f"TRIME: {split}: {len(pairs):,} pairs in the BM25 order of "
                     f"{self.cfg.bm25_batches}")
         self.datasets[split] = BM25OrderedPairs(pairs, order)
+
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
+        """fairseq's generator; with --eval-memory ext its model steps with the datastore
+        (``MemoryEnsemble``). Validation BLEU in fairseq-train (--eval-bleu) keeps the plain
+        model unless memory is asked for."""
+        if self.memory.eval_memory != "ext":
+            return super().build_generator(models, args, seq_gen_cls, extra_gen_cls_kwargs, **kwargs)
+        from trime.mt.generation import MemoryEnsemble
+
+        if getattr(args, "score_reference", False) or getattr(args, "print_alignment", None):
+            raise ValueError("--score-reference and --print-alignment are not supported with "
+                             "--eval-memory ext: drop them, or decode without the datastore")
+        retriever, key_type = self.open_external_memory(models[0])
+        logger.info(f"TRIME: decoding with {self.memory.describe()}, key {key_type}")
+        ensemble = MemoryEnsemble(models, retriever, self.memory, key_type)
+        return super().build_generator(ensemble, args, seq_gen_cls, extra_gen_cls_kwargs, **kwargs)
+
+    def open_external_memory(self, model):
+        """(retriever, key type) of --dstore, checked against this direction, both dictionaries
+        and the model's key dimension."""
+        from trime.extmem.datastore import Datastore
+        from trime.extmem.fingerprints import dictionary_checksum
+        from trime.extmem.index import load_index
+        from trime.extmem.retrieval import Retriever
+        from trime.mt.datastore import KIND
+
+        settings = self.memory
+        datastore = Datastore.open(settings.dstore, self.tgt_dict)
+        meta = datastore.meta
+        rebuild = (f"build one with `trime-mt-datastore DATA --path CKPT -s {self.cfg.source_lang} "
+                   f"-t {self.cfg.target_lang} --save-dstore DIR`")
+        if meta.get("kind") != KIND:
+            raise ValueError(f"{datastore.path} is not a datastore of parallel data: {rebuild}")
+        direction = (meta.get("source_lang"), meta.get("target_lang"))
+        if direction != (self.cfg.source_lang, self.cfg.target_lang) or \
+                meta.get("source_dictionary_checksum") != dictionary_checksum(self.src_dict):
+            raise ValueError(f"{datastore.path} was built for {direction[0]}->{direction[1]} with "
+                             f"other dictionaries than this {self.cfg.source_lang}->"
+                             f"{self.cfg.target_lang} data: {rebuild}")
+        key_type = meta["key_type"]
+        dim = (model.decoder.layers[-1].fc1.in_features if key_type == "last-ffn-input"
+               else model.decoder.output_projection.in_features)
+        if dim != datastore.dim:
+            raise ValueError(f"{datastore.path} holds keys of dimension {datastore.dim}, this "
+                             f"model's {key_type} keys have {dim}: {rebuild}")
+        if settings.knn_k > len(datastore):
+            raise ValueError(f"--knn-k {settings.knn_k} is larger than the datastore "
+                             f"({len(datastore)} entries): use --knn-k {len(datastore)} or less")
+        index = load_index(datastore, settings.knn_sim, settings.knn_nprobe)
+        return Retriever(datastore, index, settings.knn_k, settings.knn_sim,
+                         settings.knn_exact_scores), key_type
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         tell_criterion(sample, criterion, update_num, ignore_grad)
