@@ -113,3 +113,26 @@ def test_a_datastore_for_the_other_direction_or_local_memory_is_refused(built, t
         _generator(data, checkpoint, ["--eval-memory", "local"])
     with pytest.raises(ValueError, match="needs --dstore"):
         _generator(data, checkpoint, ["--eval-memory", "ext", "--eval-scoring", "knnlm"])
+
+
+def _bleu(output):
+    return float(re.search(r"BLEU = ([0-9.]+)", output).group(1))
+
+
+def test_a_datastore_of_the_decoded_pairs_raises_bleu(built, tmp_path):
+    """In-domain memory: with a datastore of the very pairs being translated (keys from their
+    reference prefixes), kNN-MT can copy the references that the briefly trained model cannot
+    produce; BLEU must rise."""
+    data, checkpoint, _ = built
+    dstore = tmp_path / "valid-dstore"
+    run("trime-mt-datastore", data, "--path", checkpoint, "-s", "de", "-t", "en", "--subset", "valid",
+        "--save-dstore", dstore, "--cpu")
+    run("trime-build-index", dstore, "--metric", "l2", "--index-type", "flat")
+    common = [data, "--user-dir", __import__("trime").USER_DIR, "--task", "trime_translation",
+              "-s", "de", "-t", "en", "--path", checkpoint, "--beam", "4", "--batch-size", "8",
+              "--gen-subset", "valid", "--cpu", "--scoring", "sacrebleu"]
+    _, plain = run("fairseq-generate", *common)
+    _, knn = run("fairseq-generate", *common, "--eval-memory", "ext", "--dstore", dstore,
+                 "--eval-scoring", "knnlm", "--knn-sim", "l2", "--knn-k", "4", "--knn-lambda", "0.8",
+                 "--knn-temp", "1")
+    assert _bleu(knn) > _bleu(plain) + 10, (_bleu(plain), _bleu(knn))
