@@ -153,6 +153,11 @@ class Recipes:
                 args += ["--bm25-batches", self.bm25_batches()]
             if detach:
                 args += ["--detach-memory"]
+        # fairseq cuts a batch down to a multiple of --required-batch-size-multiple (default 8):
+        # 12 segments would train as 8, 41 as 40. Where that would change the batch, ask for 1
+        # (other batches are trained as asked already, and keep the commands of runs recorded)
+        if b.batch_size > 8 and b.batch_size % 8:
+            args += ["--required-batch-size-multiple", "1"]
         save_dir = self.runner.path("models", name)
         return f"train-{name}", [
             "fairseq-train", self.bin, *args, *b.model, "--tokens-per-sample", b.tokens_per_sample,
