@@ -136,3 +136,21 @@ def test_a_datastore_of_the_decoded_pairs_raises_bleu(built, tmp_path):
                  "--eval-scoring", "knnlm", "--knn-sim", "l2", "--knn-k", "4", "--knn-lambda", "0.8",
                  "--knn-temp", "1")
     assert _bleu(knn) > _bleu(plain) + 10, (_bleu(plain), _bleu(knn))
+
+
+def test_fairseq_interactive_translates_with_the_datastore(built):
+    import subprocess
+
+    from console import console_script
+
+    data, checkpoint, dstore = built
+    sources = "".join(line for line in open(data.parent / "valid.de"))
+    proc = subprocess.run(
+        [console_script("fairseq-interactive"), str(data), "--user-dir", __import__("trime").USER_DIR,
+         "--task", "trime_translation", "-s", "de", "-t", "en", "--path", str(checkpoint),
+         "--beam", "4", "--cpu", "--eval-memory", "ext", "--dstore", str(dstore),
+         "--eval-scoring", "knnlm", "--knn-k", "4", "--knn-lambda", "0.5"],
+        input=sources, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hypotheses = [line for line in proc.stdout.splitlines() if line.startswith("H-")]
+    assert len(hypotheses) == len(sources.splitlines())
