@@ -20,7 +20,7 @@ logger = logging.getLogger("trime.mt_datastore")
 
 
 def main(argv=None):
-    from trime.mt.criterion import MT_KEYS
+    from trime.mt.keys import MT_KEYS
 
     parser = argparse.ArgumentParser(
         prog="trime-mt-datastore", description=__doc__.split("\n\n")[0].split(": ", 1)[1],

@@ -35,10 +35,8 @@ from omegaconf import II
 from trime.core.objective import batch_memory_logsumexp, trime_nll
 from trime.glue import vocab
 from trime.glue.options import TrainingMemoryOptions
-from trime.glue.query import capturing_last_ffn_input
+from trime.mt.keys import MT_KEYS, features_and_keys
 from trime.mt.task import TrimeTranslationTask
-
-MT_KEYS = ("final", "last-ffn-input")
 
 
 @dataclass
@@ -104,13 +102,8 @@ class TrimeMTLoss(FairseqCriterion):
 
     def forward(self, model, sample, reduce=True):
         net_input, target = sample["net_input"], sample["target"]
-        if self.mt_key == "last-ffn-input":
-            with capturing_last_ffn_input(model.decoder) as capture:
-                features, _ = model(**net_input, features_only=True)
-            query = capture.pop()
-        else:
-            features, _ = model(**net_input, features_only=True)
-            query = features
+        features, _, query = features_and_keys(
+            model.decoder, lambda: model(**net_input, features_only=True), self.mt_key)
         target_score, log_partition, smoothing = self._vocab_terms(model.decoder, features, target)
         lm_nll = log_partition - target_score
         scored = target.ne(self.padding_idx)

@@ -18,22 +18,11 @@ import torch
 
 from trime.extmem.datastore import DatastoreWriter
 from trime.extmem.fingerprints import dictionary_checksum, model_fingerprint
-from trime.glue.query import capturing_last_ffn_input
+from trime.mt.keys import features_and_keys
 
 logger = logging.getLogger(__name__)
 
 KIND = "translation"  # meta["kind"] of a datastore built from parallel data
-
-
-def decoder_keys(model, net_input, mt_key: str) -> torch.Tensor:
-    """The decoder representation ``mt_key`` of every target position, [B, T, d]."""
-    if mt_key == "last-ffn-input":
-        with capturing_last_ffn_input(model.decoder) as capture:
-            model(**net_input, features_only=True)
-        return capture.pop()
-    if mt_key != "final":
-        raise ValueError(f"unknown --mt-key {mt_key!r}: final or last-ffn-input")
-    return model(**net_input, features_only=True)[0]
 
 
 def target_rows(sample, pair_offsets: np.ndarray, pad: int):
@@ -60,7 +49,8 @@ def save_translation_datastore(path, model, batches, target_sizes, mt_key, sourc
     model.eval()
     with torch.no_grad():
         for sample in batches:
-            keys = decoder_keys(model, sample["net_input"], mt_key)
+            _, _, keys = features_and_keys(
+                model.decoder, lambda: model(**sample["net_input"], features_only=True), mt_key)
             if writer is None:
                 dim = keys.shape[-1]
                 writer = DatastoreWriter(path, num_tokens, dim, dict(

@@ -24,7 +24,7 @@ import torch
 from fairseq.sequence_generator import EnsembleModel
 
 from trime.core.mixtures import RetrievedMemory, knnlm_log_probs, memory_log_probs
-from trime.glue.query import capturing_last_ffn_input
+from trime.mt.keys import features_and_keys
 
 
 def step_log_probs(logits, queries, retriever, settings):
@@ -58,13 +58,9 @@ class MemoryEnsemble(EnsembleModel):
         kwargs = {"encoder_out": encoder_outs[0] if self.has_encoder() else None}
         if self.has_incremental_states():
             kwargs["incremental_state"] = incremental_states[0]
-        if self.key_type == "last-ffn-input":
-            with capturing_last_ffn_input(model.decoder) as capture:
-                features, extra = model.decoder(tokens, features_only=True, **kwargs)
-            queries = capture.pop()[:, -1]
-        else:
-            features, extra = model.decoder(tokens, features_only=True, **kwargs)
-            queries = features[:, -1]
+        features, extra, keys = features_and_keys(
+            model.decoder, lambda: model.decoder(tokens, features_only=True, **kwargs), self.key_type)
+        queries = keys[:, -1]
         logits = model.decoder.output_layer(features[:, -1:])[:, 0] / temperature
         attn = extra.get("attn") if isinstance(extra, dict) else None
         attn = attn[0] if isinstance(attn, list) else attn
