@@ -11,6 +11,7 @@ codes; ``exact_scores`` recomputes them from the stored fp16 keys instead (the
 paper's † rows), at the cost of reading K keys per query from the memmap.
 """
 
+import logging
 import math
 
 import numpy as np
@@ -21,6 +22,8 @@ from trime.core.mixtures import RetrievedMemory
 from trime.extmem.datastore import Datastore
 
 SIMILARITIES = ("ip", "l2")
+
+logger = logging.getLogger(__name__)
 
 
 class Retriever:
@@ -75,3 +78,18 @@ class Retriever:
             rows = rows.gather(1, keep)
         labels = torch.from_numpy(self.values[rows.numpy()])
         return RetrievedMemory(sims.to(device), labels.to(device))
+
+
+def open_retriever(datastore: Datastore, k: int, similarity: str, nprobe: int,
+                   exact_scores: bool = False) -> Retriever:
+    """The retriever of --knn-k / --knn-sim / --knn-nprobe / --knn-exact-scores over an opened
+    datastore and its FAISS index for that similarity (LM and translation tasks alike)."""
+    from trime.extmem.index import load_index
+
+    if k > len(datastore):
+        raise ValueError(f"--knn-k {k} is larger than the datastore ({len(datastore)} entries in "
+                         f"{datastore.path}): use --knn-k {len(datastore)} or less")
+    index = load_index(datastore, similarity, nprobe)
+    logger.info(f"TRIME: external memory {datastore.path}: {len(datastore)} entries, "
+                f"{type(index).__name__}, nprobe {nprobe}")
+    return Retriever(datastore, index, k, similarity, exact_scores)

@@ -152,20 +152,12 @@ class TrimeLMTask(LanguageModelingTask):
     def open_external_memory(self, query_dim, settings: EvalSettings = None):
         """The retriever over ``--dstore`` (checked against this dictionary and g's dimension)."""
         from trime.extmem.datastore import Datastore
-        from trime.extmem.index import load_index
-        from trime.extmem.retrieval import Retriever
+        from trime.extmem.retrieval import open_retriever
 
         settings = settings or self.eval_settings
         datastore = Datastore.open(settings.dstore, self.dictionary, query_dim)
-        if settings.knn_k > len(datastore):
-            raise ValueError(f"--knn-k {settings.knn_k} is larger than the datastore "
-                             f"({len(datastore)} entries in {datastore.path}): use --knn-k "
-                             f"{len(datastore)} or less")
-        index = load_index(datastore, settings.knn_sim, settings.knn_nprobe)
-        logger.info(f"TRIME: external memory {datastore.path}: {len(datastore)} entries, "
-                    f"{type(index).__name__}, nprobe {settings.knn_nprobe}")
-        return Retriever(datastore, index, settings.knn_k, settings.knn_sim,
-                         settings.knn_exact_scores)
+        return open_retriever(datastore, settings.knn_k, settings.knn_sim, settings.knn_nprobe,
+                              settings.knn_exact_scores)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         tell_criterion(sample, criterion, update_num, ignore_grad)

@@ -121,8 +121,8 @@ class TrimeTranslationTask(TranslationTask):
         and the model's key dimension."""
         from trime.extmem.datastore import Datastore
         from trime.extmem.fingerprints import dictionary_checksum
-        from trime.extmem.index import load_index
-        from trime.extmem.retrieval import Retriever
+        from trime.extmem.retrieval import open_retriever
+        from trime.glue.query import last_ffn
         from trime.mt.datastore import KIND
 
         settings = self.memory
@@ -139,17 +139,13 @@ class TrimeTranslationTask(TranslationTask):
                              f"other dictionaries than this {self.cfg.source_lang}->"
                              f"{self.cfg.target_lang} data: {rebuild}")
         key_type = meta["key_type"]
-        dim = (model.decoder.layers[-1].fc1.in_features if key_type == "last-ffn-input"
+        dim = (last_ffn(model.decoder).in_features if key_type == "last-ffn-input"
                else model.decoder.output_projection.in_features)
         if dim != datastore.dim:
             raise ValueError(f"{datastore.path} holds keys of dimension {datastore.dim}, this "
                              f"model's {key_type} keys have {dim}: {rebuild}")
-        if settings.knn_k > len(datastore):
-            raise ValueError(f"--knn-k {settings.knn_k} is larger than the datastore "
-                             f"({len(datastore)} entries): use --knn-k {len(datastore)} or less")
-        index = load_index(datastore, settings.knn_sim, settings.knn_nprobe)
-        return Retriever(datastore, index, settings.knn_k, settings.knn_sim,
-                         settings.knn_exact_scores), key_type
+        return open_retriever(datastore, settings.knn_k, settings.knn_sim, settings.knn_nprobe,
+                              settings.knn_exact_scores), key_type
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         tell_criterion(sample, criterion, update_num, ignore_grad)
