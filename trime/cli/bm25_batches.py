@@ -125,12 +125,8 @@ def main(argv=None):
     if num < 2:
         parser.error(f"{args.split} has {num} segment(s) of {args.tokens_per_sample} tokens: "
                      "nothing to pack")
-    k = min(args.k, num - 1)
-    if k < args.k:
-        logger.warning(f"--k {args.k} > {num - 1} other segments: using k = {k}")
-
     excluded = special_token_ids(dictionary)
-    order, seconds = _neighbours_and_chain(segments, k, args, excluded, "segments")
+    order, k, seconds = _neighbours_and_chain(segments, args, excluded, "segments")
     batches = chain_batches(order, args.batch_size)
     logger.info(f"{len(batches):,} batches of {args.batch_size} segments")
     # §4.3's point, measured: how often a target occurs in the batch's other segments (the
@@ -160,8 +156,12 @@ def _log_to_stderr():
                         level=logging.INFO)
 
 
-def _neighbours_and_chain(sentences, k, args, excluded, unit):
-    """Exact BM25 neighbours of every sentence and Algorithm 1's chain over them."""
+def _neighbours_and_chain(sentences, args, excluded, unit):
+    """Exact BM25 neighbours of every sentence (--k of them, at most all the others) and
+    Algorithm 1's chain over them: (order, k, seconds spent on the neighbours)."""
+    k = min(args.k, len(sentences) - 1)
+    if k < args.k:
+        logger.warning(f"--k {args.k} > {len(sentences) - 1} other {unit}: using k = {k}")
     timings = {}
     neighbours = bm25_neighbours(sentences, k, args.k1, args.b, exclude_ids=excluded,
                                  backend=args.backend, progress=True, timings=timings)
@@ -172,7 +172,7 @@ def _neighbours_and_chain(sentences, k, args, excluded, unit):
     followed = np.mean([b in neighbours[a] for a, b in zip(order, order[1:])])
     logger.info(f"Algorithm 1 chain over {len(order):,} {unit} in {time.perf_counter() - started:.1f} s: "
                 f"{followed:.1%} of its steps go to a BM25 neighbour")
-    return order, round(timings["index"] + timings["retrieval"], 2)
+    return order, k, round(timings["index"] + timings["retrieval"], 2)
 
 
 def _translation(parser, args):
@@ -206,11 +206,8 @@ def _translation(parser, args):
                 f"from {args.data}/{args.split}")
     if num < 2:
         parser.error(f"{args.split} has {num} pair(s): nothing to order")
-    k = min(args.k, num - 1)
-    if k < args.k:
-        logger.warning(f"--k {args.k} > {num - 1} other pairs: using k = {k}")
     excluded = special_token_ids(tgt_dict)
-    order, seconds = _neighbours_and_chain(sentences, k, args, excluded, "pairs")
+    order, k, seconds = _neighbours_and_chain(sentences, args, excluded, "pairs")
     # §4.3's point for MT (§5.4): how often a target token occurs in another target sentence of
     # its batch (trime_mt_loss's memory), for these batches and for fairseq's usual ones
     # (pairs sorted by size, as fairseq-train orders them); EOS is left out, every sentence has it
