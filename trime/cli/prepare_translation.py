@@ -93,9 +93,9 @@ def main(argv=None):
                 parser.error(f"no {split}.{lang} or {split}.{lang}.gz in {args.raw!r} (the {role} "
                              f"split; choose it with --{role.rstrip('0123456789')})")
             raw[role, lang] = path
-    counts = {}
+    counts, raw_lines = {}, {key: _read_lines(path) for key, path in raw.items()}
     for role, split in splits.items():
-        lengths = {lang: len(_read_lines(raw[role, lang])) for lang in langs}
+        lengths = {lang: len(raw_lines[role, lang]) for lang in langs}
         if len(set(lengths.values())) != 1:
             parser.error(f"{split}: {lengths[langs[0]]:,} lines in {langs[0]}, {lengths[langs[1]]:,} "
                          f"in {langs[1]}: the two sides must be line-aligned")
@@ -110,7 +110,7 @@ def main(argv=None):
     for (role, lang), path in raw.items():
         tok = os.path.join(args.out, f"{role}.tok.{lang}")
         if not os.path.exists(tok):
-            lines = _read_lines(path)
+            lines = raw_lines[role, lang]
             empty = [i + 1 for i, line in enumerate(lines) if not line.strip()]
             if empty:
                 parser.error(f"{path}: line {empty[0]} is empty ({len(empty)} empty lines); "
