@@ -37,6 +37,7 @@ setup(
             "trime-prepare-translation = trime.cli.prepare_translation:main",
             "trime-bm25-batches = trime.cli.bm25_batches:main",
             "trime-tune = trime.cli.tune:main",
+            "trime-mt-tune = trime.cli.mt_tune:main",
             "trime-repro = trime.cli.repro:main",
         ]
     },

@@ -40,3 +40,17 @@ def train(data, save_dir, extra=(), updates=6):
                "--max-update", str(updates), "--save-dir", save_dir, "--no-epoch-checkpoints",
                "--log-format", "simple", "--log-interval", "1", "--cpu", "--num-workers", "0",
                *extra)
+
+
+def trained_with_datastore(root, updates=30):
+    """(data, checkpoint, datastore) of a toy model trained with label-smoothed CE, its train
+    datastore indexed flat for l2 and ip."""
+    data = binarised(root)
+    train(data, root / "model", ["--criterion", "label_smoothed_cross_entropy"], updates=updates)
+    checkpoint = root / "model" / "checkpoint_last.pt"
+    dstore = root / "dstore"
+    run("trime-mt-datastore", data, "--path", checkpoint, "-s", "de", "-t", "en",
+        "--save-dstore", dstore, "--cpu")
+    for metric in ("l2", "ip"):
+        run("trime-build-index", dstore, "--metric", metric, "--index-type", "flat")
+    return data, checkpoint, dstore

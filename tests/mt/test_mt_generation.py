@@ -11,23 +11,14 @@ import torch
 
 from console import run
 from naive import brute_force_knn, knnlm_distribution, trime_ext_distribution
-from parallel_toy import binarised, train
+from parallel_toy import trained_with_datastore
 
 pytestmark = pytest.mark.e2e  # trains a toy model and runs fairseq's console scripts
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mt_generate")
-    data = binarised(root)
-    train(data, root / "model", ["--criterion", "label_smoothed_cross_entropy"], updates=30)
-    checkpoint = root / "model" / "checkpoint_last.pt"
-    dstore = root / "dstore"
-    run("trime-mt-datastore", data, "--path", checkpoint, "-s", "de", "-t", "en",
-        "--save-dstore", dstore, "--cpu")
-    for metric in ("l2", "ip"):
-        run("trime-build-index", dstore, "--metric", metric, "--index-type", "flat")
-    return data, checkpoint, dstore
+    return trained_with_datastore(tmp_path_factory.mktemp("mt_generate"))
 
 
 def _generator(data, checkpoint, memory):
@@ -154,3 +145,17 @@ def test_fairseq_interactive_translates_with_the_datastore(built):
     assert proc.returncode == 0, proc.stderr[-2000:]
     hypotheses = [line for line in proc.stdout.splitlines() if line.startswith("H-")]
     assert len(hypotheses) == len(sources.splitlines())
+
+
+def test_fairseq_generate_translates_every_pair_whatever_the_batch_size(built):
+    """fairseq 0.12 drops a last batch whose size is not a multiple of
+    --required-batch-size-multiple (8; fairseq#5036): 16 pairs at --batch-size 5 would lose one."""
+    data, checkpoint, _ = built
+    _, output = run("fairseq-generate", data, "--user-dir", __import__("trime").USER_DIR, "--task",
+                    "trime_translation", "-s", "de", "-t", "en", "--path", checkpoint, "--beam", "2",
+                    "--batch-size", "5", "--gen-subset", "valid", "--cpu")
+    assert len([line for line in output.splitlines() if line.startswith("H-")]) == 16
+    _, output = run("fairseq-generate", data, "--task", "translation", "-s", "de", "-t", "en",
+                    "--path", checkpoint, "--beam", "2", "--batch-size", "5", "--gen-subset", "valid",
+                    "--cpu", "--user-dir", __import__("trime").USER_DIR)
+    assert len([line for line in output.splitlines() if line.startswith("H-")]) == 15  # fairseq's own

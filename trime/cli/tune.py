@@ -36,11 +36,12 @@ FREQUENCY_BUCKETS = ((10_000, math.inf, "> 10k"), (1_000, 10_000, "1k-10k"),
 ACCURACY_KS = (1, 8, 64, 1024)
 
 
-def _floats(text, name, parser, low=None, below=None):
+def comma_values(text, name, parser, low=None, below=None, kind=float):
+    """The comma-separated values of option --``name``: each > ``low`` or in [0, ``below``)."""
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
+        values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        parser.error(f"--{name} must be comma-separated numbers, got {text!r}")
+        parser.error(f"--{name} must be comma-separated {kind.__name__}s, got {text!r}")
     if not values:
         parser.error(f"--{name} is empty")
     for v in values:
@@ -127,12 +128,15 @@ def frequency_table(stats, targets, scoring, best, settings):
     return rows
 
 
-def _heat_map(fig, ax, rows, x_key, y_key, xlabel, ylabel):
+def heat_map(fig, ax, rows, x_key, y_key, xlabel, ylabel, value_key="perplexity",
+             lower_is_better=True):
+    """``rows``' ``value_key`` over the x × y grid, each cell labelled (also trime-mt-tune's)."""
     xs = sorted({r[x_key] for r in rows})
     ys = sorted({r[y_key] for r in rows})
-    table = {(r[y_key], r[x_key]): r["perplexity"] for r in rows}
-    values = [[table[(y, x)] for x in xs] for y in ys]
-    image = ax.imshow(values, cmap="viridis_r", aspect="auto", origin="lower")
+    table = {(r[y_key], r[x_key]): r[value_key] for r in rows}
+    values = [[table.get((y, x), float("nan")) for x in xs] for y in ys]
+    image = ax.imshow(values, cmap="viridis_r" if lower_is_better else "viridis", aspect="auto",
+                      origin="lower")
     ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
     ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
     ax.set_xlabel(xlabel)
@@ -140,7 +144,7 @@ def _heat_map(fig, ax, rows, x_key, y_key, xlabel, ylabel):
     for i, row in enumerate(values):
         for j, value in enumerate(row):
             ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
-    fig.colorbar(image, label="perplexity")
+    fig.colorbar(image, label=value_key)
 
 
 def plot(rows, best, has_ext, png):
@@ -155,13 +159,13 @@ def plot(rows, best, has_ext, png):
     if has_ext:
         fixed = ("tau", "cache_lambda", "cache_theta")
         chosen = [r for r in rows if all(r[k] == best[k] for k in fixed)]
-        _heat_map(fig, ax, chosen, "interp_temp", "lambda",
+        heat_map(fig, ax, chosen, "interp_temp", "lambda",
                   "τ′ (temperature of the memory distribution)", "λ")
         at = [f"{name} = {best[key]:g}" for key, name in zip(fixed, ("τ", "λ_c", "θ"))
               if best[key] is not None]
         ax.set_title("perplexity" + (" at " + ", ".join(at) if at else ""))
     elif best["cache_lambda"] is not None:
-        _heat_map(fig, ax, rows, "cache_theta", "cache_lambda", "θ (continuous cache)", "λ_c")
+        heat_map(fig, ax, rows, "cache_theta", "cache_lambda", "θ (continuous cache)", "λ_c")
         ax.set_title("perplexity")
     else:
         ax.plot([r["tau"] for r in rows], [r["perplexity"] for r in rows], marker="o")
@@ -215,11 +219,11 @@ def main(argv=None):
     split = argv.index("--") if "--" in argv else len(argv)
     argv, task_options = argv[:split], [str(a) for a in argv[split + 1:]]
     args = parser.parse_args(argv)
-    taus = _floats(args.taus, "taus", parser, low=0)
-    interp_temps = _floats(args.interp_temps, "interp-temps", parser, low=0)
-    lambdas = _floats(args.lambdas, "lambdas", parser, below=1)
-    cache_lambdas = _floats(args.cache_lambdas, "cache-lambdas", parser, below=1)
-    cache_thetas = _floats(args.cache_thetas, "cache-thetas", parser, low=0)
+    taus = comma_values(args.taus, "taus", parser, low=0)
+    interp_temps = comma_values(args.interp_temps, "interp-temps", parser, low=0)
+    lambdas = comma_values(args.lambdas, "lambdas", parser, below=1)
+    cache_lambdas = comma_values(args.cache_lambdas, "cache-lambdas", parser, below=1)
+    cache_thetas = comma_values(args.cache_thetas, "cache-thetas", parser, low=0)
     for option in ("--memory-temp", "--knn-lambda", "--knn-temp", "--eval-scoring",
                    "--cache-lambda", "--cache-theta"):
         if option in task_options:

@@ -100,20 +100,39 @@ class TrimeTranslationTask(TranslationTask):
                     f"{self.cfg.bm25_batches}")
         self.datasets[split] = BM25OrderedPairs(pairs, order)
 
+    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
+                           ignore_invalid_inputs=False, required_batch_size_multiple=1, **kwargs):
+        """fairseq's, except that a split other than the training one is cut into batches of
+        any size: fairseq 0.12 drops the last batch when its size is not a multiple of
+        --required-batch-size-multiple (default 8; facebookresearch/fairseq#5036), so
+        ``fairseq-generate --batch-size 5`` would silently leave up to 7 pairs untranslated."""
+        if dataset is not self.datasets.get(self.cfg.train_subset):
+            required_batch_size_multiple = 1
+        return super().get_batch_iterator(
+            dataset, max_tokens, max_sentences, max_positions, ignore_invalid_inputs,
+            required_batch_size_multiple, **kwargs)
+
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
         """fairseq's generator; with --eval-memory ext its model steps with the datastore
         (``MemoryEnsemble``). Validation BLEU in fairseq-train (--eval-bleu) keeps the plain
         model unless memory is asked for."""
         if self.memory.eval_memory != "ext":
             return super().build_generator(models, args, seq_gen_cls, extra_gen_cls_kwargs, **kwargs)
+        retriever, key_type = self.open_external_memory(models[0])
+        return self.build_memory_generator(models, args, self.memory, retriever, key_type,
+                                           seq_gen_cls, extra_gen_cls_kwargs, **kwargs)
+
+    def build_memory_generator(self, models, args, settings, retriever, key_type,
+                               seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
+        """fairseq's generator over ``MemoryEnsemble(models, retriever, settings, key_type)``
+        (``build_generator`` with this task's options; ``trime-mt-tune`` with each grid point's)."""
         from trime.mt.generation import MemoryEnsemble
 
         if getattr(args, "score_reference", False) or getattr(args, "print_alignment", None):
             raise ValueError("--score-reference and --print-alignment are not supported with "
                              "--eval-memory ext: drop them, or decode without the datastore")
-        retriever, key_type = self.open_external_memory(models[0])
-        logger.info(f"TRIME: decoding with {self.memory.describe()}, key {key_type}")
-        ensemble = MemoryEnsemble(models, retriever, self.memory, key_type)
+        logger.info(f"TRIME: decoding with {settings.describe()}, key {key_type}")
+        ensemble = MemoryEnsemble(models, retriever, settings, key_type)
         return super().build_generator(ensemble, args, seq_gen_cls, extra_gen_cls_kwargs, **kwargs)
 
     def open_external_memory(self, model):
