@@ -35,6 +35,7 @@ setup(
             "trime-build-index = trime.cli.build_index:main",
             "trime-mt-datastore = trime.cli.mt_datastore:main",
             "trime-prepare-translation = trime.cli.prepare_translation:main",
+            "trime-prepare-iwslt14 = trime.cli.prepare_iwslt14:main",
             "trime-bm25-batches = trime.cli.bm25_batches:main",
             "trime-tune = trime.cli.tune:main",
             "trime-mt-tune = trime.cli.mt_tune:main",

@@ -54,3 +54,38 @@ def trained_with_datastore(root, updates=30):
     for metric in ("l2", "ip"):
         run("trime-build-index", dstore, "--metric", metric, "--index-type", "flat")
     return data, checkpoint, dstore
+
+
+TRAIN_DE = [f"Das ist Satz Nummer {i} ." for i in range(60)]
+TRAIN_EN = [f"That's sentence number {i} ." for i in range(60)]
+
+
+def mock_iwslt_archive(path, drop=None, lines=60):
+    """A de-en.tgz laid out like IWSLT'14's: meta-data lines, ``lines`` training pairs, a pair
+    that clean-corpus-n drops for its length ratio and one for an empty side, the five test sets."""
+    import io
+    import tarfile
+
+    from trime.mt.iwslt14 import TEST_SETS
+
+    de = ["<url>http://www.ted.com/talks/x.html</url>", "<keywords>talks</keywords>",
+          "<talkid>1</talkid>", "<title>Der Titel</title>", "<description>Eine Rede</description>",
+          *TRAIN_DE[:lines], "ein zwei drei vier fünf sechs sieben acht", "Leer ?"]
+    en = ["<url>http://www.ted.com/talks/x.html</url>", "<keywords>talks</keywords>",
+          "<talkid>1</talkid>", "<title>The title</title>", "<description>A talk</description>",
+          *TRAIN_EN[:lines], "one two", "   "]  # too long a ratio; an empty side
+    files = {"de-en/train.tags.de-en.de": de, "de-en/train.tags.de-en.en": en}
+    for n, name in enumerate(TEST_SETS):
+        for lang, word in (("de", "Hallo"), ("en", "Hello")):
+            files[f"de-en/{name}.de-en.{lang}.xml"] = [
+                '<refset setid="x">', f'<seg id="1"> {word} {n} it\u2019s </seg>',
+                f'<seg id="2">{word} again {n}</seg>', "</refset>"]
+    with tarfile.open(path, "w:gz") as archive:
+        for name, lines in files.items():
+            if name == drop:
+                continue
+            data = "".join(line + "\n" for line in lines).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path

@@ -52,3 +52,28 @@ def test_translation_checkpoint_loads_with_the_plugin_not_without(tmp_path):
     assert code == 0, out[-3000:]
     hypotheses = re.findall(r"^H-(\d+)\t", out, flags=re.M)
     assert sorted(map(int, hypotheses)) == list(range(20))  # every test sentence translated
+
+
+class _NotData:
+    pass
+
+
+def test_numpy_meters_load_but_other_objects_stay_refused(tmp_path):
+    """fairseq's --eval-bleu meters keep n-gram counts as numpy arrays in extra_state; those load
+    under weights_only, an arbitrary object still does not."""
+    import pickle
+
+    import numpy as np
+    import torch
+
+    from trime.glue.checkpoints import allow_namespace_in_checkpoints
+
+    if not allow_namespace_in_checkpoints():
+        pytest.skip("torch without weights-only safe globals")
+    path = tmp_path / "meters.pt"
+    torch.save({"extra_state": {"counts": np.arange(4, dtype=np.int64), "ref": np.ones(2)}}, path)
+    loaded = torch.load(path)
+    assert loaded["extra_state"]["counts"].tolist() == [0, 1, 2, 3]
+    torch.save({"extra_state": _NotData()}, tmp_path / "object.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / "object.pt")

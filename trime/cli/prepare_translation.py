@@ -38,7 +38,7 @@ def _read_lines(path):
         return [line.rstrip("\n") for line in f]
 
 
-def _write_lines(path, lines):
+def write_lines(path, lines):
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(line + "\n" for line in lines)
@@ -55,6 +55,50 @@ def tokenize(lines, lang, lowercase):
         text = tokenizer.tokenize(normalizer.normalize(line), escape=False, return_str=True)
         out.append(text.lower() if lowercase else text)
     return out
+
+
+def apply_joint_bpe(out, langs, roles, merges):
+    """Joint BPE (subword-nmt) learnt on ``out/train.tok.{both langs}``, applied to every
+    ``out/{role}.tok.{lang}`` -> ``out/{role}.{lang}``; each file skipped when it exists."""
+    from subword_nmt.apply_bpe import BPE
+    from subword_nmt.learn_bpe import learn_bpe
+
+    codes = os.path.join(out, "bpe.codes")
+    if not os.path.exists(codes):
+        joint = [line for lang in langs for line in _read_lines(os.path.join(out, f"train.tok.{lang}"))]
+        with open(codes + ".tmp", "w", encoding="utf-8") as f:
+            learn_bpe(joint, f, merges)
+        os.replace(codes + ".tmp", codes)
+        logger.info(f"learnt {merges:,} joint BPE merges -> {codes}")
+    with open(codes, encoding="utf-8") as f:
+        bpe = BPE(f)
+    for role in roles:
+        for lang in langs:
+            out_path = os.path.join(out, f"{role}.{lang}")
+            if not os.path.exists(out_path):
+                lines = _read_lines(os.path.join(out, f"{role}.tok.{lang}"))
+                write_lines(out_path, [bpe.process_line(line) for line in lines])
+
+
+def binarise(out, langs, roles, workers):
+    """``fairseq-preprocess`` of ``out/{train,valid,test*}.{lang}`` into ``out/bin``, one dictionary
+    per language (as the authors' IWSLT'14 recipe); skipped when ``bin/preprocess.done`` exists."""
+    bin_dir = os.path.join(out, "bin")
+    if os.path.exists(os.path.join(bin_dir, "preprocess.done")):
+        return bin_dir
+    command = [os.path.join(os.path.dirname(sys.executable), "fairseq-preprocess"),
+               "--source-lang", langs[0], "--target-lang", langs[1],
+               "--trainpref", os.path.join(out, "train"), "--validpref", os.path.join(out, "valid"),
+               "--testpref", ",".join(os.path.join(out, role) for role in roles
+                                      if role.startswith("test")),
+               "--destdir", bin_dir, "--workers", str(workers)]
+    if not os.path.exists(command[0]):
+        command[0] = "fairseq-preprocess"
+    if os.path.exists(bin_dir):  # left by an interrupted fairseq-preprocess
+        shutil.rmtree(bin_dir)
+    subprocess.run(command, check=True)
+    open(os.path.join(bin_dir, "preprocess.done"), "w").close()
+    return bin_dir
 
 
 def main(argv=None):
@@ -115,45 +159,11 @@ def main(argv=None):
             if empty:
                 parser.error(f"{path}: line {empty[0]} is empty ({len(empty)} empty lines); "
                              "remove those pairs from both sides first")
-            _write_lines(tok, tokenize(lines, lang, args.lowercase))
+            write_lines(tok, tokenize(lines, lang, args.lowercase))
             logger.info(f"tokenised {path} -> {tok} ({len(lines):,} lines)")
 
-    # 2. joint BPE, learnt on the training text of both languages
-    from subword_nmt.apply_bpe import BPE
-    from subword_nmt.learn_bpe import learn_bpe
-
-    codes = os.path.join(args.out, "bpe.codes")
-    if not os.path.exists(codes):
-        joint = [line for lang in langs
-                 for line in _read_lines(os.path.join(args.out, f"train.tok.{lang}"))]
-        with open(codes + ".tmp", "w", encoding="utf-8") as out:
-            learn_bpe(joint, out, args.bpe_merges)
-        os.replace(codes + ".tmp", codes)
-        logger.info(f"learnt {args.bpe_merges:,} joint BPE merges -> {codes}")
-    with open(codes, encoding="utf-8") as f:
-        bpe = BPE(f)
-    for role, lang in raw:
-        out_path = os.path.join(args.out, f"{role}.{lang}")
-        if not os.path.exists(out_path):
-            lines = _read_lines(os.path.join(args.out, f"{role}.tok.{lang}"))
-            _write_lines(out_path, [bpe.process_line(line) for line in lines])
-
-    # 3. fairseq binaries, one dictionary per language (as the authors' IWSLT'14 recipe)
-    bin_dir = os.path.join(args.out, "bin")
-    if not os.path.exists(os.path.join(bin_dir, "preprocess.done")):
-        command = [os.path.join(os.path.dirname(sys.executable), "fairseq-preprocess"),
-                   "--source-lang", args.source_lang, "--target-lang", args.target_lang,
-                   "--trainpref", os.path.join(args.out, "train"),
-                   "--validpref", os.path.join(args.out, "valid"),
-                   "--testpref", ",".join(os.path.join(args.out, role)
-                                          for role in splits if role.startswith("test")),
-                   "--destdir", bin_dir, "--workers", str(args.workers)]
-        if not os.path.exists(command[0]):
-            command[0] = "fairseq-preprocess"
-        if os.path.exists(bin_dir):  # left by an interrupted fairseq-preprocess
-            shutil.rmtree(bin_dir)
-        subprocess.run(command, check=True)
-        open(os.path.join(bin_dir, "preprocess.done"), "w").close()
+    apply_joint_bpe(args.out, langs, list(splits), args.bpe_merges)
+    bin_dir = binarise(args.out, langs, list(splits), args.workers)
     summary = ", ".join(f"{role} ({splits[role]}) {n:,}" for role, n in counts.items())
     logger.info(f"pairs: {summary}; binaries in {bin_dir}")
     print(bin_dir)

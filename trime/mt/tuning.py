@@ -42,7 +42,6 @@ def translate(task, generator, model, cfg, subset, progress=None):
     --tokenizer decoders; the reference from the binarised target with <unk> escaped)."""
     import torch
     from fairseq import utils
-    from fairseq.utils import post_process_prediction
 
     from fairseq_cli.generate import get_symbols_to_strip_from_output
 
@@ -72,10 +71,10 @@ def translate(task, generator, model, cfg, subset, progress=None):
             target = utils.strip_pad(sample["target"][i], target_dictionary.pad()).int().cpu()
             reference = target_dictionary.string(target, remove_bpe, escape_unk=True,
                                                  extra_symbols_to_ignore=strip)
-            _, hypothesis, _ = post_process_prediction(
-                hypo_tokens=hypos[i][0]["tokens"].int().cpu(), src_str="", alignment=None,
-                align_dict=None, tgt_dict=target_dictionary, remove_bpe=remove_bpe,
-                extra_symbols_to_ignore=strip)
+            # the string fairseq's post_process_prediction builds, without its re-encoding of the
+            # hypothesis, which adds unseen (BPE-merged) words to the target dictionary
+            hypothesis = target_dictionary.string(hypos[i][0]["tokens"].int().cpu(), remove_bpe,
+                                                  extra_symbols_to_ignore=strip)
             out[sample_id] = (decode(hypothesis), decode(reference))
     return out
 
