@@ -50,15 +50,9 @@ def build_model(data, rule, extra=()):
     return build(data, (*rule_args, *detach, *extra))
 
 
-def main(rank, world, port, data, out, rule):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
-    write_dictionary(data)
-    task, model, criterion = build_model(data, rule, ("--memory-across-workers",))
-    model.train()
-    batch = global_batch(task.dictionary)
-    width = batch["src"].shape[1] - (SHORT if rank == 1 else 0)
-    loss, _, _ = criterion(model, sample_of(batch, ROWS[rank], task.dictionary.pad(), width))
+def backward_and_save(loss, model, rank, out):
+    """Backpropagate, sum loss and parameter gradients over the workers (what data-parallel
+    training applies), rank 0 saves them to ``out``; ends the process group."""
     loss.backward()
     total = loss.detach().clone()
     dist.all_reduce(total)
@@ -70,6 +64,18 @@ def main(rank, world, port, data, out, rule):
     if rank == 0:
         torch.save({"loss": total, "grads": grads}, out)
     dist.destroy_process_group()
+
+
+def main(rank, world, port, data, out, rule):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    write_dictionary(data)
+    task, model, criterion = build_model(data, rule, ("--memory-across-workers",))
+    model.train()
+    batch = global_batch(task.dictionary)
+    width = batch["src"].shape[1] - (SHORT if rank == 1 else 0)
+    loss, _, _ = criterion(model, sample_of(batch, ROWS[rank], task.dictionary.pad(), width))
+    backward_and_save(loss, model, rank, out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 
-from trime.core.objective import BatchMemory
+import torch.nn.functional as F
+
+from trime.core.objective import BatchMemory, batch_memory_logsumexp
 
 NO_SEGMENT = torch.iinfo(torch.int64).max  # corpus offset of a padded row: sorts last
 # batch key set by the task's train_step: fairseq's filler batch at the end of an epoch, whose
@@ -82,3 +84,25 @@ def gather_batch_memory(keys, labels, key_valid, doc_ids, segment_starts, contri
     own_rows = rank * rows + torch.arange(sent, device=labels.device)
     return BatchMemory(gathered_keys, gathered["labels"], gathered["key_valid"], gathered["doc_ids"],
                        gathered["segment_starts"], own_rows)
+
+
+def across_workers_logsumexp(rule, queries, labels, targets, key_valid, chunk_size, doc_ids,
+                             segment_starts, pad_index, dummy_batch=False, **options):
+    """``batch_memory_logsumexp`` with the whole global batch as memory (every worker calls it
+    together). ``options``: keep_local, detach_keys, temperature, top_k, as there. A dummy
+    batch adds no memory rows and still joins the all-gather's backward (its loss is zeroed by
+    fairseq). Returns (lse_all, lse_pos) fp32 [B, T] for this worker's batch."""
+    keys = queries.detach() if options.get("detach_keys") else queries  # no gather backward then
+    memory = gather_batch_memory(keys, labels, key_valid, doc_ids, segment_starts,
+                                 contribute=not dummy_batch)
+    if dummy_batch:
+        lse_all, lse_pos = batch_memory_logsumexp(rule, queries, labels, targets, key_valid,
+                                                  chunk_size, doc_ids, segment_starts, **options)
+        return lse_all + 0.0 * memory.keys.sum(), lse_pos
+    T, width = targets.shape[1], memory.labels.shape[1]  # rows padded to the step's longest
+    cols, pad = (0, width - T), pad_index
+    lse_all, lse_pos = batch_memory_logsumexp(
+        rule, F.pad(queries, (0, 0) + cols), F.pad(labels, cols, value=pad),
+        F.pad(targets, cols, value=pad), F.pad(key_valid, cols, value=False), chunk_size,
+        memory=memory, **options)
+    return lse_all[:, :T], lse_pos[:, :T]

@@ -40,6 +40,13 @@ class TrainingMemoryOptions(FairseqDataclass):
         metadata={"help": "queries per chunk when summing over memory; extra memory is "
                   "O(tokens x chunk)"},
     )
+    memory_across_workers: bool = field(
+        default=False,
+        metadata={"help": "with several data-parallel workers, every worker's loss sees the whole "
+                  "global batch as memory (differentiable all-gather, exact gradients); no effect "
+                  "on trime_loss's --memory local. LM: pair with --grouped-shuffling so that "
+                  "workers hold consecutive segments"},
+    )
 
 
 @dataclass

@@ -20,7 +20,6 @@ from typing import Optional
 
 import numpy as np
 
-import torch
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum
@@ -29,7 +28,7 @@ from trime.core.objective import batch_memory_logsumexp, trime_nll
 from trime.core.visibility import MEMORY_RULES, memory_labels
 from trime.glue import vocab
 from trime.glue.options import TrainingMemoryOptions
-from trime.glue.distributed import DUMMY_BATCH, data_parallel_world, gather_batch_memory
+from trime.glue.distributed import DUMMY_BATCH, across_workers_logsumexp, data_parallel_world
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +54,6 @@ class TrimeLossConfig(TrainingMemoryOptions):
         metadata={"help": "--memory ext only: probability of leaving the own segment's earlier "
                   "tokens out of memory, drawn once per training batch (paper Table 15: "
                   f"{EXT_LOCAL_DROP_PROB}, the default for ext)"},
-    )
-    memory_across_workers: bool = field(
-        default=False,
-        metadata={"help": "with several data-parallel workers, every worker's loss sees the whole "
-                  "global batch as memory (differentiable all-gather, exact gradients); no effect "
-                  "on --memory local. Pair with --grouped-shuffling so that workers hold consecutive "
-                  "segments"},
     )
     detach_memory: bool = field(
         default=False,
@@ -167,32 +159,17 @@ class TrimeLoss(FairseqCriterion):
         _, world_size, _ = data_parallel_world()
         across = (self.memory_across_workers and model.training and self.memory != "local"
                   and world_size > 1)
-        if across:
-            if doc_ids is None or starts is None:
-                raise ValueError("--memory-across-workers needs the segment offsets that --task "
-                                 "trime_lm adds to every batch")
-            # detached keys are gathered without autograd: no worker runs the gather's backward
-            memory = gather_batch_memory(query.detach() if self.detach_memory else query, labels,
-                                         valid, doc_ids, starts, contribute=not dummy_batch)
-        if not across or dummy_batch:
-            lse_all, lse_pos = batch_memory_logsumexp(self.memory, query, labels, target, valid,
-                                                      self.memory_chunk_size, doc_ids, starts,
-                                                      keep_local=keep_local,
-                                                      detach_keys=self.detach_memory)
-            if across:  # a dummy batch: fairseq zeroes its loss; keep the gathered keys in
-                # the graph so that this worker joins the all-gather's backward like the others
-                lse_all = lse_all + 0.0 * memory.keys.sum()
-            return lse_all, lse_pos
-        # every worker's rows are padded to the longest batch in the step
-        T, width = target.shape[1], memory.labels.shape[1]
-        pad_cols = (0, width - T)
-        lse_all, lse_pos = batch_memory_logsumexp(
-            self.memory, torch.nn.functional.pad(query, (0, 0) + pad_cols),
-            torch.nn.functional.pad(labels, pad_cols, value=self.padding_idx),
-            torch.nn.functional.pad(target, pad_cols, value=self.padding_idx),
-            torch.nn.functional.pad(valid, pad_cols, value=False), self.memory_chunk_size,
-            memory=memory, keep_local=keep_local, detach_keys=self.detach_memory)
-        return lse_all[:, :T], lse_pos[:, :T]
+        if not across:
+            return batch_memory_logsumexp(self.memory, query, labels, target, valid,
+                                          self.memory_chunk_size, doc_ids, starts,
+                                          keep_local=keep_local, detach_keys=self.detach_memory)
+        if doc_ids is None or starts is None:
+            raise ValueError("--memory-across-workers needs the segment offsets that --task "
+                             "trime_lm adds to every batch")
+        return across_workers_logsumexp(self.memory, query, labels, target, valid,
+                                        self.memory_chunk_size, doc_ids, starts, self.padding_idx,
+                                        dummy_batch, keep_local=keep_local,
+                                        detach_keys=self.detach_memory)
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:

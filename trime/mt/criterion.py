@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum
@@ -34,6 +35,7 @@ from omegaconf import II
 
 from trime.core.objective import batch_memory_logsumexp, trime_nll
 from trime.glue import vocab
+from trime.glue.distributed import DUMMY_BATCH, across_workers_logsumexp, data_parallel_world
 from trime.glue.options import TrainingMemoryOptions
 from trime.mt.keys import MT_KEYS, features_and_keys
 from trime.mt.task import TrimeTranslationTask
@@ -67,7 +69,7 @@ class TrimeMTLossConfig(TrainingMemoryOptions):
 class TrimeMTLoss(FairseqCriterion):
     # fairseq passes every config field by name: the defaults live there alone
     def __init__(self, task, mt_key, memory_topk, label_smoothing, ce_warmup_updates,
-                 memory_chunk_size, sentence_avg):
+                 memory_chunk_size, memory_across_workers, sentence_avg):
         super().__init__(task)
         if not isinstance(task, TrimeTranslationTask):
             raise ValueError(f"--criterion trime_mt_loss needs --task trime_translation (got "
@@ -93,6 +95,7 @@ class TrimeMTLoss(FairseqCriterion):
         self.eps = float(label_smoothing)
         self.ce_warmup_updates = ce_warmup_updates
         self.memory_chunk_size = memory_chunk_size
+        self.memory_across_workers = bool(memory_across_workers)
         self.sentence_avg = sentence_avg
         self.vocab_size = len(task.target_dictionary)  # V of the output projection
         self.num_updates = 0
@@ -110,9 +113,7 @@ class TrimeMTLoss(FairseqCriterion):
         if model.training and self.num_updates < self.ce_warmup_updates:
             nll = lm_nll
         else:  # Eq. 5 over the other sentences' target tokens
-            lse_all, lse_pos = batch_memory_logsumexp(
-                "ext", query, target, target, scored, self.memory_chunk_size, keep_local=False,
-                temperature=self.memory_temp, top_k=self.memory_topk)
+            lse_all, lse_pos = self._memory_logsumexp(model, query, target, scored, sample)
             nll = trime_nll(target_score, log_partition, lse_all, lse_pos)
         loss = nll
         if self.eps > 0:
@@ -131,6 +132,20 @@ class TrimeMTLoss(FairseqCriterion):
             "sample_size": sample_size,
         }
         return loss, sample_size, logging_output
+
+    def _memory_logsumexp(self, model, query, target, scored, sample):
+        """log Σ exp over the memory (all / with the target's label), fp32 [B, T]: the other
+        sentences of this batch, or with --memory-across-workers of every worker's batch (the
+        pairs' dataset ids tell the sentences apart across workers)."""
+        options = dict(keep_local=False, temperature=self.memory_temp, top_k=self.memory_topk)
+        _, world_size, _ = data_parallel_world()
+        if not (self.memory_across_workers and model.training and world_size > 1):
+            return batch_memory_logsumexp("ext", query, target, target, scored,
+                                          self.memory_chunk_size, **options)
+        return across_workers_logsumexp(
+            "ext", query, target, target, scored, self.memory_chunk_size,
+            torch.zeros_like(target), sample["id"], self.padding_idx,
+            bool(sample.get(DUMMY_BATCH, False)), **options)
 
     def _vocab_terms(self, decoder, features, target):
         """s_y, log Z_vocab and, with label smoothing, Σ_v -log p_vocab(v), all fp32 [B, T]."""
