@@ -52,3 +52,27 @@ def test_cross_worker_memory_equals_one_process_with_the_global_batch(tmp_path):
             assert torch.allclose(result["grads"][name], p.grad, rtol=1e-3, atol=1e-5 * scale), name
     own_only = sum(criterion(model, sample_of(dictionary, rows))[0].item() for rows in ROWS.values())
     assert abs(own_only - loss.item()) > 1e-3  # without the other worker's pairs it differs
+
+
+def test_fairseq_train_two_cpu_workers_with_cross_worker_memory(tmp_path):
+    """fairseq-train, 2 gloo processes; 7 batches per epoch, so worker 1 ends on fairseq's
+    dummy batch (it must join the collectives without adding memory)."""
+    import trime
+    from console import console_script
+    from parallel_toy import TINY_ARCH, binarised
+
+    data = binarised(tmp_path, train_lines=56)
+    port = _free_port()
+    args = [str(data), "--user-dir", trime.USER_DIR, "--task", "trime_translation", "-s", "de",
+            "-t", "en", "--criterion", "trime_mt_loss", "--memory-across-workers", "--memory-topk", "4",
+            *TINY_ARCH, "--batch-size", "8", "--max-epoch", "1", "--optimizer", "adam", "--lr", "1e-3",
+            "--no-save", "--cpu", "--num-workers", "0", "--ddp-backend", "legacy_ddp",
+            "--distributed-no-spawn", "--distributed-world-size", "2", "--distributed-backend", "gloo",
+            "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--disable-validation"]
+    procs = [subprocess.Popen([console_script("fairseq-train"), *args, "--distributed-rank", str(r)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"}) for r in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    assert "num_updates 4" in outputs[0]  # 4 steps: the last one with a dummy batch on worker 1
