@@ -7,6 +7,9 @@ with --memory RULE (long, or ext keeping local memory; "-detach" adds --detach-m
 workers (what data-parallel training applies).
 """
 
+import os
+import socket
+import subprocess
 import sys
 
 import torch
@@ -48,6 +51,41 @@ def build_model(data, rule, extra=()):
     rule = rule.removesuffix("-detach")
     rule_args = ("--memory", "ext", "--local-drop-prob", "0") if rule == "ext" else ("--memory", rule)
     return build(data, (*rule_args, *detach, *extra))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two_workers(script, *args):
+    """``python tests/SCRIPT RANK 2 PORT ARGS...`` as two processes (asserting both succeed)."""
+    port = free_port()
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
+    procs = [subprocess.Popen([sys.executable, path, str(rank), "2", str(port), *map(str, args)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"}) for rank in range(2)]
+    for p in procs:
+        output, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, output[-3000:]
+
+
+def train_on_two_workers(args):
+    """Outputs of ``fairseq-train ARGS`` run as 2 gloo workers on CPU (asserting both succeed)."""
+    from console import console_script
+
+    distributed = ["--ddp-backend", "legacy_ddp", "--distributed-no-spawn",
+                   "--distributed-world-size", "2", "--distributed-backend", "gloo",
+                   "--distributed-init-method", f"tcp://127.0.0.1:{free_port()}"]
+    procs = [subprocess.Popen([console_script("fairseq-train"), *args, *distributed,
+                               "--distributed-rank", str(r)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"}) for r in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    return outputs
 
 
 def backward_and_save(loss, model, rank, out):

@@ -1,10 +1,5 @@
 """Cross-worker memory with 2 gloo processes equals one process holding the global batch."""
 
-import os
-import socket
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -12,36 +7,17 @@ import trime
 
 pytest.importorskip("fairseq")
 
-from dist_worker import ROWS, SHORT, build_model, global_batch, sample_of  # noqa: E402
+from dist_worker import (ROWS, SHORT, build_model, global_batch, run_two_workers,  # noqa: E402
+                         sample_of, train_on_two_workers)
 from fairseq_utils import write_dictionary  # noqa: E402
 
 pytestmark = pytest.mark.e2e  # fairseq console scripts end to end
-
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/, with dist_worker.py
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run_workers(data, out, rule, world=2):
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "dist_worker.py"), str(rank),
-                               str(world), str(port), str(data), str(out), rule],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
-             for rank in range(world)]
-    for p in procs:
-        output, _ = p.communicate(timeout=300)
-        assert p.returncode == 0, output[-3000:]
 
 
 @pytest.mark.parametrize("rule", ["long", "ext", "ext-detach"])
 def test_cross_worker_memory_equals_one_process_with_the_global_batch(tmp_path, rule):
     data = tmp_path / "data"
-    _run_workers(data, tmp_path / "out.pt", rule)
+    run_two_workers("dist_worker.py", data, tmp_path / "out.pt", rule)
     result = torch.load(tmp_path / "out.pt")
 
     dictionary = write_dictionary(data)
@@ -70,12 +46,11 @@ def test_cross_worker_memory_equals_one_process_with_the_global_batch(tmp_path, 
 def test_fairseq_train_two_cpu_workers_with_cross_worker_memory(tmp_path):
     """fairseq-train, 2 gloo processes; 7 batches per epoch, so worker 1 ends on fairseq's
     dummy batch (it must join the collectives without adding memory)."""
-    from console import console_script, preprocess
+    from console import preprocess
     from trime.cli.toy_corpus import write_splits
 
     write_splits(tmp_path / "raw", train_stories=7, valid_stories=2, test_stories=2)
     preprocess(tmp_path / "raw", tmp_path / "bin")
-    port = _free_port()
     args = [str(tmp_path / "bin"), "--user-dir", trime.USER_DIR,
             "--task", "trime_lm", "--criterion", "trime_loss", "--memory", "long",
             "--memory-across-workers", "--batching", "consecutive", "--consecutive-segments", "2",
@@ -83,13 +58,6 @@ def test_fairseq_train_two_cpu_workers_with_cross_worker_memory(tmp_path):
             "--decoder-embed-dim", "16", "--decoder-ffn-embed-dim", "32",
             "--decoder-attention-heads", "2", "--tokens-per-sample", "32", "--batch-size", "4",
             "--max-epoch", "1", "--optimizer", "adam", "--lr", "1e-3", "--no-save", "--cpu",
-            "--num-workers", "0", "--ddp-backend", "legacy_ddp", "--distributed-no-spawn",
-            "--distributed-world-size", "2", "--distributed-backend", "gloo",
-            "--distributed-init-method", f"tcp://127.0.0.1:{port}"]
-    procs = [subprocess.Popen([console_script("fairseq-train"), *args, "--distributed-rank", str(r)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "PYTHONWARNINGS": "ignore"}) for r in range(2)]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
+            "--num-workers", "0"]
+    outputs = train_on_two_workers(args)
     assert "num_updates 4" in outputs[0]  # 4 steps: the last one with a dummy batch on worker 1

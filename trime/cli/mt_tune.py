@@ -23,15 +23,14 @@ order) and ``tune.png`` (BLEU over λ × T or τ′ at the best k and τ).
 """
 
 import argparse
-import csv
-import gzip
 import json
 import logging
 import os
 import sys
 import time
 
-from trime.cli.tune import comma_values
+from trime.cli.prepare_translation import read_lines, write_lines
+from trime.cli.tune import comma_values, write_csv
 
 logger = logging.getLogger("trime.mt_tune")
 
@@ -40,10 +39,8 @@ SEARCHED = ("--knn-k", "--knn-lambda", "--knn-temp", "--memory-temp", "--eval-sc
 
 
 def _read_references(path, count, parser):
-    opener = gzip.open if path.endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            lines = [line.rstrip("\n") for line in f]
+        lines = read_lines(path)
     except OSError as error:
         parser.error(f"--references {path}: {error}")
     if len(lines) != count:
@@ -220,9 +217,7 @@ def main(argv=None):
         refs = references if references is not None else [translated[i][1] for i in ids]
         bleu, signature = corpus_bleu(hypotheses, refs, **bleu_options)
         hyp_path = os.path.join(args.out_dir, "hyp", _file_name(point))
-        with open(hyp_path + ".tmp", "w", encoding="utf-8") as f:
-            f.writelines(h + "\n" for h in hypotheses)
-        os.replace(hyp_path + ".tmp", hyp_path)
+        write_lines(hyp_path, hypotheses)
         row = {"point": point, "bleu": bleu, "signature": signature, "seconds": time.time() - started,
                "hypotheses": os.path.relpath(hyp_path, args.out_dir)}
         if point["memory"] == "ext":
@@ -239,10 +234,7 @@ def main(argv=None):
                      "memory_temp": point.get("memory_temp"), "knn_lambda": point.get("knn_lambda"),
                      "knn_temp": point.get("knn_temp"), "bleu": row["bleu"], "seconds": row["seconds"],
                      "hypotheses": row["hypotheses"]})
-    with open(os.path.join(args.out_dir, "tune.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(os.path.join(args.out_dir, "tune.csv"), rows)
     best = max(rows, key=lambda r: r["bleu"])
     best_options = {} if best["memory"] == "none" else {
         "--eval-memory": "ext", "--eval-scoring": args.scoring, "--knn-k": best["knn_k"],

@@ -32,7 +32,7 @@ def _raw_path(raw_dir, split, lang):
     return None
 
 
-def _read_lines(path):
+def read_lines(path):
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f]
@@ -65,7 +65,7 @@ def apply_joint_bpe(out, langs, roles, merges):
 
     codes = os.path.join(out, "bpe.codes")
     if not os.path.exists(codes):
-        joint = [line for lang in langs for line in _read_lines(os.path.join(out, f"train.tok.{lang}"))]
+        joint = [line for lang in langs for line in read_lines(os.path.join(out, f"train.tok.{lang}"))]
         with open(codes + ".tmp", "w", encoding="utf-8") as f:
             learn_bpe(joint, f, merges)
         os.replace(codes + ".tmp", codes)
@@ -76,7 +76,7 @@ def apply_joint_bpe(out, langs, roles, merges):
         for lang in langs:
             out_path = os.path.join(out, f"{role}.{lang}")
             if not os.path.exists(out_path):
-                lines = _read_lines(os.path.join(out, f"{role}.tok.{lang}"))
+                lines = read_lines(os.path.join(out, f"{role}.tok.{lang}"))
                 write_lines(out_path, [bpe.process_line(line) for line in lines])
 
 
@@ -137,7 +137,7 @@ def main(argv=None):
                 parser.error(f"no {split}.{lang} or {split}.{lang}.gz in {args.raw!r} (the {role} "
                              f"split; choose it with --{role.rstrip('0123456789')})")
             raw[role, lang] = path
-    counts, raw_lines = {}, {key: _read_lines(path) for key, path in raw.items()}
+    counts, raw_lines = {}, {key: read_lines(path) for key, path in raw.items()}
     for role, split in splits.items():
         lengths = {lang: len(raw_lines[role, lang]) for lang in langs}
         if len(set(lengths.values())) != 1:

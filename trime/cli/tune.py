@@ -177,7 +177,7 @@ def plot(rows, best, has_ext, png):
     return True
 
 
-def _write_csv(path, rows):
+def write_csv(path, rows):
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -252,7 +252,7 @@ def main(argv=None):
                 cache_thetas)
     best = min(rows, key=lambda r: r["loss"])
     os.makedirs(args.out_dir, exist_ok=True)
-    _write_csv(os.path.join(args.out_dir, "tune.csv"), rows)
+    write_csv(os.path.join(args.out_dir, "tune.csv"), rows)
     best_options = {"--memory-temp": best["tau"], "--knn-lambda": best["lambda"],
                     "--knn-temp": best["interp_temp"], "--cache-lambda": best["cache_lambda"],
                     "--cache-theta": best["cache_theta"]}
@@ -263,13 +263,13 @@ def main(argv=None):
         num_retrieved = settings.knn_k
         accuracy = [{"K": k, "accuracy": float((first_hit < k).double().mean())}
                     for k in ACCURACY_KS if k <= num_retrieved]
-        _write_csv(os.path.join(args.out_dir, "retrieval_accuracy.csv"), accuracy)
+        write_csv(os.path.join(args.out_dir, "retrieval_accuracy.csv"), accuracy)
         report["retrieval_accuracy"] = accuracy
         for row in accuracy:
             print(f"retrieval accuracy (target among the top-{row['K']} retrieved values): "
                   f"{100 * row['accuracy']:.1f}%")
     buckets = frequency_table(stats, targets, args.scoring, best, settings)
-    _write_csv(os.path.join(args.out_dir, "frequency_buckets.csv"), buckets)
+    write_csv(os.path.join(args.out_dir, "frequency_buckets.csv"), buckets)
     report["frequency_buckets"] = buckets
     with open(os.path.join(args.out_dir, "best.json"), "w") as f:
         json.dump(report, f, indent=2)

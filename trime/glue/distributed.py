@@ -100,9 +100,9 @@ def across_workers_logsumexp(rule, queries, labels, targets, key_valid, chunk_si
                                                   chunk_size, doc_ids, segment_starts, **options)
         return lse_all + 0.0 * memory.keys.sum(), lse_pos
     T, width = targets.shape[1], memory.labels.shape[1]  # rows padded to the step's longest
-    cols, pad = (0, width - T), pad_index
+    cols = (0, width - T)
     lse_all, lse_pos = batch_memory_logsumexp(
-        rule, F.pad(queries, (0, 0) + cols), F.pad(labels, cols, value=pad),
-        F.pad(targets, cols, value=pad), F.pad(key_valid, cols, value=False), chunk_size,
+        rule, F.pad(queries, (0, 0) + cols), F.pad(labels, cols, value=pad_index),
+        F.pad(targets, cols, value=pad_index), F.pad(key_valid, cols, value=False), chunk_size,
         memory=memory, **options)
     return lse_all[:, :T], lse_pos[:, :T]
