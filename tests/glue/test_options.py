@@ -59,3 +59,18 @@ def test_argparse_options_reuse_the_declaration():
     with pytest.raises(SystemExit):
         parser.parse_args(["--long-memory-reset", "sometimes"])
     assert flag("long_memory_size") == "--long-memory-size"
+
+
+def test_a_config_copying_declarations_changes_only_the_defaults_it_names():
+    from trime.glue.options import declared_fields
+    from trime.mt.task import MT_MEMORY_OPTIONS, MTMemoryOptions
+
+    lm = {f.name: f for f in dataclasses.fields(EvalOptions)}
+    mt = {f.name: f for f in dataclasses.fields(MTMemoryOptions)}
+    assert set(mt) >= set(MT_MEMORY_OPTIONS)
+    for name in MT_MEMORY_OPTIONS:  # the same help, choices and type; K is translation's own
+        assert mt[name].metadata == lm[name].metadata and mt[name].type == lm[name].type, name
+        assert mt[name].default == (16 if name == "knn_k" else lm[name].default), name
+    assert lm["knn_k"].default == 1024
+    with pytest.raises(ValueError, match="undeclared fields: \\['knn_lambda'\\]"):
+        declared_fields(EvalOptions, ["knn_k"], {"knn_lambda": 0.5})

@@ -146,6 +146,11 @@ def main(argv=None):
         counts[role] = lengths[langs[0]]
         if counts[role] == 0:
             parser.error(f"{split} is empty")
+    for (role, lang), path in raw.items():  # an empty side would binarise to a lone </s>
+        empty = [i + 1 for i, line in enumerate(raw_lines[role, lang]) if not line.strip()]
+        if empty:
+            parser.error(f"{path}: line {empty[0]} is empty ({len(empty):,} empty lines); "
+                         "remove those pairs from both sides first")
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         level=logging.INFO)
     os.makedirs(args.out, exist_ok=True)
@@ -155,10 +160,6 @@ def main(argv=None):
         tok = os.path.join(args.out, f"{role}.tok.{lang}")
         if not os.path.exists(tok):
             lines = raw_lines[role, lang]
-            empty = [i + 1 for i, line in enumerate(lines) if not line.strip()]
-            if empty:
-                parser.error(f"{path}: line {empty[0]} is empty ({len(empty)} empty lines); "
-                             "remove those pairs from both sides first")
             write_lines(tok, tokenize(lines, lang, args.lowercase))
             logger.info(f"tokenised {path} -> {tok} ({len(lines):,} lines)")
 

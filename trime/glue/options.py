@@ -141,12 +141,17 @@ class EvalOptions(FairseqDataclass):
     )
 
 
-def declared_fields(config_class, names):
+def declared_fields(config_class, names, defaults=None):
     """(name, type, field) copies of these fields' declarations (default, help, choices), for
-    ``dataclasses.make_dataclass``: a config offering some of them declares nothing again."""
+    ``dataclasses.make_dataclass``: a config offering some of them declares nothing again but
+    the ``defaults`` it changes ({name: value})."""
     by_name = {f.name: f for f in dataclasses.fields(config_class)}
+    defaults = defaults or {}
+    if set(defaults) - set(names):
+        raise ValueError(f"defaults for undeclared fields: {sorted(set(defaults) - set(names))}")
     return [(name, by_name[name].type,
-             field(default=by_name[name].default, metadata=dict(by_name[name].metadata)))
+             field(default=defaults.get(name, by_name[name].default),
+                   metadata=dict(by_name[name].metadata)))
             for name in names]
 
 

@@ -32,8 +32,12 @@ from trime.glue.train_step import tell_criterion
 # the LM's evaluation options that decoding with a datastore uses, declared there once
 MT_MEMORY_OPTIONS = ("eval_memory", "eval_scoring", "memory_temp", "dstore", "knn_k", "knn_sim",
                      "knn_lambda", "knn_temp", "knn_nprobe", "knn_exact_scores")
-MTMemoryOptions = make_dataclass("MTMemoryOptions", declared_fields(EvalOptions, MT_MEMORY_OPTIONS),
-                                 bases=(FairseqDataclass,))
+# K: an LM datastore is searched once per token (1024, the kNN-LM's); beam search searches once per
+# beam per step, and kNN-MT uses a few neighbours (Appendix D's grid 1..64; knn-box's default 16)
+MT_DEFAULTS = {"knn_k": 16}
+MTMemoryOptions = make_dataclass(
+    "MTMemoryOptions", declared_fields(EvalOptions, MT_MEMORY_OPTIONS, MT_DEFAULTS),
+    bases=(FairseqDataclass,))
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +74,21 @@ class BM25OrderedPairs(BaseWrapperDataset):
         return self.order
 
 
+def refuse_empty_sentences(split: str, pairs) -> None:
+    """An empty line binarises to its end-of-sentence token alone. fairseq trains on and decodes
+    such pairs without a word; here they are refused, naming the line, before any work is done."""
+    sides = (("source", pairs.src_sizes), ("target", pairs.tgt_sizes))
+    for side, sizes in sides:
+        if sizes is None:
+            continue
+        empty = np.flatnonzero(np.asarray(sizes) <= 1)
+        if len(empty):
+            raise ValueError(
+                f"{split}: pair {empty[0]} (line {empty[0] + 1}) has an empty {side} sentence "
+                f"({len(empty):,} pairs have one): remove those pairs from both sides of the raw "
+                "text and binarise again (`trime-prepare-translation` refuses them)")
+
+
 @register_task("trime_translation", dataclass=TrimeTranslationConfig)
 class TrimeTranslationTask(TranslationTask):
     def __init__(self, cfg, src_dict, tgt_dict):
@@ -89,6 +108,7 @@ class TrimeTranslationTask(TranslationTask):
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+        refuse_empty_sentences(split, self.datasets[split])
         if split != self.cfg.train_subset or self.cfg.batching != "bm25":
             return
         from trime.mt.bm25_order import load_bm25_order
@@ -99,6 +119,15 @@ class TrimeTranslationTask(TranslationTask):
         logger.info(f"TRIME: {split}: {len(pairs):,} pairs in the BM25 order of "
                     f"{self.cfg.bm25_batches}")
         self.datasets[split] = BM25OrderedPairs(pairs, order)
+
+    def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
+        """fairseq-interactive's input lines, refused when one is empty (only its end-of-sentence
+        token is left: the model would translate nothing into something)."""
+        empty = [i + 1 for i, length in enumerate(src_lengths) if length <= 1]
+        if empty:
+            raise ValueError(f"input line {empty[0]} of this batch is empty: give a sentence to "
+                             "translate on every line")
+        return super().build_dataset_for_inference(src_tokens, src_lengths, constraints)
 
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
                            ignore_invalid_inputs=False, required_batch_size_multiple=1, **kwargs):
