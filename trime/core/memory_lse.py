@@ -103,7 +103,8 @@ class _MemoryLogSumExp(torch.autograd.Function):
 
 
 def memory_logsumexp(queries, keys, key_labels, query_targets, visibility,
-                     temperature: float = 1.0, chunk_size: int = 1024, top_k: int = None):
+                     temperature: float = 1.0, chunk_size: int = 1024, top_k: int = None,
+                     kernel: str = "chunked"):
     """Log-sum-exp of memory similarities over visible and over positive keys.
 
     Args:
@@ -117,6 +118,8 @@ def memory_logsumexp(queries, keys, key_labels, query_targets, visibility,
         top_k: keep only each query's ``top_k`` most similar visible keys (the authors' MT
             ``--topk-mem``); gradients flow through the kept scores only, as through
             ``torch.topk``'s values. None: every visible key.
+        kernel: ``chunked`` (this file's op), ``fused`` (the Triton kernel) or ``auto``
+            (fused on CUDA where it can run); ``trime.kernels.dispatch`` says why not.
     Returns:
         (lse_all, lse_pos), fp32 [G, Nq]; -inf where the set is empty.
         sim = g·g' / √d / τ (scaled dot product, §3).
@@ -128,6 +131,15 @@ def memory_logsumexp(queries, keys, key_labels, query_targets, visibility,
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 (or None for every visible key), got {top_k}")
     scale = 1.0 / (math.sqrt(queries.shape[-1]) * temperature)
+    if kernel != "chunked":
+        from trime.kernels.dispatch import choose
+
+        backend, token_visibility = choose(kernel, queries, keys, visibility, top_k)
+        if backend == "fused":
+            from trime.kernels.triton_memory_lse import fused_memory_logsumexp
+
+            return fused_memory_logsumexp(queries, keys, key_labels, query_targets,
+                                          token_visibility, scale)
     return _MemoryLogSumExp.apply(
         queries, keys, key_labels, query_targets, visibility, scale, int(chunk_size),
         None if top_k is None else int(top_k)

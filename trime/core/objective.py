@@ -36,7 +36,8 @@ class BatchMemory:
 
 def batch_memory_logsumexp(rule, queries, labels, targets, key_valid, chunk_size=1024,
                            doc_ids=None, segment_starts=None, memory: BatchMemory = None,
-                           keep_local=True, detach_keys=False, temperature=1.0, top_k=None):
+                           keep_local=True, detach_keys=False, temperature=1.0, top_k=None,
+                           kernel="chunked"):
     """memory_logsumexp over a batch of segments [B, T] under a visibility rule.
 
     - ``local``: each segment is its own group (a larger ``memory`` changes nothing).
@@ -49,7 +50,7 @@ def batch_memory_logsumexp(rule, queries, labels, targets, key_valid, chunk_size
       if ``keep_local``, the earlier tokens of its own segment (``ExtMemory``).
     ``detach_keys``: the memory keys carry no gradient, only the queries do (the paper's
     "w/o back-prop to memory" ablation, Table 11).
-    ``temperature``, ``top_k``: as in ``memory_logsumexp`` (the authors' MT loss divides the
+    ``temperature``, ``top_k``, ``kernel``: as in ``memory_logsumexp`` (the authors' MT loss divides the
     memory logits by 10 and keeps each query's 8 most similar keys).
     Returns (lse_all, lse_pos) as fp32 [B, T], in the batch's own order.
     """
@@ -57,7 +58,7 @@ def batch_memory_logsumexp(rule, queries, labels, targets, key_valid, chunk_size
         visibility = build_visibility(rule, key_valid)
         keys = queries.detach() if detach_keys else queries
         return memory_logsumexp(queries, keys, labels, targets, visibility, temperature, chunk_size,
-                                top_k)
+                                top_k, kernel)
     if memory is None:
         if rule == "long" and (doc_ids is None or segment_starts is None):
             raise ValueError("the long memory rule needs each segment's corpus offset and "
@@ -91,7 +92,7 @@ def batch_memory_logsumexp(rule, queries, labels, targets, key_valid, chunk_size
     lse_all, lse_pos = memory_logsumexp(
         queries[query_order].reshape(1, B * T, -1), keys.detach() if detach_keys else keys,
         flat(memory.labels),
-        targets[query_order].reshape(1, B * T), visibility, temperature, chunk_size, top_k)
+        targets[query_order].reshape(1, B * T), visibility, temperature, chunk_size, top_k, kernel)
     restored = []
     for lse in (lse_all, lse_pos):
         out = torch.empty_like(lse.view(B, T))

@@ -26,11 +26,57 @@ window (local memory, context included) and the FIFO entries that lie *before*
 the window, so no position is counted twice.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from trime.core.logspace import NEG_INF
 
 MEMORY_RULES = ("local", "long", "ext")
+LOCAL, LONG, EXT = 0, 1, 2  # TokenVisibility.mode
+
+
+@dataclass
+class TokenVisibility:
+    """A rule as per-token ids, for a fused kernel that decides visibility inside its blocks.
+
+    Key j is visible to a query at key-axis position p with id q_id (``query_positions``,
+    ``query_ids`` [G, Nq]; ``key_ids``, ``key_valid`` [G, Nk]) iff key_valid[j] and
+
+    - ``local``: j < p (ids unused);
+    - ``long``:  j < p and key_ids[j] == q_id (ids = documents);
+    - ``ext``:   key_ids[j] != q_id, or ``keep_local`` and j < p (ids = segments).
+
+    ``key_starts`` [G, Nk] (long: the first position of j's document run) bound the key span a
+    block of queries can see (``key_spans``).
+    """
+
+    mode: int  # LOCAL, LONG or EXT
+    key_valid: torch.Tensor
+    key_ids: torch.Tensor
+    query_positions: torch.Tensor
+    query_ids: torch.Tensor
+    keep_local: bool = True
+    key_starts: torch.Tensor = None
+
+    def key_spans(self, block: int) -> torch.Tensor:
+        """int64 [G, ceil(Nq / block), 2]: for each block of ``block`` queries, the key span
+        [lo, hi) outside which none of them sees a key (hi <= lo: the block sees nothing)."""
+        G, Nq = self.query_positions.shape
+        num_blocks = -(-Nq // block)
+        pad = num_blocks * block - Nq
+        positions = torch.nn.functional.pad(self.query_positions, (0, pad), value=-1)
+        hi = positions.view(G, num_blocks, block).amax(-1).clamp(min=0)  # keys before the last
+        if self.mode == EXT:
+            hi = torch.full_like(hi, self.key_valid.shape[1])
+        if self.mode == LONG:
+            starts = self.key_starts.gather(1, self.query_positions.clamp(min=0))
+            big = torch.iinfo(starts.dtype).max
+            lo = torch.nn.functional.pad(starts, (0, pad), value=big).view(G, num_blocks, block)
+            lo = lo.amin(-1)
+        else:
+            lo = torch.zeros_like(hi)
+        return torch.stack([lo, torch.maximum(lo, hi)], -1)
 
 
 class VisibilityRule:
@@ -40,8 +86,13 @@ class VisibilityRule:
       chunk sees anything (k1 <= k0: the chunk sees no key);
     - ``visible(q0, q1, k0, k1)``: bool [G or 1, C, K], which keys of the span each query sees;
     - ``mask_invisible_(scores, q0, q1, k0, k1)``: scores [G, C, K] of invisible keys set to
-      -inf in place (by default from ``visible``; a rule may do it block by block).
+      -inf in place (by default from ``visible``; a rule may do it block by block);
+    - ``token_visibility(num_queries)``: the rule as ``TokenVisibility`` for a fused kernel, or
+      a string saying why it has none.
     """
+
+    def token_visibility(self, num_queries: int):
+        return f"{type(self).__name__} has no per-token description"
 
     def key_range(self, q0: int, q1: int):
         raise NotImplementedError
@@ -73,6 +124,13 @@ class LocalMemory(VisibilityRule):
         key_pos = torch.arange(k0, k1, device=device)[None, :]
         earlier = key_pos < query_pos  # [C, K]
         return earlier[None] & self.key_valid[:, None, k0:k1]
+
+    def token_visibility(self, num_queries: int):
+        G, Nk = self.key_valid.shape
+        positions = torch.arange(num_queries, device=self.key_valid.device).expand(G, -1)
+        unused = torch.zeros(G, 1, dtype=torch.int32, device=self.key_valid.device)
+        return TokenVisibility(LOCAL, self.key_valid, unused.expand(G, Nk), positions,
+                               unused.expand(G, num_queries))
 
 
 def _check_same_shape(name, ids, key_valid):
@@ -125,6 +183,11 @@ class LongMemory(VisibilityRule):
         same_doc = self.doc_ids[:, None, k0:k1] == self.doc_ids[:, positions, None]
         return earlier[None] & self.key_valid[:, None, k0:k1] & same_doc
 
+    def token_visibility(self, num_queries: int):
+        positions = self._positions(0, num_queries).expand(self.doc_ids.shape[0], -1)
+        return TokenVisibility(LONG, self.key_valid, self.doc_ids, positions,
+                               self.doc_ids.gather(1, positions), key_starts=self.doc_start)
+
 
 class ExtMemory(VisibilityRule):
     """M_ext in training (Eq. 4, §4.3): every token of the *other* segments of the batch,
@@ -156,6 +219,14 @@ class ExtMemory(VisibilityRule):
             earlier = torch.arange(k0, k1, device=device)[None, :] < positions[:, None]
             visible = visible | (same_segment & earlier[None])
         return visible & self.key_valid[:, None, k0:k1]
+
+    def token_visibility(self, num_queries: int):
+        G = self.segment_ids.shape[0]
+        positions = (torch.arange(num_queries, device=self.segment_ids.device)
+                     if self.query_positions is None else self.query_positions).expand(G, -1)
+        return TokenVisibility(EXT, self.key_valid, self.segment_ids.expand(G, -1), positions,
+                               self.segment_ids.expand(G, -1).gather(1, positions),
+                               keep_local=self.keep_local)
 
 
 def check_memory_rule(rule: str) -> None:
@@ -230,6 +301,10 @@ class WindowAndFifoMemory(VisibilityRule):
             window = scores[..., max(k0, self.num_fifo) - k0:]
             window.masked_fill_(~self.local.visible(q0, q1, w0, w1), NEG_INF)
         return scores
+
+    def token_visibility(self, num_queries: int):
+        return ("evaluation's window + FIFO memory is scored by the chunked op (it runs one "
+                "window at a time, without gradients)")
 
     def visible(self, q0: int, q1: int, k0: int, k1: int) -> torch.Tensor:
         scores = torch.zeros(1, q1 - q0, k1 - k0, device=self.query_docs.device)

@@ -89,7 +89,7 @@ def gather_batch_memory(keys, labels, key_valid, doc_ids, segment_starts, contri
 def across_workers_logsumexp(rule, queries, labels, targets, key_valid, chunk_size, doc_ids,
                              segment_starts, pad_index, dummy_batch=False, **options):
     """``batch_memory_logsumexp`` with the whole global batch as memory (every worker calls it
-    together). ``options``: keep_local, detach_keys, temperature, top_k, as there. A dummy
+    together). ``options``: keep_local, detach_keys, temperature, top_k, kernel, as there. A dummy
     batch adds no memory rows and still joins the all-gather's backward (its loss is zeroed by
     fairseq). Returns (lse_all, lse_pos) fp32 [B, T] for this worker's batch."""
     keys = queries.detach() if options.get("detach_keys") else queries  # no gather backward then

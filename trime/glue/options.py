@@ -40,6 +40,13 @@ class TrainingMemoryOptions(FairseqDataclass):
         metadata={"help": "queries per chunk when summing over memory; extra memory is "
                   "O(tokens x chunk)"},
     )
+    memory_kernel: ChoiceEnum(["auto", "chunked", "fused"]) = field(
+        default="auto",
+        metadata={"help": "what computes the memory sums: chunked = query chunks of "
+                  "--memory-chunk-size (any device, the reference); fused = one Triton kernel "
+                  "(CUDA; skips key blocks no query of a block may see; not with --memory-topk); "
+                  "auto = fused on CUDA where it can run, else chunked (the log says why)"},
+    )
     memory_across_workers: bool = field(
         default=False,
         metadata={"help": "with several data-parallel workers, every worker's loss sees the whole "

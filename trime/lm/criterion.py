@@ -67,7 +67,7 @@ class TrimeLossConfig(TrainingMemoryOptions):
 class TrimeLoss(FairseqCriterion):
     # fairseq passes every config field by name: the defaults live there alone
     def __init__(self, task, memory, ce_warmup_updates, local_drop_prob, memory_across_workers,
-                 detach_memory, memory_chunk_size):
+                 detach_memory, memory_chunk_size, memory_kernel):
         super().__init__(task)
         if not getattr(task, "exposes_trime_query", False):
             raise ValueError(
@@ -85,6 +85,7 @@ class TrimeLoss(FairseqCriterion):
         self.memory = str(memory)
         self.ce_warmup_updates = ce_warmup_updates
         self.memory_chunk_size = memory_chunk_size
+        self.memory_kernel = str(memory_kernel)
         self.memory_across_workers = memory_across_workers
         self.detach_memory = bool(detach_memory)
         if local_drop_prob is not None and self.memory != "ext":
@@ -162,14 +163,15 @@ class TrimeLoss(FairseqCriterion):
         if not across:
             return batch_memory_logsumexp(self.memory, query, labels, target, valid,
                                           self.memory_chunk_size, doc_ids, starts,
-                                          keep_local=keep_local, detach_keys=self.detach_memory)
+                                          keep_local=keep_local, detach_keys=self.detach_memory,
+                                          kernel=self.memory_kernel)
         if doc_ids is None or starts is None:
             raise ValueError("--memory-across-workers needs the segment offsets that --task "
                              "trime_lm adds to every batch")
         return across_workers_logsumexp(self.memory, query, labels, target, valid,
                                         self.memory_chunk_size, doc_ids, starts, self.padding_idx,
                                         dummy_batch, keep_local=keep_local,
-                                        detach_keys=self.detach_memory)
+                                        detach_keys=self.detach_memory, kernel=self.memory_kernel)
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:

@@ -69,7 +69,7 @@ class TrimeMTLossConfig(TrainingMemoryOptions):
 class TrimeMTLoss(FairseqCriterion):
     # fairseq passes every config field by name: the defaults live there alone
     def __init__(self, task, mt_key, memory_topk, label_smoothing, ce_warmup_updates,
-                 memory_chunk_size, memory_across_workers, sentence_avg):
+                 memory_chunk_size, memory_kernel, memory_across_workers, sentence_avg):
         super().__init__(task)
         if not isinstance(task, TrimeTranslationTask):
             raise ValueError(f"--criterion trime_mt_loss needs --task trime_translation (got "
@@ -95,6 +95,7 @@ class TrimeMTLoss(FairseqCriterion):
         self.eps = float(label_smoothing)
         self.ce_warmup_updates = ce_warmup_updates
         self.memory_chunk_size = memory_chunk_size
+        self.memory_kernel = str(memory_kernel)
         self.memory_across_workers = bool(memory_across_workers)
         self.sentence_avg = sentence_avg
         self.vocab_size = len(task.target_dictionary)  # V of the output projection
@@ -137,7 +138,8 @@ class TrimeMTLoss(FairseqCriterion):
         """log Σ exp over the memory (all / with the target's label), fp32 [B, T]: the other
         sentences of this batch, or with --memory-across-workers of every worker's batch (the
         pairs' dataset ids tell the sentences apart across workers)."""
-        options = dict(keep_local=False, temperature=self.memory_temp, top_k=self.memory_topk)
+        options = dict(keep_local=False, temperature=self.memory_temp, top_k=self.memory_topk,
+                       kernel=self.memory_kernel)
         _, world_size, _ = data_parallel_world()
         if not (self.memory_across_workers and model.training and world_size > 1):
             return batch_memory_logsumexp("ext", query, target, target, scored,
