@@ -138,6 +138,33 @@ def test_flat_index_retrieval_equals_brute_force(store, metric):
     assert torch.equal(found.labels, values[ref_rows2[:, 1:]])
 
 
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_torch_search_equals_the_flat_index_and_needs_no_index(store, metric, monkeypatch):
+    from trime.extmem import torch_search
+    from trime.extmem.retrieval import open_retriever
+
+    datastore, keys, values = store
+    index, info = build_index(datastore, metric, "flat", progress=False)
+    save_index(index, info, datastore.path)
+    queries = torch.randn(9, D, generator=torch.Generator().manual_seed(6))
+    flat = Retriever(datastore, load_index(datastore, metric), k=K, similarity=metric, device="cpu")
+    monkeypatch.setattr(torch_search, "SCORES_PER_BLOCK", 9 * 64)  # 5 key blocks: merged top-k
+    exact = Retriever(datastore, None, k=K, similarity=metric, device="torch")
+    for exclude in (None, torch.arange(9) * 7):
+        ours, ref = exact.search(queries, exclude), flat.search(queries, exclude)
+        assert exact.backend == "torch" and flat.backend == "cpu"
+        assert torch.allclose(ours.sims, ref.sims, atol=1e-4) and torch.equal(ours.labels, ref.labels)
+    assert len(exact.index.search(queries, 1000)[1][0]) == 300  # k capped at the datastore
+    for name in os.listdir(datastore.path):
+        if name.startswith("index."):
+            os.remove(os.path.join(datastore.path, name))
+    assert open_retriever(datastore, K, metric, 8, device="torch").search(queries).labels.shape == (9, K)
+    with pytest.raises(FileNotFoundError, match="trime-build-index"):
+        open_retriever(datastore, K, metric, 8, device="auto")
+    with pytest.raises(ValueError, match="--knn-device faiss-gpu needs CUDA queries and faiss-gpu"):
+        Retriever(datastore, flat.index, K, metric, device="faiss-gpu").search(queries)
+
+
 def test_ivfpq_exact_scores_rescore_the_retrieved_keys(store):
     datastore, keys, values = store
     index, info = build_index(datastore, "ip", "ivfpq", nlist=4, num_sub=4, nbits=4,

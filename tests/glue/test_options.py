@@ -28,7 +28,7 @@ def _eval_lm_config(tmp_path, *extra):
 def test_command_line_defaults_equal_the_settings_defaults(tmp_path):
     args, task_cfg = _eval_lm_config(tmp_path)
     defaults = EvalSettings()
-    assert len(option_names()) == 17
+    assert len(option_names()) == 18
     for name in option_names():
         assert str(getattr(args, name)) == str(getattr(defaults, name)), name
         assert str(getattr(task_cfg, name)) == str(getattr(defaults, name)), name

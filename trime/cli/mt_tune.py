@@ -202,8 +202,9 @@ def main(argv=None):
         else:
             values = {k: v for k, v in point.items() if k != "memory"}
             settings = point_settings(task.memory, args.scoring, values)
+            # the cache answers from the FAISS index on CPU, whatever --knn-device says
             point_retriever = Retriever(retriever.datastore, search, settings.knn_k,
-                                        settings.knn_sim, settings.knn_exact_scores)
+                                        settings.knn_sim, settings.knn_exact_scores, device="cpu")
             generator = task.build_memory_generator([model], cfg.generation, settings,
                                                     point_retriever, key_type)
         translated = translate(task, generator, model, cfg, args.gen_subset,

@@ -114,6 +114,14 @@ class EvalOptions(FairseqDataclass):
         metadata={"help": "K, datastore entries retrieved per token (at most the datastore size)"})
     knn_nprobe: int = field(
         default=32, metadata={"help": "inverted lists searched by an IVFPQ index (ignored by Flat)"})
+    knn_device: ChoiceEnum(["auto", "cpu", "faiss-gpu", "torch"]) = field(
+        default="auto",
+        metadata={"help": "where the datastore is searched: cpu = the FAISS index on CPU; faiss-gpu "
+                  "= the index copied to the GPU (pip install trime[gpu]; fp16 lookup tables); "
+                  "torch = exact search of the fp16 keys held in the model's device memory (no "
+                  "index needed; small datastores); auto = torch on CUDA when the keys take <= 1/4 "
+                  "of free GPU memory, else faiss-gpu if installed, else cpu"},
+    )
     knn_sim: Optional[ChoiceEnum(["ip", "l2"])] = field(
         default=None,
         metadata={"help": "similarity of retrieved entries: ip = g·g'/√d (TRIME's sim, default "
@@ -265,7 +273,8 @@ class EvalSettings(EvalOptions):
                      f"{'reset at each document' if self.reset_at_documents else 'never reset'})")
         if self.uses_ext:
             text += (f", datastore {self.dstore} (K = {self.knn_k}, nprobe = {self.knn_nprobe}, "
-                     f"sim = {self.knn_sim}{', exact scores' if self.knn_exact_scores else ''})")
+                     f"sim = {self.knn_sim}{', exact scores' if self.knn_exact_scores else ''}, "
+                     f"search on {self.knn_device})")
         if self.save_dstore:
             text += f", saving a datastore to {self.save_dstore}"
         if self.eval_scoring == "cache":

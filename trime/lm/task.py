@@ -157,7 +157,7 @@ class TrimeLMTask(LanguageModelingTask):
         settings = settings or self.eval_settings
         datastore = Datastore.open(settings.dstore, self.dictionary, query_dim)
         return open_retriever(datastore, settings.knn_k, settings.knn_sim, settings.knn_nprobe,
-                              settings.knn_exact_scores)
+                              settings.knn_exact_scores, settings.knn_device)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         tell_criterion(sample, criterion, update_num, ignore_grad)

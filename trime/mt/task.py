@@ -31,7 +31,7 @@ from trime.glue.train_step import tell_criterion
 
 # the LM's evaluation options that decoding with a datastore uses, declared there once
 MT_MEMORY_OPTIONS = ("eval_memory", "eval_scoring", "memory_temp", "dstore", "knn_k", "knn_sim",
-                     "knn_lambda", "knn_temp", "knn_nprobe", "knn_exact_scores")
+                     "knn_lambda", "knn_temp", "knn_nprobe", "knn_exact_scores", "knn_device")
 # K: an LM datastore is searched once per token (1024, the kNN-LM's); beam search searches once per
 # beam per step, and kNN-MT uses a few neighbours (Appendix D's grid 1..64; knn-box's default 16)
 MT_DEFAULTS = {"knn_k": 16}
@@ -193,7 +193,7 @@ class TrimeTranslationTask(TranslationTask):
             raise ValueError(f"{datastore.path} holds keys of dimension {datastore.dim}, this "
                              f"model's {key_type} keys have {dim}: {rebuild}")
         return open_retriever(datastore, settings.knn_k, settings.knn_sim, settings.knn_nprobe,
-                              settings.knn_exact_scores), key_type
+                              settings.knn_exact_scores, settings.knn_device), key_type
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         tell_criterion(sample, criterion, update_num, ignore_grad)
