@@ -139,3 +139,43 @@ def test_top_k_must_be_positive():
     labels = torch.ones(1, 4, dtype=torch.long)
     with pytest.raises(ValueError, match="top_k must be >= 1"):
         memory_logsumexp(g, g, labels, labels, LocalMemory(labels > 0), top_k=0)
+
+
+@pytest.mark.parametrize("rule", ["local", "long"])
+def test_causal_rules_score_diagonal_chunks_and_match_explicit_sums(rule):
+    """Segments longer than CAUSAL_CHUNK: the chunked op scores about the lower triangle only
+    (not the whole T x T square that one chunk of --memory-chunk-size would), and its values and
+    gradients still equal explicit sums over the visible keys."""
+    from trime.core.memory_lse import _memory_chunks
+    from trime.core.visibility import CAUSAL_CHUNK
+
+    T = 2 * CAUSAL_CHUNK + 44
+    gen = torch.Generator().manual_seed(3)
+    g = torch.randn(1, T, 6, generator=gen, dtype=torch.float64)
+    labels = torch.randint(2, 6, (1, T), generator=gen)
+    valid = torch.rand(1, T, generator=gen) > 0.1
+    docs = (torch.arange(T) >= T // 3).long()[None]  # long: two documents
+    vis = build_visibility(rule, valid, docs if rule == "long" else None)
+    scanned = sum((q1 - q0) * (k1 - k0) for q0, q1, k0, k1, *_ in
+                  _memory_chunks(g, g, labels, labels, vis, 1.0, 1024))
+    assert scanned <= 0.72 * T * T, scanned  # one 1,024-query chunk would scan T x (T - 1)
+
+    g1, g2 = g.clone().requires_grad_(), g.clone().requires_grad_()
+    lse_all, lse_pos = memory_logsumexp(g1, g1, labels, labels, vis, 1.0, 1024)
+    pos = torch.arange(T)
+    visible = (pos[None, :] < pos[:, None]) & valid[0][None, :]
+    if rule == "long":
+        visible &= docs[0][None, :] == docs[0][:, None]
+    scores = g2[0] @ g2[0].t() / 6 ** 0.5
+    ref_all = scores.masked_fill(~visible, float("-inf")).logsumexp(-1)
+    ref_pos = scores.masked_fill(~(visible & (labels[0][None, :] == labels[0][:, None])),
+                                 float("-inf")).logsumexp(-1)
+    for ours, ref in ((lse_all[0], ref_all), (lse_pos[0], ref_pos)):
+        assert torch.equal(torch.isfinite(ours), torch.isfinite(ref))
+        assert torch.allclose(ours[torch.isfinite(ref)].double(), ref[torch.isfinite(ref)], rtol=1e-5)
+    weights = torch.linspace(0.5, 1.5, T, dtype=torch.float64)
+    total = lambda a, p: (weights * (torch.where(torch.isfinite(a), a, 0) +
+                                     torch.where(torch.isfinite(p), p, 0))).sum()
+    total(lse_all[0].double(), lse_pos[0].double()).backward()
+    total(ref_all, ref_pos).backward()
+    assert torch.allclose(g1.grad, g2.grad, rtol=1e-4, atol=1e-6)

@@ -41,6 +41,7 @@ def _memory_chunks(queries, keys, key_labels, query_targets, visibility, scale, 
     same, in the backward pass).
     """
     num_queries = queries.shape[1]
+    chunk_size = visibility.query_chunk_size(chunk_size)
     for q0 in range(0, num_queries, chunk_size):
         q1 = min(num_queries, q0 + chunk_size)
         k0, k1 = visibility.key_range(q0, q1)

@@ -34,6 +34,10 @@ from trime.core.logspace import NEG_INF
 
 MEMORY_RULES = ("local", "long", "ext")
 LOCAL, LONG, EXT = 0, 1, 2  # TokenVisibility.mode
+# Query chunk of the causal rules (local, long): a chunk's key span ends at its last query, so
+# small chunks skip the triangle above the diagonal that no query sees (measured on 2 CPU cores,
+# d = 128, local memory, forward + backward: L = 512 2.0x, L = 3,072 2.6x faster than 1,024).
+CAUSAL_CHUNK = 128
 
 
 @dataclass
@@ -88,8 +92,13 @@ class VisibilityRule:
     - ``mask_invisible_(scores, q0, q1, k0, k1)``: scores [G, C, K] of invisible keys set to
       -inf in place (by default from ``visible``; a rule may do it block by block);
     - ``token_visibility(num_queries)``: the rule as ``TokenVisibility`` for a fused kernel, or
-      a string saying why it has none.
+      a string saying why it has none;
+    - ``query_chunk_size(chunk_size)``: the chunk the chunked op scores at a time (at most
+      ``chunk_size``, the memory bound; causal rules use smaller chunks aligned to the diagonal).
     """
+
+    def query_chunk_size(self, chunk_size: int) -> int:
+        return chunk_size
 
     def token_visibility(self, num_queries: int):
         return f"{type(self).__name__} has no per-token description"
@@ -113,6 +122,9 @@ class LocalMemory(VisibilityRule):
 
     def __init__(self, key_valid: torch.Tensor):
         self.key_valid = key_valid
+
+    def query_chunk_size(self, chunk_size: int) -> int:
+        return min(chunk_size, CAUSAL_CHUNK)
 
     def key_range(self, q0: int, q1: int):
         # the last query of the chunk (q1 - 1) sees keys up to q1 - 2
@@ -168,6 +180,9 @@ class LongMemory(VisibilityRule):
         if self.query_positions is None:
             return torch.arange(q0, q1, device=self.doc_ids.device)
         return self.query_positions[q0:q1]
+
+    def query_chunk_size(self, chunk_size: int) -> int:
+        return min(chunk_size, CAUSAL_CHUNK)
 
     def key_range(self, q0: int, q1: int):
         if q1 <= q0:

@@ -37,8 +37,9 @@ class TrainingMemoryOptions(FairseqDataclass):
     )
     memory_chunk_size: int = field(
         default=1024,
-        metadata={"help": "queries per chunk when summing over memory; extra memory is "
-                  "O(tokens x chunk)"},
+        metadata={"help": "queries per chunk when summing over memory (at most: local and long "
+                  "memory take 128 at a time, so no chunk scans the keys above the diagonal); "
+                  "extra memory is O(tokens x chunk)"},
     )
     memory_kernel: ChoiceEnum(["auto", "chunked", "fused"]) = field(
         default="auto",
