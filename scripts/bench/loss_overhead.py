@@ -14,6 +14,11 @@ Default model = the paper's 7M config (Table 9: 8 layers, d = 128, FFN 512,
 
     python scripts/bench/loss_overhead.py                 # N = 3072, 12288, 24576 on CPU
     python scripts/bench/loss_overhead.py --device cuda --embed-dim 1024 --ffn-dim 4096 --heads 16
+
+``--memory ext --memory-tokens M`` adds a column for a memory of M tokens (M - N of them other
+workers' keys, as --memory-across-workers gathers them; simulated on one device): the TRIME step
+with its memory op over N queries x N keys replaced by the same op over N x M keys (each op's
+forward + backward timed alone in the same run), over the CE step (the all-gather is not timed).
 """
 
 import argparse
@@ -49,10 +54,15 @@ def build(args, criterion):
         for i in range(args.vocab - len(d)):
             d.add_symbol(f"w{i}", n=args.vocab - i)
         d.save(os.path.join(data, "dict.txt"))
-    argv = [data, "--user-dir", trime.USER_DIR, "--task", "trime_lm", "--criterion", criterion,
+    extra = ["--memory", args.memory, "--memory-kernel", args.memory_kernel] \
+        if criterion == "trime_loss" else []
+    if args.adaptive_softmax_cutoff:
+        extra += ["--adaptive-softmax-cutoff", args.adaptive_softmax_cutoff]
+    argv = [data, "--user-dir", trime.USER_DIR, "--task", "trime_lm", "--criterion", criterion, *extra,
             "--arch", "transformer_lm", "--decoder-layers", str(args.layers),
             "--decoder-embed-dim", str(args.embed_dim), "--decoder-ffn-embed-dim", str(args.ffn_dim),
-            "--decoder-attention-heads", str(args.heads), "--share-decoder-input-output-embed",
+            "--decoder-attention-heads", str(args.heads),
+            *([] if args.adaptive_softmax_cutoff else ["--share-decoder-input-output-embed"]),
             "--tokens-per-sample", str(args.seg_len), "--dropout", "0.1"]
     cfg = convert_namespace_to_omegaconf(
         options.parse_args_and_arch(options.get_training_parser(), argv))
@@ -100,6 +110,37 @@ def time_steps(args, n_tokens):
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def time_memory_op(args, n_tokens, memory_tokens):
+    """Median forward + backward time of the memory op alone: N queries (the first N keys) x M
+    keys under the ext rule, fp32 accumulation, the bench's kernel."""
+    from trime.core.memory_lse import memory_logsumexp
+    from trime.core.visibility import ExtMemory
+
+    device, d, L = args.device, args.embed_dim, args.seg_len
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    gen = torch.Generator(device=device).manual_seed(0)
+    keys = torch.randn(1, memory_tokens, d, device=device, dtype=dtype, generator=gen)
+    labels = torch.randint(4, 1000, (1, memory_tokens), device=device, generator=gen)
+    rule = ExtMemory(torch.ones_like(labels, dtype=torch.bool),
+                     (torch.arange(memory_tokens, device=device) // L)[None],
+                     torch.arange(n_tokens, device=device))
+    own = keys[:, :n_tokens].clone().requires_grad_()
+    others = keys[:, n_tokens:].clone().requires_grad_()
+    times = []
+    for repeat in range(args.repeats + 1):
+        sync(device)
+        start = time.perf_counter()
+        memory = torch.cat([own, others], 1)
+        lse_all, lse_pos = memory_logsumexp(own, memory, labels, labels[:, :n_tokens], rule,
+                                            chunk_size=1024, kernel=args.memory_kernel)
+        (lse_all.sum() + lse_pos.clamp(min=-1e3).sum()).backward()
+        sync(device)
+        if repeat > 0:
+            times.append(time.perf_counter() - start)
+        own.grad = others.grad = None
+    return statistics.median(times)
+
+
 class RssPeak:
     """Peak resident memory above the level at start, sampled by a background thread."""
 
@@ -142,7 +183,8 @@ def memory_child(args):
     else:
         sampler = RssPeak()
     if args.child_kind == "trime":
-        lse_all, lse_pos = memory_logsumexp(g, g, labels, labels, LocalMemory(valid))
+        lse_all, lse_pos = memory_logsumexp(g, g, labels, labels, LocalMemory(valid),
+                                            kernel=args.memory_kernel)
     else:  # dense: all N×N scores of the batch with an additive mask, autograd keeps them
         flat, flat_labels = g.reshape(n, d), labels.reshape(n)
         segment = torch.arange(n, device=device) // L
@@ -171,7 +213,8 @@ def measure_memory(args, n, kind):
     if kind == "dense" and args.device == "cpu" and 6 * 4 * n * n > 0.6 * _available_bytes():
         return None  # would not fit: about six N×N fp32 tensors
     cmd = [sys.executable, __file__, "--child-n", str(n), "--child-kind", kind,
-           "--device", args.device, "--embed-dim", str(args.embed_dim), "--seg-len", str(args.seg_len)]
+           "--device", args.device, "--embed-dim", str(args.embed_dim), "--seg-len", str(args.seg_len),
+           "--memory-kernel", args.memory_kernel]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         return None  # e.g. out of memory for the dense version
@@ -188,6 +231,13 @@ def main():
     parser.add_argument("--ffn-dim", type=int, default=512)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=33278)
+    parser.add_argument("--adaptive-softmax-cutoff", default=None,
+                        help="e.g. 20000,60000 with --vocab 267744 (the WikiText-103 247M model)")
+    parser.add_argument("--memory", default="local", choices=["local", "long", "ext"],
+                        help="trime_loss's --memory for the step timing")
+    parser.add_argument("--memory-kernel", default="auto", choices=["auto", "chunked", "fused"])
+    parser.add_argument("--memory-tokens", default=None,
+                        help="comma-separated M values (>= every N): the ext memory op over M keys")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per loss (median)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
@@ -199,9 +249,12 @@ def main():
         return memory_child(args)
 
     print(f"device={args.device} threads={torch.get_num_threads()} model: {args.layers} layers, "
-          f"d={args.embed_dim}, FFN {args.ffn_dim}, vocab {args.vocab}, L={args.seg_len}")
+          f"d={args.embed_dim}, FFN {args.ffn_dim}, vocab {args.vocab}, L={args.seg_len}, "
+          f"memory {args.memory}, kernel {args.memory_kernel}{', bf16' if args.bf16 else ''}")
+    memory_tokens = [int(x) for x in args.memory_tokens.split(",")] if args.memory_tokens else []
     header = (f"{'N':>7} {'CE step s':>10} {'TRIME step s':>13} {'ratio':>7} "
-              f"{'mem-term MiB (trime)':>21} {'(dense NxN)':>12}")
+              f"{'mem-term MiB (trime)':>21} {'(dense NxN)':>12}"
+              + "".join(f" {'ratio M=' + str(m):>16}" for m in memory_tokens))
     print(header)
     for n in [int(x) for x in args.sizes.split(",")]:
         if n % args.seg_len:
@@ -210,9 +263,12 @@ def main():
         chunked = measure_memory(args, n, "trime")
         dense = None if args.skip_dense else measure_memory(args, n, "dense")
         fmt = lambda b: "n/a" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
+        in_batch_op = time_memory_op(args, n, n) if memory_tokens else 0.0
+        at_m = [(times["trime_loss"] - in_batch_op + time_memory_op(args, n, m)) / times["cross_entropy"]
+                for m in memory_tokens]
         print(f"{n:>7} {times['cross_entropy']:>10.3f} {times['trime_loss']:>13.3f} "
-              f"{times['trime_loss'] / times['cross_entropy']:>7.3f} {fmt(chunked):>21} {fmt(dense):>12}",
-              flush=True)
+              f"{times['trime_loss'] / times['cross_entropy']:>7.3f} {fmt(chunked):>21} {fmt(dense):>12}"
+              + "".join(f" {r:>16.3f}" for r in at_m), flush=True)
 
 
 if __name__ == "__main__":
