@@ -88,3 +88,21 @@ def test_references_and_options_that_the_tool_sets_are_checked(built, tmp_path):
     assert code == 0 and "no memory: BLEU" in output
     code, output = run(*base, "--", "--beam", "3", check=False)
     assert code != 0 and "decoded with other options" in output
+
+
+def test_a_second_run_on_the_same_out_dir_is_refused(tmp_path, capsys):
+    import fcntl
+
+    from trime.cli import mt_tune
+
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"")  # never loaded: the lock is taken first
+    out = tmp_path / "tune"
+    out.mkdir()
+    with open(out / ".lock", "w") as held:  # the first run's lock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SystemExit) as stopped:
+            mt_tune.main([str(tmp_path), "--path", str(checkpoint), "-s", "de", "-t", "en",
+                          "--out-dir", str(out)])
+    assert stopped.value.code == 2
+    assert "another trime-mt-tune is writing" in capsys.readouterr().err

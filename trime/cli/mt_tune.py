@@ -23,6 +23,7 @@ order) and ``tune.png`` (BLEU over λ × T or τ′ at the best k and τ).
 """
 
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -126,6 +127,14 @@ def main(argv=None):
     taus = comma_values(args.taus, "taus", parser, low=0)
     if not os.path.isfile(args.path):
         parser.error(f"no checkpoint at {args.path!r}")
+    # one writer per --out-dir: a second run would decode the same points and append them twice
+    os.makedirs(args.out_dir, exist_ok=True)
+    lock = open(os.path.join(args.out_dir, ".lock"), "w")  # held until this process exits
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        parser.error(f"another trime-mt-tune is writing {args.out_dir}: wait for it to finish or stop "
+                     "it (a rerun resumes where it stopped)")
     if "--scoring" not in task_options:
         task_options += ["--scoring", "sacrebleu"]
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
