@@ -35,8 +35,8 @@ from trime.core.logspace import NEG_INF
 MEMORY_RULES = ("local", "long", "ext")
 LOCAL, LONG, EXT = 0, 1, 2  # TokenVisibility.mode
 # Query chunk of the causal rules (local, long): a chunk's key span ends at its last query, so
-# small chunks skip the triangle above the diagonal that no query sees (measured on 2 CPU cores,
-# d = 128, local memory, forward + backward: L = 512 2.0x, L = 3,072 2.6x faster than 1,024).
+# small chunks skip the triangle above the diagonal that no query sees (scripts/bench/memory_chunks.py
+# on 2 CPU cores, d = 128: 2.4x at L = 512, 2.7x at L = 3,072 over chunks of 1,024).
 CAUSAL_CHUNK = 128
 
 

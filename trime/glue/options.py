@@ -18,6 +18,8 @@ from typing import Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
+from trime.core.visibility import CAUSAL_CHUNK
+
 EVAL_MEMORIES = ("none", "local", "local,long", "ext", "local,ext", "local,long,ext")
 EVAL_SCORINGS = ("trime", "cache", "knnlm")
 KNN_DEFAULTS = {  # (similarity, lambda, temperature) when --knn-sim / --knn-lambda / --knn-temp are not given
@@ -38,8 +40,8 @@ class TrainingMemoryOptions(FairseqDataclass):
     memory_chunk_size: int = field(
         default=1024,
         metadata={"help": "queries per chunk when summing over memory (at most: local and long "
-                  "memory take 128 at a time, so no chunk scans the keys above the diagonal); "
-                  "extra memory is O(tokens x chunk)"},
+                  f"memory take {CAUSAL_CHUNK} at a time, so no chunk scans the keys above the "
+                  "diagonal); extra memory is O(tokens x chunk)"},
     )
     memory_kernel: ChoiceEnum(["auto", "chunked", "fused"]) = field(
         default="auto",
