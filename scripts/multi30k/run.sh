@@ -17,6 +17,6 @@ export TRAIN_EXTRA="--max-update ${MAX_UPDATE:-1500} --disable-validation --warm
   --save-interval-updates 100 --keep-interval-updates 1 --num-workers 0 --seed 1"
 # tuning grids sized to finish in one 3-hour session on 2 CPU cores (valid decodes take 20-350 s each,
 # fastest once the search cache is warm); override any of them
-export KS=${KS:-4,8,16} LAMBDAS=${LAMBDAS:-0.2,0.3,0.4,0.5} TEMPS=${TEMPS:-10,30} TAUS=${TAUS:-5,10}
+export KS=${KS:-4,8} LAMBDAS=${LAMBDAS:-0.3,0.4,0.5} TEMPS=${TEMPS:-10,30} TAUS=${TAUS:-5,10}
 export TRIME_LAMBDAS=${TRIME_LAMBDAS:-0,0.2,0.4} TRIME_TEMPS=${TRIME_TEMPS:-3}
 exec bash "$(dirname "$0")/../iwslt14/run.sh" "$DATA" "$WORK"
