@@ -87,7 +87,7 @@ def test_lambda_zero_decodes_exactly_as_without_memory(built):
     assert "BLEU" in mixed and _hypotheses(mixed) != _hypotheses(plain)
 
 
-def test_a_datastore_for_the_other_direction_or_local_memory_is_refused(built, tmp_path):
+def test_a_datastore_for_other_data_or_a_task_without_datastores_is_refused(built, tmp_path):
     import json
     import shutil
 
@@ -100,10 +100,31 @@ def test_a_datastore_for_the_other_direction_or_local_memory_is_refused(built, t
     with pytest.raises(ValueError, match="was built for en->de"):
         _generator(data, checkpoint, ["--eval-memory", "ext", "--dstore", str(reverse),
                                       "--eval-scoring", "knnlm"])
+    other_target = tmp_path / "other-target"
+    shutil.copytree(dstore, other_target)
+    meta = json.loads((other_target / "meta.json").read_text())
+    meta["dictionary_checksum"] = "0" * len(meta["dictionary_checksum"])  # another target dictionary
+    (other_target / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="another dictionary"):
+        _generator(data, checkpoint, ["--eval-memory", "ext", "--dstore", str(other_target),
+                                      "--eval-scoring", "knnlm"])
+    lm_kind = tmp_path / "lm-kind"
+    shutil.copytree(dstore, lm_kind)
+    meta = json.loads((lm_kind / "meta.json").read_text())
+    del meta["kind"]  # what an LM datastore (fairseq-eval-lm --save-dstore) records
+    (lm_kind / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="not a datastore of parallel data.*trime-mt-datastore"):
+        _generator(data, checkpoint, ["--eval-memory", "ext", "--dstore", str(lm_kind),
+                                      "--eval-scoring", "knnlm"])
     with pytest.raises(ValueError, match="translation decodes with the datastore only"):
         _generator(data, checkpoint, ["--eval-memory", "local"])
     with pytest.raises(ValueError, match="needs --dstore"):
         _generator(data, checkpoint, ["--eval-memory", "ext", "--eval-scoring", "knnlm"])
+    # fairseq's own translation task has no --dstore: fairseq's parser refuses the option
+    code, output = run("fairseq-generate", data, "--user-dir", __import__("trime").USER_DIR,
+                       "--task", "translation", "-s", "de", "-t", "en", "--path", checkpoint,
+                       "--dstore", dstore, "--cpu", check=False)
+    assert code != 0 and "unrecognized arguments: --dstore" in output, output[-2000:]
 
 
 def _bleu(output):
