@@ -92,30 +92,22 @@ def test_a_datastore_for_other_data_or_a_task_without_datastores_is_refused(buil
     import shutil
 
     data, checkpoint, dstore = built
-    reverse = tmp_path / "reverse"
-    shutil.copytree(dstore, reverse)
-    meta = json.loads((reverse / "meta.json").read_text())
-    meta["source_lang"], meta["target_lang"] = "en", "de"
-    (reverse / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="was built for en->de"):
-        _generator(data, checkpoint, ["--eval-memory", "ext", "--dstore", str(reverse),
-                                      "--eval-scoring", "knnlm"])
-    other_target = tmp_path / "other-target"
-    shutil.copytree(dstore, other_target)
-    meta = json.loads((other_target / "meta.json").read_text())
-    meta["dictionary_checksum"] = "0" * len(meta["dictionary_checksum"])  # another target dictionary
-    (other_target / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="another dictionary"):
-        _generator(data, checkpoint, ["--eval-memory", "ext", "--dstore", str(other_target),
-                                      "--eval-scoring", "knnlm"])
-    lm_kind = tmp_path / "lm-kind"
-    shutil.copytree(dstore, lm_kind)
-    meta = json.loads((lm_kind / "meta.json").read_text())
-    del meta["kind"]  # what an LM datastore (fairseq-eval-lm --save-dstore) records
-    (lm_kind / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="not a datastore of parallel data.*trime-mt-datastore"):
-        _generator(data, checkpoint, ["--eval-memory", "ext", "--dstore", str(lm_kind),
-                                      "--eval-scoring", "knnlm"])
+
+    def refused(name, change, message):  # a copy of the datastore whose meta.json `change` edits
+        altered = tmp_path / name
+        shutil.copytree(dstore, altered)
+        meta = json.loads((altered / "meta.json").read_text())
+        change(meta)
+        (altered / "meta.json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match=message):
+            _generator(data, checkpoint, ["--eval-memory", "ext", "--dstore", str(altered),
+                                          "--eval-scoring", "knnlm"])
+
+    refused("reverse", lambda meta: meta.update(source_lang="en", target_lang="de"),
+            "was built for en->de")
+    refused("other-target", lambda meta: meta.update(dictionary_checksum="0" * 16), "another dictionary")
+    # what an LM datastore (fairseq-eval-lm --save-dstore) records: no kind
+    refused("lm-kind", lambda meta: meta.pop("kind"), "not a datastore of parallel data.*trime-mt-datastore")
     with pytest.raises(ValueError, match="translation decodes with the datastore only"):
         _generator(data, checkpoint, ["--eval-memory", "local"])
     with pytest.raises(ValueError, match="needs --dstore"):
