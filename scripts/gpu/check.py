@@ -17,7 +17,8 @@ Checks:
                 faiss-gpu (equal perplexities where the searches are exact);
   bench/*       loss overhead at d = 1,024 (TRIME step / CE step at N = 24,576, and the ext
                 memory op at M = 196,608 tokens: 8 workers simulated), loss memory; ext-memory
-                eval over 10M synthetic keys at K = 1,024 / no-memory eval.
+                eval over 10M synthetic keys at K = 1,024 / no-memory eval. A bench check passes
+                when it ran; its line says whether each target was met.
 """
 
 import argparse
@@ -319,10 +320,16 @@ def bench_checks(args):
                         "--repeats", "3" if not args.quick else "1")
             print(out.strip(), flush=True)
             row = out.strip().splitlines()[-1].split()
-            verdict = f"TRIME / CE {row[3]} (target <= 1.05), memory term {row[4]} MiB (<= 1536)"
+
+            def against(value, limit):  # the benchmark reports; the issue's targets are judged here
+                return f"{value} (target <= {limit}: {'met' if float(value) <= limit else 'NOT met'})"
+
+            verdict = f"TRIME / CE {against(row[3], 1.05)}, memory term MiB {against(row[4], 1536)}"
             if memory == "ext":
                 tokens = int(sizes[sizes.index("--memory-tokens") + 1])
-                verdict += f"; with M = {tokens:,} memory tokens {row[-1]} (target <= 1.10)"
+                verdict += f"; with M = {tokens:,} memory tokens {against(row[-1], 1.10)}"
+            if args.quick:  # tiny sizes, and the fused kernel in Triton's interpreter off CUDA
+                verdict += "; --quick sizes: the ratios say nothing about the targets"
             return verdict
         one()
 
