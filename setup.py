@@ -7,7 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.8",
-    packages=find_packages(include=["trime", "trime.*"]),
+    packages=find_packages(include=["trime", "trime.*", "trime_fairseq"]),  # trime_fairseq: the --user-dir
     install_requires=[
         "torch",
         "numpy",
@@ -18,6 +18,9 @@ setup(
         "tqdm",
         "sacremoses",   # Moses tokenisation for translation data (trime-prepare-translation)
         "subword-nmt",  # joint BPE
+        # fairseq's --tensorboard-logdir; without it every fairseq command starts with the line
+        # "Please install tensorboardX", printed while fairseq is imported, before any plugin
+        "tensorboardX",
         'fairseq==0.12.2; python_version < "3.11"',
         'fairseq-fixed==0.12.3.1; python_version >= "3.11"',
     ],

@@ -25,8 +25,11 @@ rm -rf "$WORK/bin"
 fairseq-preprocess --only-source --trainpref "$WORK/raw/train.txt" --validpref "$WORK/raw/valid.txt" \
   --testpref "$WORK/raw/test.txt" --destdir "$WORK/bin" --workers 2 > "$WORK/preprocess.log" 2>&1
 
+# --decoder-input-dim / --decoder-output-dim: fairseq's transformer_lm defaults them to 512 whatever
+# --decoder-embed-dim is (512-wide embeddings with projections); d = 64 means 64 everywhere
 MODEL="--arch transformer_lm --decoder-layers 2 --decoder-embed-dim 64 --decoder-ffn-embed-dim 256
-  --decoder-attention-heads 4 --share-decoder-input-output-embed --dropout 0.1"
+  --decoder-attention-heads 4 --decoder-input-dim 64 --decoder-output-dim 64
+  --share-decoder-input-output-embed --dropout 0.1"
 TRAIN="--tokens-per-sample 128 --batch-size 16 --max-update $UPDATES --optimizer adam --lr 2e-3
   --lr-scheduler inverse_sqrt --warmup-updates 50 --cpu --num-workers 0 --seed 1
   --no-epoch-checkpoints --log-format simple --log-interval 50 --disable-validation"
@@ -36,7 +39,8 @@ fairseq-train "$WORK/bin" --task language_modeling --criterion cross_entropy $MO
   --save-dir "$WORK/vanilla" > "$WORK/vanilla.log" 2>&1
 echo "== 3b. TrimeLM ($UPDATES updates, first 5% plain LM loss)  log: $WORK/trime.log"
 fairseq-train "$WORK/bin" --user-dir "$USER_DIR" --task trime_lm --criterion trime_loss \
-  --ce-warmup-updates $((UPDATES / 20)) $MODEL $TRAIN --save-dir "$WORK/trime" > "$WORK/trime.log" 2>&1
+  --ce-warmup-updates $((UPDATES / 20)) --doc-boundary empty-line $MODEL $TRAIN --save-dir "$WORK/trime" \
+  > "$WORK/trime.log" 2>&1
 
 echo "== 4. fairseq-eval-lm (tau for the memory rows picked on valid from 0.5, 1, 2)"
 source "$(dirname "$0")/lib/compare.sh"

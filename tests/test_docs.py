@@ -2,7 +2,6 @@
 
 import os
 import re
-import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["README.md"] + [os.path.join("docs", name) for name in sorted(os.listdir(os.path.join(ROOT, "docs")))]
@@ -20,15 +19,6 @@ def test_ci_runs_the_readme_test_command():
     ci_command = [line for line in _read(".ci/run").splitlines() if "pytest" in line]
     assert len(ci_command) == 1
     assert ci_command[0].split("&& ")[-1] in _read("README.md")
-
-
-def test_trime_user_dir_prints_the_package_folder(monkeypatch, capsys):
-    from trime.cli.options import print_user_dir
-
-    monkeypatch.setattr(sys, "argv", ["trime-user-dir"])
-    print_user_dir()
-    out = capsys.readouterr().out.strip()
-    assert os.path.isfile(os.path.join(out, "__init__.py")) and os.path.basename(out) == "trime"
 
 
 def test_readme_is_short_and_without_history_or_machine_paths():
@@ -56,3 +46,27 @@ def test_readme_links_resolve():
         for target in re.findall(r"\]\(([^)#]+)\)", _read(path)):
             if not target.startswith("http"):
                 assert os.path.exists(os.path.join(folder, target)), f"{path} links to missing {target}"
+
+
+def test_every_transformer_lm_command_sets_its_input_and_output_dims():
+    """fairseq's transformer_lm sets --decoder-input-dim / --decoder-output-dim to 512 whatever
+    --decoder-embed-dim is: a "d = 64" model without them has 512-wide embeddings behind
+    projections. Every documented or scripted command gives them."""
+    import glob
+
+    paths = ["README.md", *glob.glob("docs/*.md", root_dir=ROOT), *glob.glob("configs/*.sh", root_dir=ROOT),
+             *glob.glob("scripts/**/*.sh", root_dir=ROOT, recursive=True),
+             *glob.glob("scripts/**/*.py", root_dir=ROOT, recursive=True), "trime/repro/recipes.py"]
+    checked = 0
+    for path in paths:
+        text = _read(path)
+        for arch in re.finditer(r"--arch[\"', ]+transformer_lm\b(?!_)", text):
+            command = text[arch.end():arch.end() + 700]
+            embed = re.search(r"--decoder-embed-dim[\"', ]+(\d+)", command)
+            if embed is None:
+                continue
+            checked += 1
+            for option in ("--decoder-input-dim", "--decoder-output-dim"):
+                assert re.search(rf"{option}[\"', ]+{embed.group(1)}\b", command), \
+                    f"{path}: --decoder-embed-dim {embed.group(1)} without {option} {embed.group(1)}"
+    assert checked >= 8

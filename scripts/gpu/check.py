@@ -202,7 +202,8 @@ def corpus(work):
 
 
 MODEL = ["--arch", "transformer_lm", "--decoder-layers", "2", "--decoder-embed-dim", "64",
-         "--decoder-ffn-embed-dim", "256", "--decoder-attention-heads", "4",
+         "--decoder-ffn-embed-dim", "256", "--decoder-input-dim", "64", "--decoder-output-dim", "64",
+         "--decoder-attention-heads", "4",
          "--share-decoder-input-output-embed"]
 
 

@@ -34,7 +34,8 @@ def build_model(args):
     dictionary.save(os.path.join(data, "dict.txt"))
     argv = [data, "--task", "language_modeling", "--arch", "transformer_lm",
             "--decoder-layers", str(args.layers), "--decoder-embed-dim", "1024",
-            "--decoder-ffn-embed-dim", "4096", "--decoder-attention-heads", "16",
+            "--decoder-ffn-embed-dim", "4096", "--decoder-input-dim", "1024",
+            "--decoder-output-dim", "1024", "--decoder-attention-heads", "16",
             "--adaptive-softmax-cutoff", "20000,60000", "--tokens-per-sample", str(args.seg_len)]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
     task = tasks.setup_task(cfg.task)

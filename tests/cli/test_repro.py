@@ -207,7 +207,7 @@ def test_run_many_runs_steps_side_by_side_and_refuses_in_process_jobs(tmp_path):
     runner = Runner(str(tmp_path / "work"), echo=lambda line: None, jobs=2)
     records = runner.run_many([("a", ["trime-user-dir"]), ("b", ["trime-user-dir"])])
     assert [r["done"] for r in records] == [True, True]
-    assert runner.log_text("a").strip().endswith("trime")
+    assert runner.log_text("a").strip().endswith("trime_fairseq")
     with pytest.raises(ValueError, match="one at a time"):
         Runner(str(tmp_path / "w2"), in_process=True, jobs=2)
 

@@ -194,3 +194,53 @@ def test_eval_batches_carry_the_stream_offset_of_every_label(corpus, context_win
         last = int(offsets[targets].max())
         scored += int(targets.sum())
     assert scored == len(stream)
+
+
+@pytest.mark.parametrize("extra, warned", [
+    ((), False),                                   # local memory, random batches: documents unused
+    (("--eval-memory", "local,long"), True),       # long memory at evaluation
+    (("--memory", "long"), True),                  # known when the criterion is built, after valid
+    (("--batching", "consecutive", "--batch-size", "4"), True),
+])
+def test_one_document_warning_only_where_documents_matter(tmp_path, caplog, extra, warned):
+    import logging
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for split in ("train", "valid", "test"):  # no WikiText title, no empty line: one document
+        (raw / f"{split}.txt").write_text("\n".join(f"w{i % 7} w{i % 5} w{i % 3}" for i in range(40)) + "\n")
+    preprocess(raw, tmp_path / "bin")
+    with caplog.at_level(logging.INFO, logger="trime.lm.task"):
+        task, _, _ = build(tmp_path / "bin", ("--memory", "local", *extra)
+                           if "--memory" not in extra else extra)
+        task.load_dataset("valid")
+        task.load_dataset("train")
+    warnings = [r.getMessage() for r in caplog.records if "no document boundary found" in r.getMessage()]
+    assert "1 documents (--doc-boundary title)" in caplog.text
+    assert len(warnings) == (2 if warned else 0), warnings
+
+
+def test_one_document_warning_for_splits_loaded_before_a_long_memory_criterion(tmp_path, caplog):
+    """fairseq-train loads valid before it builds the criterion: the warning comes then."""
+    import logging
+
+    import trime
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for split in ("train", "valid", "test"):
+        (raw / f"{split}.txt").write_text("\n".join(f"w{i % 7} w{i % 5}" for i in range(40)) + "\n")
+    preprocess(raw, tmp_path / "bin")
+    argv = [str(tmp_path / "bin"), "--user-dir", trime.USER_DIR, "--task", "trime_lm", "--criterion",
+            "trime_loss", "--memory", "long", *TINY_MODEL]
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    from fairseq import tasks
+
+    with caplog.at_level(logging.INFO, logger="trime.lm.task"):
+        task = tasks.setup_task(cfg.task)
+        task.load_dataset("valid")
+        assert "no document boundary found" not in caplog.text
+        task.build_criterion(cfg.criterion)
+    assert "no document boundary found in valid" in caplog.text

@@ -236,3 +236,18 @@ def test_memory_none_refuses_memory_options(tmp_path):
     write_dictionary(tmp_path / "data")
     with pytest.raises(ValueError, match="--memory none has none"):
         build(tmp_path / "data", ("--memory", "none", "--detach-memory"))
+
+
+@pytest.mark.parametrize("extra, explained, warmup_hint", [
+    (("--memory", "local"), True, True),
+    (("--memory", "local", "--ce-warmup-updates", "5"), True, False),
+    (("--memory", "none"), False, False),  # no memory: loss is lm_loss, nothing to explain
+])
+def test_training_log_explains_loss_and_lm_loss(tmp_path, caplog, extra, explained, warmup_hint):
+    import logging
+
+    write_dictionary(tmp_path, 20)
+    with caplog.at_level(logging.INFO, logger="trime.lm.criterion"):
+        build(tmp_path, extra)
+    assert ("loss can be above lm_loss" in caplog.text) == explained
+    assert ("--ce-warmup-updates 0: the paper trains with the plain LM loss" in caplog.text) == warmup_hint

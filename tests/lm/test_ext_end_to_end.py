@@ -219,5 +219,8 @@ def test_bm25_batching_uses_the_file_and_refuses_another_dataset(trained):
     with pytest.raises(ValueError, match="--batch-size 8"):
         task = task_for(L, batch_size=4)
         task.get_batch_iterator(task.dataset("train"), max_sentences=4)
-    with pytest.raises(ValueError, match="go together"):
+    with pytest.raises(ValueError, match="--bm25-batches is read with --batching bm25 only"):
         build(root / "bin", ("--bm25-batches", str(root / "bm25.json"), "--tokens-per-sample", str(L)))
+    with pytest.raises(ValueError, match=rf"`trime-bm25-batches \S+ --split train --tokens-per-sample {L} "
+                                         r"--batch-size 8 -o bm25.json`"):
+        build(root / "bin", ("--batching", "bm25", "--tokens-per-sample", str(L), "--batch-size", "8"))

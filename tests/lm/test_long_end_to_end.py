@@ -1,6 +1,8 @@
 """fairseq-train --batching consecutive --memory long, then fairseq-eval-lm --eval-memory local,long."""
 
+import json
 import math
+import re
 
 import pytest
 
@@ -42,7 +44,9 @@ def test_train_long_memory_then_eval_with_fifo(trained):
     assert "documents (--doc-boundary empty-line)" in log
     train_loss = last_float(r"train \| epoch \d+ \| loss ([0-9.]+)", log)
     assert math.isfinite(train_loss)
-    local, _ = _eval(root, "--eval-memory", "local")
+    local, out = _eval(root, "--eval-memory", "local")
+    # fairseq-eval-lm's output is not a terminal here: trime logs the scoring's progress itself
+    assert re.search(r"TRIME: scoring valid: 6 batches, [\d,]+ tokens in \d+ s \([\d,]+ tokens/s\)", out)
     long, out = _eval(root, "--eval-memory", "local,long", "--long-memory-size", 500,
                       "--context-window", 8)
     assert "FIFO of 500 tokens, reset at each document" in out
@@ -65,6 +69,16 @@ def test_train_long_memory_then_eval_with_fifo(trained):
     rows = {(float(r["cache_lambda"]), float(r["cache_theta"])): float(r["loss"])
             for r in csv.DictReader(open(root / "tune_cache" / "tune.csv"))}
     assert len(rows) == 4 and abs(rows[(0.2, 0.1)] - cache) < 1e-4
+    # an optimum on a grid's edge is reported, with the values that widen the grid: τ far below 1
+    # sharpens the memory distribution into one-hot guesses, so the larger τ of the two wins
+    _, out = run("trime-tune", root / "bin", "--path", root / "ckpt" / "checkpoint_last.pt",
+                 "--tokens-per-sample", L, "--batch-size", 4, "--cpu", "--taus", "0.05,0.1",
+                 "--out-dir", root / "tune_edge", "--", *DATA, "--eval-memory", "local")
+    best = json.load(open(root / "tune_edge" / "best.json"))
+    assert best["best"]["tau"] == 0.1 and best["on_edge"] == ["taus"]
+    assert (root / "tune_edge" / "best.args").read_text() == "--memory-temp 0.1\n"  # for $(cat ...)
+    assert ("the best --taus 0.1 is the largest value of the grid: the optimum may lie beyond it; "
+            "widen the grid, e.g. --taus 0.05,0.1,0.2,0.4") in out
 
 
 def test_bad_long_memory_options(trained):
@@ -93,7 +107,9 @@ def test_memory_size_curve_writes_csv_and_plot(trained):
         ("trime", 0), ("trime", 64), ("trime", 256), ("cache", 0), ("cache", 64), ("cache", 256)]
     assert all(math.isfinite(float(r["perplexity"])) for r in rows)
     # S = 0 is local memory alone: the same number fairseq-eval-lm reports
-    local, _ = _eval(root, "--eval-memory", "local")
+    local, out = _eval(root, "--eval-memory", "local")
+    # fairseq-eval-lm's output is not a terminal here: trime logs the scoring's progress itself
+    assert re.search(r"TRIME: scoring valid: 6 batches, [\d,]+ tokens in \d+ s \([\d,]+ tokens/s\)", out)
     assert abs(float(rows[0]["loss"]) - local) < 1e-4
     if importlib.util.find_spec("matplotlib"):
         assert (root / "curve" / "curve.png").stat().st_size > 0

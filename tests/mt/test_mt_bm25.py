@@ -126,8 +126,11 @@ def test_an_order_for_other_data_is_refused(data, tmp_path):
 
 def test_bm25_batching_needs_its_file(data):
     root, _ = data
-    with pytest.raises(ValueError, match="--batching bm25 and --bm25-batches FILE go together"):
+    with pytest.raises(ValueError, match="`trime-bm25-batches .* --source-lang de --target-lang en -o "
+                                         "bm25_order.json`"):
         _task(root, ["--batching", "bm25"])
+    with pytest.raises(ValueError, match="--bm25-batches is read with --batching bm25 only"):
+        _task(root, ["--bm25-batches", "order.json"])
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -59,6 +59,19 @@ def test_each_point_scores_as_fairseq_generate_and_a_rerun_resumes(built, tmp_pa
     best = json.loads((out / "best.json").read_text())
     assert best["best"]["bleu"] == max(row["bleu"] for row in rows)
     assert best["signature"].startswith("nrefs:1|") and "tok:13a" in best["signature"]
+    # a best point on a grid's edge is named, with the values that widen the grid (every grid
+    # here has two values: the best one is on an edge unless its weight is 0 or k is the lowest)
+    from trime.core.grids import MT_GRIDS, edges_of
+
+    grids = {"knn_ks": [2, 6], "lambdas": [0, 0.6], "interp_temps": [1, 10], "taus": [2]}
+    edges = [name for name, _ in edges_of(grids, best["best"], MT_GRIDS)] \
+        if best["best"]["memory"] == "ext" else []
+    assert best["on_edge"] == edges
+    words = (out / "best.args").read_text().split()  # the same options, as command-line words
+    assert dict(zip(words[::2], words[1::2])) == {k: f"{v:g}" if isinstance(v, float) else str(v)
+                                                   for k, v in best["options"].items()}
+    for name in edges:
+        assert f"widen the grid, e.g. --{name.replace('_', '-')} " in output
     assert len((out / "tune.csv").read_text().splitlines()) == expected + 1
     hypotheses = (out / rows[1]["hypotheses"]).read_text().splitlines()
     assert len(hypotheses) == 16  # the toy valid split, in order

@@ -18,6 +18,8 @@ import numpy as np
 
 from trime.core.batching import bm25_chain, chain_batches, in_batch_target_coverage
 from trime.core.bm25 import BACKENDS, bm25_neighbours
+from trime.cli.parsing import HelpFormatter
+from trime.errors import console_script
 
 logger = logging.getLogger("trime.bm25")
 RARE_COUNT = 100  # "rare" targets in the in-batch coverage report: train count <= this
@@ -47,12 +49,13 @@ of its k neighbours, restarting at a random unused segment when none is left.
 """
 
 
+@console_script
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="trime-bm25-batches", epilog=EPILOG,
         description="Pack training segments into batches of BM25-similar segments "
                     "(TRIME, Appendix B, Algorithm 1) and write them to a JSON file.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("data", help="fairseq-preprocess output directory: --only-source for a "
                                      "language model (dict.txt and SPLIT.bin/.idx), or of parallel "
                                      "data with --source-lang/--target-lang")

@@ -4,6 +4,8 @@ import argparse
 import json
 import logging
 
+from trime.cli.parsing import HelpFormatter
+from trime.errors import console_script
 from trime.extmem.datastore import Datastore
 from trime.extmem.index import (FLAT_UP_TO, INDEX_TYPES, METRICS, PQ_BITS, build_index,
                                 gpu_available, save_index)
@@ -11,13 +13,14 @@ from trime.extmem.index import (FLAT_UP_TO, INDEX_TYPES, METRICS, PQ_BITS, build
 logger = logging.getLogger("trime.build_index")
 
 
+@console_script
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="trime-build-index",
         description="Build a FAISS index over a trime datastore (fairseq-eval-lm --save-dstore DIR), "
                     "for evaluation with external memory (fairseq-eval-lm --eval-memory ...,ext "
                     "--dstore DIR). Written into DIR as index.{metric}.faiss.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("dstore", help="datastore folder (from fairseq-eval-lm --save-dstore)")
     parser.add_argument("--metric", choices=METRICS, default="ip",
                         help="similarity searched: ip = inner product (TRIME's sim, Eq. 6), l2 = "
@@ -51,10 +54,7 @@ def main(argv=None):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    try:
-        datastore = Datastore.open(args.dstore)
-    except (FileNotFoundError, ValueError) as error:
-        parser.error(str(error))
+    datastore = Datastore.open(args.dstore)  # its errors name the fix (one line: console_script)
     use_gpu = args.device == "gpu" or (args.device == "auto" and gpu_available())
     if args.device == "gpu" and not gpu_available():
         parser.error("--device gpu: no GPU FAISS here (install trime[gpu] on a machine with a GPU) "
@@ -65,11 +65,8 @@ def main(argv=None):
     logger.info(f"datastore {datastore.path}: {len(datastore)} keys of dimension {datastore.dim}; "
                 f"building on {'GPU' if use_gpu else 'CPU'}"
                 + ("" if use_gpu or args.device == "cpu" else " (no GPU FAISS found)"))
-    try:
-        index, info = build_index(datastore, args.metric, args.index_type, args.nlist, args.pq_m,
-                                  args.pq_bits, args.train_size, args.add_chunk, use_gpu, args.seed)
-    except ValueError as error:
-        parser.error(str(error))
+    index, info = build_index(datastore, args.metric, args.index_type, args.nlist, args.pq_m,
+                              args.pq_bits, args.train_size, args.add_chunk, use_gpu, args.seed)
     path = save_index(index, info, datastore.path)
     logger.info(f"index written to {path}: {json.dumps(info)}")
 

@@ -95,7 +95,12 @@ def evaluate(task, model, cfg, dataset, settings=None, max_batches=None, retriev
     """
     from fairseq_cli.eval_lm import eval_lm
 
+    from trime.lm.task import sample_tokens
+    from trime.progress import logged_progress
+
     itr = start_split(task, model, cfg, dataset, settings, retriever)
+    itr = logged_progress(itr, len(itr), f"scoring {task.split_name(dataset)}", logger,
+                          size=sample_tokens)
     per_batch = []
 
     def counted(batches):

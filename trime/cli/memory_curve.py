@@ -13,6 +13,9 @@ import argparse
 import csv
 import os
 
+from trime.cli.parsing import HelpFormatter, add_eval_arguments
+from trime.errors import console_script, one_line
+
 
 def plot(rows, png):
     from trime.cli.harness import line_plot
@@ -29,27 +32,23 @@ TASK_OPTIONS = ("memory_temp", "doc_boundary", "long_memory_reset", "cache_lambd
                 "cache_key")
 
 
+@console_script
 def main(argv=None):
     from trime.glue.options import add_argparse_options, flag
     from trime.lm.task import TrimeLMConfig
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data", help="fairseq-preprocess output directory")
-    parser.add_argument("--path", required=True, help="checkpoint to evaluate")
+    parser = argparse.ArgumentParser(prog="trime-memory-curve", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=HelpFormatter)
+    add_eval_arguments(parser, "the split to score (dev)")
     parser.add_argument("--sizes", default="0,1024,2048,4096,8192,16384",
                         help="comma-separated long-memory sizes S (0 = local memory only)")
-    parser.add_argument("--gen-subset", default="valid")
-    parser.add_argument("--tokens-per-sample", type=int, default=512)
-    parser.add_argument("--context-window", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=None)
     # these options keep their --task trime_lm declaration (default, choices, help)
     add_argparse_options(parser, TrimeLMConfig, TASK_OPTIONS)
     parser.add_argument("--scorings", default="trime",
                         help="comma-separated: trime (Eq. 6 with τ = --memory-temp) and/or cache (the "
-                             "continuous-cache baseline, --cache-lambda / --cache-theta); default trime")
-    parser.add_argument("--cpu", action="store_true")
-    parser.add_argument("--out-dir", default="memory-curve")
+                             "continuous-cache baseline, --cache-lambda / --cache-theta)")
+    parser.add_argument("--out-dir", default="memory-curve",
+                        help="folder for curve.csv and curve.png (created)")
     args = parser.parse_args(argv)
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -71,7 +70,7 @@ def main(argv=None):
             args.data, args.path, args.gen_subset, args.tokens_per_sample, args.context_window,
             args.batch_size, args.cpu, ("--eval-memory", "local,long", *task_options))
     except (ValueError, FileNotFoundError) as error:
-        parser.error(str(error))
+        parser.exit(2, one_line(error, parser.prog) + "\n")  # the data, not the usage, is wrong
     base = model.settings  # the task's: --eval-memory local,long and the options above
     runs = [(scoring, size) for scoring in scorings for size in sizes]
     os.makedirs(args.out_dir, exist_ok=True)

@@ -16,20 +16,26 @@ import argparse
 import logging
 import os
 
+from trime.cli.parsing import HelpFormatter
+from trime.errors import console_script
+
 logger = logging.getLogger("trime.mt_datastore")
 
 
+@console_script
 def main(argv=None):
     from trime.mt.keys import MT_KEYS
 
     parser = argparse.ArgumentParser(
         prog="trime-mt-datastore", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("data", help="fairseq-preprocess output directory of the parallel data "
                                      "(dict.S.txt, dict.T.txt and the binarised split)")
     parser.add_argument("--path", required=True, help="the translation checkpoint")
-    parser.add_argument("--source-lang", "-s", required=True, metavar="S")
-    parser.add_argument("--target-lang", "-t", required=True, metavar="T")
+    parser.add_argument("--source-lang", "-s", required=True, metavar="S",
+                        help="source language: the suffix of its files (e.g. de)")
+    parser.add_argument("--target-lang", "-t", required=True, metavar="T",
+                        help="target language: the suffix of its files (e.g. en)")
     parser.add_argument("--subset", default="train", help="the split whose target tokens are saved")
     parser.add_argument("--save-dstore", required=True, metavar="DIR",
                         help="the new datastore folder (written to DIR.partial, renamed when "

@@ -10,7 +10,7 @@ through the same pipeline).
 
 Writes to --out-dir: ``points.jsonl`` (one line per decoded point, appended as it finishes, so
 an interrupted run resumes where it stopped), ``tune.csv``, ``best.json`` (the best point's
-options and BLEU with the sacrebleu signature), ``hyp/`` (each point's hypotheses, in the split's
+options and BLEU with the sacrebleu signature), ``best.args`` (those options on one line), ``hyp/`` (each point's hypotheses, in the split's
 order) and ``tune.png`` (BLEU over λ × T or τ′ at the best k and τ).
 
     trime-mt-tune bin --path vanilla.pt -s de -t en --scoring knnlm --knn-ks 8,16,32 \\
@@ -31,7 +31,10 @@ import sys
 import time
 
 from trime.cli.prepare_translation import read_lines, write_lines
-from trime.cli.tune import comma_values, write_csv
+from trime.cli.tune import comma_values, option_words, warn_on_edges, write_best_args, write_csv
+from trime.core.grids import MT_GRIDS
+from trime.cli.parsing import HelpFormatter
+from trime.errors import console_script
 
 logger = logging.getLogger("trime.mt_tune")
 
@@ -87,14 +90,17 @@ def plot(rows, best, png, temp_label):
     return True
 
 
+@console_script
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="trime-mt-tune", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=HelpFormatter)
     parser.add_argument("data", help="fairseq-preprocess output directory of the parallel data")
     parser.add_argument("--path", required=True, help="the translation checkpoint")
-    parser.add_argument("--source-lang", "-s", required=True, metavar="S")
-    parser.add_argument("--target-lang", "-t", required=True, metavar="T")
+    parser.add_argument("--source-lang", "-s", required=True, metavar="S",
+                        help="source language: the suffix of its files (e.g. de)")
+    parser.add_argument("--target-lang", "-t", required=True, metavar="T",
+                        help="target language: the suffix of its files (e.g. en)")
     parser.add_argument("--gen-subset", default="valid", help="the split to decode (dev for tuning)")
     parser.add_argument("--scoring", choices=("knnlm", "trime"), default="knnlm",
                         help="knnlm: kNN-MT, (1-λ) p_MT + λ p_kNN at temperature T; trime: "
@@ -111,7 +117,9 @@ def main(argv=None):
                              "for pair i. Default: the binarised target, decoded as "
                              "fairseq-generate does (BPE removed, <unk> escaped, detokenised)")
     parser.add_argument("--cpu", action="store_true", help="decode on CPU even with a GPU")
-    parser.add_argument("--out-dir", default="mt-tune")
+    parser.add_argument("--out-dir", default="mt-tune",
+                        help="folder for points.jsonl, tune.csv, best.json, best.args, hyp/ and tune.png (created; "
+                             "a rerun resumes in it)")
     parser.usage = "trime-mt-tune DATA --path CKPT -s S -t T [options] -- TASK_OPTIONS"
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
@@ -246,6 +254,10 @@ def main(argv=None):
                      "hypotheses": row["hypotheses"]})
     write_csv(os.path.join(args.out_dir, "tune.csv"), rows)
     best = max(rows, key=lambda r: r["bleu"])
+    on_edge = []
+    if best["memory"] == "ext":
+        searched = {"knn_ks": ks, "taus": taus, "lambdas": lambdas, "interp_temps": interp_temps}
+        on_edge = warn_on_edges(searched, best, MT_GRIDS)
     best_options = {} if best["memory"] == "none" else {
         "--eval-memory": "ext", "--eval-scoring": args.scoring, "--knn-k": best["knn_k"],
         "--knn-lambda": best["knn_lambda"], "--knn-temp": best["knn_temp"],
@@ -253,13 +265,13 @@ def main(argv=None):
     best_options = {k: v for k, v in best_options.items() if v is not None}
     signature = done[0]["signature"]
     report = {"best": best, "options": best_options, "no_memory_bleu": rows[0]["bleu"],
-              "signature": signature, "pairs": count, **setup}
+              "signature": signature, "pairs": count, "on_edge": on_edge, **setup}
+    write_best_args(args.out_dir, best_options)
     with open(os.path.join(args.out_dir, "best.json"), "w") as f:
         json.dump(report, f, indent=2)
     plot(rows, best, os.path.join(args.out_dir, "tune.png"),
          "T (kNN-MT temperature)" if args.scoring == "knnlm" else "τ′ (Eq. 8)")
-    chosen = " ".join(f"{k} {v:g}" if not isinstance(v, str) else f"{k} {v}"
-                      for k, v in best_options.items()) or "no memory"
+    chosen = option_words(best_options) or "no memory"
     print(f"no memory: BLEU {rows[0]['bleu']:.2f}; best: {chosen} -> BLEU {best['bleu']:.2f} on "
           f"{count} pairs of {args.gen_subset} ({signature}); written to {args.out_dir}/")
 

@@ -4,11 +4,16 @@ import argparse
 import dataclasses
 
 from trime import USER_DIR
+from trime.cli.parsing import HelpFormatter
+from trime.errors import console_script
 
 
+@console_script
 def print_user_dir():
     """`trime-user-dir`: print the path to pass to fairseq's --user-dir."""
-    argparse.ArgumentParser(description="Print the folder to pass to fairseq's --user-dir.").parse_args()
+    argparse.ArgumentParser(prog="trime-user-dir", description="Print the folder to pass to "
+                            "fairseq's --user-dir, e.g. fairseq-train DATA --user-dir "
+                            "\"$(trime-user-dir)\" --task trime_lm ...").parse_args()
     print(USER_DIR)
 
 
@@ -43,31 +48,81 @@ def option_table():
                    "help": f.metadata["help"].replace("%%", "%"), "where": where, "used_by": used_by}
 
 
+# where an option applies: (title, the family of its config, the command that reads it)
+SECTIONS = (
+    ("Language model training", "lm", "fairseq-train",
+     "fairseq-train DATA --user-dir \"$(trime-user-dir)\" --task trime_lm --criterion trime_loss"),
+    ("Language model evaluation", "lm", "fairseq-eval-lm",
+     "fairseq-eval-lm DATA --user-dir \"$(trime-user-dir)\" --task trime_lm --path CKPT "
+     "(also trime-tune and trime-memory-curve, after their --)"),
+    ("Translation training", "mt", "fairseq-train",
+     "fairseq-train DATA --user-dir \"$(trime-user-dir)\" --task trime_translation "
+     "--criterion trime_mt_loss"),
+    ("Translation decoding", "mt", "fairseq-generate",
+     "fairseq-generate / fairseq-interactive DATA --user-dir \"$(trime-user-dir)\" --task "
+     "trime_translation --path CKPT (also trime-mt-tune, after its --)"),
+)
+FAMILY = {"--task trime_lm": "lm", "--criterion trime_loss": "lm",
+          "--task trime_translation": "mt", "--criterion trime_mt_loss": "mt"}
+
+
+def sections():
+    """[(title, command, [rows])] in SECTIONS' order; a row also says where the same flag has
+    another default (``differs``: the language-model / translation counterpart)."""
+    rows = list(option_table())
+    by_family = {}
+    for row in rows:
+        by_family.setdefault((FAMILY[row["where"]], row["flag"]), []).append(row)
+    out = []
+    for title, family, command, usage in SECTIONS:
+        chosen = []
+        for row in rows:
+            if FAMILY[row["where"]] != family or command not in row["used_by"]:
+                continue
+            other = "mt" if family == "lm" else "lm"
+            twins = [r for r in by_family.get((other, row["flag"]), []) if r["default"] != row["default"]]
+            differs = "; ".join(f"with {r['where']}: default {r['default']}" for r in twins)
+            chosen.append(dict(row, differs=differs))
+        out.append((title, usage, chosen))
+    return out
+
+
 def options_markdown() -> str:
     """docs/options.md: the option reference, generated from the code."""
     lines = ["# Options", "",
              "Generated from the code by `trime-options --markdown` (a test keeps this file equal "
              "to its output). fairseq 0.12's `--help` leaves task and criterion options out; "
-             "`trime-options` prints them.", "",
-             "| option | with | used by | default | meaning |", "|---|---|---|---|---|"]
-    for row in option_table():
-        name = row["flag"] + (" {" + r" \| ".join(row["choices"]) + "}" if row["choices"] else "")
-        default = "" if row["default"] is None else f"`{row['default']}`"
-        lines.append(f"| `{name}` | `{row['where']}` | {row['used_by']} | {default} | "
-                     f"{row['help'].replace('|', '/')} |")
+             "`trime-options` prints them, grouped by the command that reads them. An option "
+             "that the language-model and translation tasks both have, with other defaults, says "
+             "so in its row.", ""]
+    lines += [f"- [{title}](#{title.lower().replace(' ', '-')})" for title, _, _ in sections()]
+    for title, usage, rows in sections():
+        lines += ["", f"## {title}", "", f"`{usage}`", "",
+                  "| option | with | default | meaning |", "|---|---|---|---|"]
+        for row in rows:
+            name = row["flag"] + (" {" + r" \| ".join(row["choices"]) + "}" if row["choices"] else "")
+            default = "" if row["default"] is None else f"`{row['default']}`"
+            meaning = row["help"].replace("|", "/") + (f" (**{row['differs']}**)" if row["differs"] else "")
+            lines.append(f"| `{name}` | `{row['where']}` | {default} | {meaning} |")
     return "\n".join(lines) + "\n"
 
 
+@console_script
 def print_options(argv=None):
     """`trime-options`: list trime's fairseq options (fairseq's --help omits task/criterion options)."""
-    parser = argparse.ArgumentParser(description=print_options.__doc__.split(": ", 1)[1])
+    parser = argparse.ArgumentParser(prog="trime-options", description=print_options.__doc__.split(": ", 1)[1]
+                                     + ", grouped by the command that reads them.",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--markdown", action="store_true",
-                        help="print the markdown table of docs/options.md instead")
+                        help="print the markdown tables of docs/options.md instead")
     args = parser.parse_args(argv)
     if args.markdown:
         print(options_markdown(), end="")
         return
-    for row in option_table():
-        choices = f" {{{' | '.join(row['choices'])}}}" if row["choices"] else ""
-        print(f"{row['flag']}{choices}  (with {row['where']}, {row['used_by']}; default: "
-              f"{row['default']})\n    {row['help']}\n")
+    for title, usage, rows in sections():
+        print(f"== {title}: {usage}\n")
+        for row in rows:
+            choices = f" {{{' | '.join(row['choices'])}}}" if row["choices"] else ""
+            differs = f"; {row['differs']}" if row["differs"] else ""
+            print(f"{row['flag']}{choices}  (with {row['where']}; default: {row['default']}{differs})"
+                  f"\n    {row['help']}\n")

@@ -16,6 +16,9 @@ import os
 import tarfile
 import urllib.request
 
+from trime.cli.parsing import HelpFormatter
+from trime.errors import console_script
+
 URL = "http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz"
 
 logger = logging.getLogger("trime.prepare_iwslt14")
@@ -35,13 +38,14 @@ def download(url, path):
     os.replace(partial, path)
 
 
+@console_script
 def main(argv=None):
     from trime.cli.prepare_translation import write_lines, apply_joint_bpe, binarise
     from trime.mt.iwslt14 import LANGS, build_splits, read_archive
 
     parser = argparse.ArgumentParser(
         prog="trime-prepare-iwslt14", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=HelpFormatter)
     parser.add_argument("out", help="output folder")
     parser.add_argument("--archive", default=None,
                         help="IWSLT'14's de-en.tgz (default: OUT/de-en.tgz, downloaded from --url "

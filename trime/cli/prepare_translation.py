@@ -21,6 +21,9 @@ import shutil
 import subprocess
 import sys
 
+from trime.cli.parsing import HelpFormatter
+from trime.errors import console_script
+
 logger = logging.getLogger("trime.prepare_translation")
 
 
@@ -101,16 +104,19 @@ def binarise(out, langs, roles, workers):
     return bin_dir
 
 
+@console_script
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="trime-prepare-translation", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         epilog="Example (Multi30k De-En): trime-prepare-translation multi30k/raw out -s de -t en "
                "--train train --valid val --test test_2016_flickr",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("raw", help="folder of raw parallel text: {split}.{lang}[.gz]")
     parser.add_argument("out", help="output folder: tokenised and BPE text, bpe.codes, bin/")
-    parser.add_argument("--source-lang", "-s", required=True, metavar="S")
-    parser.add_argument("--target-lang", "-t", required=True, metavar="T")
+    parser.add_argument("--source-lang", "-s", required=True, metavar="S",
+                        help="source language: the suffix of its files (e.g. de)")
+    parser.add_argument("--target-lang", "-t", required=True, metavar="T",
+                        help="target language: the suffix of its files (e.g. en)")
     parser.add_argument("--train", default="train", help="training split prefix (BPE is learnt on it)")
     parser.add_argument("--valid", default="valid", help="validation split prefix")
     parser.add_argument("--test", default="test", help="test split prefixes, comma-separated")

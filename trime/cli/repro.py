@@ -15,7 +15,11 @@ import os
 import sys
 import time
 
+from trime.cli.parsing import HelpFormatter
+from trime.errors import console_script, one_line
 
+
+@console_script
 def main(argv=None):
     from trime.repro.recipes import PRESETS, Recipes, with_overrides
     from trime.repro.runner import Runner, StepMismatch
@@ -24,7 +28,7 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(prog="trime-repro", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("table", choices=sorted(TABLES),
                         help="the paper table (or figure3: perplexity vs long-memory size) to reproduce")
     parser.add_argument("data", help="corpus folder with train / valid / test as SPLIT.txt or "
@@ -37,7 +41,8 @@ def main(argv=None):
                         help="budget: cpu = the paper's 7M model, L = 512, 1,600 updates per model "
                              "(about 45 min each on 2 CPU cores); tiny = a toy model for tests")
     parser.add_argument("--updates", type=int, default=None, help="override the preset's updates")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where every step trains and evaluates")
     parser.add_argument("--jobs", type=int, default=1,
                         help="models trained at once, each with cores / jobs threads (on 2 cores, "
                              "--jobs 2 trains two 7M models about 1.2x faster than one after the other)")
@@ -56,7 +61,7 @@ def main(argv=None):
         recipes = Recipes(runner, args.data, budget)
         rows = TABLES[args.table](recipes)
     except (FileNotFoundError, StepMismatch) as error:
-        parser.error(str(error))
+        parser.exit(2, one_line(error, parser.prog) + "\n")  # the data, not the usage, is wrong
     print(write_table(args.table, rows, recipes, os.path.join(args.out, args.table), started))
     write_orderings(args.out)  # the paper's orderings over every table written so far
 

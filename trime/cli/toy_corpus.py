@@ -15,6 +15,9 @@ import argparse
 import os
 import random
 
+from trime.cli.parsing import HelpFormatter
+from trime.errors import console_script
+
 CONSONANTS = "b d f g k l m n p r s t v z".split()
 VOWELS = "a e i o u".split()
 
@@ -67,14 +70,20 @@ def write_splits(out_dir, train_stories=3000, valid_stories=150, test_stories=15
     return {split: os.path.join(out_dir, f"{split}.txt") for split in sizes}
 
 
+@console_script
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out_dir", help="folder for train.txt, valid.txt, test.txt")
-    parser.add_argument("--train-stories", type=int, default=3000)
-    parser.add_argument("--valid-stories", type=int, default=150)
-    parser.add_argument("--test-stories", type=int, default=150)
-    parser.add_argument("--seed", type=int, default=1)
+    parser = argparse.ArgumentParser(prog="trime-toy-corpus", description=__doc__.split("\n\n")[0],
+                                     epilog="Writes OUT_DIR/{train,valid,test}.txt: one sentence per "
+                                            "line, an empty line after each story (use "
+                                            "--doc-boundary empty-line with --task trime_lm).",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("out_dir", help="folder for train.txt, valid.txt, test.txt (created)")
+    parser.add_argument("--train-stories", type=int, default=3000,
+                        help="stories in train.txt (10-20 sentences each, about 150 words)")
+    parser.add_argument("--valid-stories", type=int, default=150, help="stories in valid.txt")
+    parser.add_argument("--test-stories", type=int, default=150, help="stories in test.txt")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seed of the stories (the pools of names are the same for every seed)")
     args = parser.parse_args(argv)
     paths = write_splits(args.out_dir, args.train_stories, args.valid_stories,
                          args.test_stories, args.seed)

@@ -7,7 +7,8 @@ For every scored token it keeps a few numbers (``trime.core.target_stats.TargetS
 s_w*, log Z_vocab and log Σ exp(sim/t) over each memory set for every temperature
 of the grid), so every grid point is a few vector operations, not a model pass.
 
-Writes to --out-dir: ``tune.csv`` (every grid point), ``best.json``, a heat map
+Writes to --out-dir: ``tune.csv`` (every grid point), ``best.json`` and ``best.args`` (the
+chosen options on one line: ``fairseq-eval-lm ... $(cat OUT/best.args)``), a heat map
 ``tune.png`` (λ × τ′ at the best τ, or perplexity vs τ without a datastore), and, with
 external memory, ``retrieval_accuracy.csv`` (paper Table 13: share of tokens whose
 target is among the top-K retrieved values) and ``frequency_buckets.csv`` (Table 14:
@@ -17,7 +18,7 @@ perplexity by the target's frequency in the tuned split, as in the paper).
         --taus 1.0,1.1,1.2,1.3 --interp-temps 0.5,1,2,5,10 --lambdas 0.1,0.2,0.3,0.4 \\
         -- --eval-memory local,long,ext --long-memory-size 12288 --dstore dstore --knn-k 1024
     # kNN-LM + continuous cache on a vanilla model (its own l2 datastore):
-    trime-tune data-bin --path vanilla.pt --scoring knnlm --lambdas 0.1,0.25,0.4 --interp-temps 1,3,10 \
+    trime-tune data-bin --path vanilla.pt --scoring knnlm --lambdas 0.1,0.25,0.4 --interp-temps 1,3,10 \\
         --cache-lambdas 0,0.1,0.2 --cache-thetas 0.1,0.3,1 -- --eval-memory local,ext --dstore vdstore
 """
 
@@ -29,11 +30,26 @@ import math
 import os
 import sys
 
+from trime.cli.parsing import HelpFormatter, add_eval_arguments
+from trime.core.grids import LM_GRIDS, edge_warning, edges_of
+from trime.errors import console_script, one_line
+
 logger = logging.getLogger("trime.tune")
 
 FREQUENCY_BUCKETS = ((10_000, math.inf, "> 10k"), (1_000, 10_000, "1k-10k"),
                      (100, 1_000, "100-1k"), (10, 100, "10-100"), (0, 10, "<= 10"))
 ACCURACY_KS = (1, 8, 64, 1024)
+
+
+def warn_on_edges(grids, best, kinds=LM_GRIDS) -> list:
+    """Log a warning for each grid {option name: values} whose value in the ``best`` row sits
+    on an edge (``trime.core.grids.edges_of``), naming values that widen it; returns the names
+    of those grids."""
+    edges = edges_of(grids, best, kinds)
+    for name, side in edges:
+        logger.warning("TRIME: " + edge_warning("--" + name.replace("_", "-"), grids[name],
+                                                best[kinds[name][0]], side, kinds[name][1]))
+    return [name for name, _ in edges]
 
 
 def comma_values(text, name, parser, low=None, below=None, kind=float):
@@ -99,7 +115,9 @@ def grid(stats, scoring, settings, taus, interp_temps, lambdas, cache_lambdas=()
                     loss = float(-log_p.double().mean()) / math.log(2)
                     rows.append({"tau": tau, "lambda": lam if has_ext else None,
                                  "interp_temp": interp_temp, "cache_lambda": cache_lambda,
-                                 "cache_theta": cache_theta, "loss": loss, "perplexity": 2 ** loss})
+                                 "cache_theta": cache_theta, "loss": loss,
+                                 # an extreme grid point may lie beyond float range
+                                 "perplexity": 2 ** loss if loss < 1000 else math.inf})
     return rows
 
 
@@ -123,7 +141,7 @@ def frequency_table(stats, targets, scoring, best, settings):
         row = {"bucket": name, "tokens": int(in_bucket.sum())}
         for column, log_p in columns.items():
             mean = float(-log_p[in_bucket].double().mean()) if in_bucket.any() else float("nan")
-            row[column] = math.exp(mean)
+            row[column] = math.exp(mean) if mean < 700 else math.inf  # beyond float range
         rows.append(row)
     return rows
 
@@ -177,6 +195,18 @@ def plot(rows, best, has_ext, png):
     return True
 
 
+def option_words(options: dict) -> str:
+    """{--option: value} as command-line words: '--memory-temp 1.1 --knn-lambda 0.3'."""
+    return " ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in options.items())
+
+
+def write_best_args(out_dir, options: dict) -> None:
+    """best.args: the chosen options on one line, to paste or to pass on as
+    ``fairseq-eval-lm ... $(cat OUT/best.args)``."""
+    with open(os.path.join(out_dir, "best.args"), "w") as f:
+        f.write(option_words(options) + "\n")
+
+
 def write_csv(path, rows):
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -184,16 +214,12 @@ def write_csv(path, rows):
         writer.writerows(rows)
 
 
+@console_script
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="trime-tune", description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data", help="fairseq-preprocess output directory")
-    parser.add_argument("--path", required=True, help="checkpoint")
-    parser.add_argument("--gen-subset", default="valid", help="split to tune on (dev)")
-    parser.add_argument("--tokens-per-sample", type=int, default=512)
-    parser.add_argument("--context-window", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=None)
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=HelpFormatter)
+    add_eval_arguments(parser, "the split to tune on (dev; never test)")
     parser.add_argument("--scoring", choices=("trime", "knnlm", "cache"), default="trime",
                         help="trime: τ (Eq. 6) and, with ext memory, λ and τ′ (Eq. 8-9); knnlm: "
                              "kNN-LM's λ and T (--interp-temps) with --eval-memory ext, and the "
@@ -210,9 +236,11 @@ def main(argv=None):
                              "kNN-LM + continuous cache)")
     parser.add_argument("--cache-thetas", default="0.03,0.1,0.3,1,3",
                         help="θ of the continuous cache, > 0 (kNN-LM + continuous cache)")
-    parser.add_argument("--max-batches", type=int, default=None, help="stop early (quick looks)")
-    parser.add_argument("--cpu", action="store_true")
-    parser.add_argument("--out-dir", default="tune")
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="score only the first N batches (quick looks; default: all)")
+    parser.add_argument("--out-dir", default="tune",
+                        help="folder for tune.csv, best.json, best.args, tune.png and the Table 13/14 CSVs "
+                             "(created)")
     parser.usage = "trime-tune DATA --path CKPT [options] -- TASK_OPTIONS"
     argv = list(sys.argv[1:] if argv is None else argv)
     # after --: the --task trime_lm options that define the memories (as for fairseq-eval-lm)
@@ -238,7 +266,7 @@ def main(argv=None):
             args.data, args.path, args.gen_subset, args.tokens_per_sample, args.context_window,
             args.batch_size, args.cpu, (*task_options, "--eval-scoring", args.scoring))
     except (ValueError, FileNotFoundError) as error:
-        parser.error(str(error))
+        parser.exit(2, one_line(error, parser.prog) + "\n")  # the data, not the usage, is wrong
     settings = model.settings
     if settings.eval_memory == "none":
         parser.error("nothing to tune without memory: give e.g. -- --eval-memory local,long")
@@ -251,6 +279,9 @@ def main(argv=None):
     rows = grid(stats, args.scoring, settings, taus, interp_temps, lambdas, cache_lambdas,
                 cache_thetas)
     best = min(rows, key=lambda r: r["loss"])
+    searched = {"taus": taus, "interp_temps": interp_temps, "lambdas": lambdas,
+                "cache_lambdas": cache_lambdas, "cache_thetas": cache_thetas}
+    on_edge = warn_on_edges(searched, best)
     os.makedirs(args.out_dir, exist_ok=True)
     write_csv(os.path.join(args.out_dir, "tune.csv"), rows)
     best_options = {"--memory-temp": best["tau"], "--knn-lambda": best["lambda"],
@@ -258,7 +289,8 @@ def main(argv=None):
                     "--cache-theta": best["cache_theta"]}
     best_options = {k: v for k, v in best_options.items() if v is not None}
     report = {"best": best, "options": best_options, "tokens": len(targets),
-              "split": args.gen_subset, "memory": settings.eval_memory, "scoring": args.scoring}
+              "split": args.gen_subset, "memory": settings.eval_memory, "scoring": args.scoring,
+              "on_edge": on_edge}
     if settings.uses_ext:
         num_retrieved = settings.knn_k
         accuracy = [{"K": k, "accuracy": float((first_hit < k).double().mean())}
@@ -271,13 +303,14 @@ def main(argv=None):
     buckets = frequency_table(stats, targets, args.scoring, best, settings)
     write_csv(os.path.join(args.out_dir, "frequency_buckets.csv"), buckets)
     report["frequency_buckets"] = buckets
-    with open(os.path.join(args.out_dir, "best.json"), "w") as f:
+    write_best_args(args.out_dir, best_options)
+    with open(os.path.join(args.out_dir, "best.json"), "w") as f:  # last: it marks the run done
         json.dump(report, f, indent=2)
     plot(rows, best, settings.uses_ext, os.path.join(args.out_dir, "tune.png"))
     for row in buckets:
         print("frequency " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                                        for k, v in row.items()))
-    print(f"best: {' '.join(f'{k} {v:g}' for k, v in best_options.items())} -> perplexity "
+    print(f"best: {option_words(best_options)} -> perplexity "
           f"{best['perplexity']:.2f} (loss {best['loss']:.4f} base 2) on {len(targets)} tokens of "
           f"{args.gen_subset}; written to {args.out_dir}/")
 

@@ -10,5 +10,6 @@ with errors that name the flag and the fix, and calls these.
 - ``mixtures``: evaluation distributions, Eq. 6-9, kNN-LM, continuous cache;
 - ``target_stats``: per-token statistics giving log P(w*) for any λ and temperature;
 - ``fifo``: evaluation-time long memory and stream-order scoring;
-- ``documents``, ``batching``, ``bm25``: documents, batch plans (Fig. 2), BM25 (Algorithm 1).
+- ``documents``, ``batching``, ``bm25``: documents, batch plans (Fig. 2), BM25 (Algorithm 1);
+- ``grids``: whether a tuned optimum sits on a grid's edge, and how to widen the grid.
 """

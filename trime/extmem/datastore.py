@@ -36,6 +36,13 @@ KEY_TYPE = "last-ffn-input"
 KEYS_FILE, VALUES_FILE, META_FILE = "keys.npy", "values.npy", "meta.json"
 
 
+# how a datastore is made, named by every error that asks for one
+HOW_TO_BUILD = ("build one with `fairseq-eval-lm DATA --user-dir \"$(trime-user-dir)\" --task trime_lm "
+                "--path CKPT --gen-subset train --tokens-per-sample L --save-dstore DIR` (language "
+                "model; L and any --context-window as when scoring) or `trime-mt-datastore DATA --path "
+                "CKPT -s S -t T --save-dstore DIR` (translation), then `trime-build-index DIR`")
+
+
 class DatastoreWriter:
     """Writes a datastore of ``num_tokens`` rows, one batch of scored tokens at a time.
 
@@ -140,14 +147,16 @@ class Datastore:
         if not os.path.isdir(path):
             if os.path.isdir(path + ".partial"):
                 raise ValueError(f"datastore {path} is incomplete: its build was interrupted "
-                                 f"({path}.partial is left). Rebuild it with fairseq-eval-lm "
-                                 "--save-dstore.")
-            raise FileNotFoundError(f"no datastore at {path}: build one with fairseq-eval-lm "
-                                    "--task trime_lm --save-dstore DIR")
+                                 f"({path}.partial is left). Remove {path}.partial and "
+                                 + HOW_TO_BUILD.replace("build one", "build it again", 1))
+            raise FileNotFoundError(f"no datastore at {path}: {HOW_TO_BUILD}")
         meta_path = os.path.join(path, META_FILE)
         if not os.path.isfile(meta_path):
+            if not any(os.path.exists(os.path.join(path, name)) for name in (KEYS_FILE, VALUES_FILE)):
+                raise ValueError(f"{path} is not a trime datastore (no {META_FILE}, {KEYS_FILE} or "
+                                 f"{VALUES_FILE}): {HOW_TO_BUILD}")
             raise ValueError(f"{path} has no {META_FILE}: not a complete trime datastore. "
-                             "Rebuild it with fairseq-eval-lm --save-dstore.")
+                             f"Remove it and {HOW_TO_BUILD}")
         with open(meta_path) as f:
             meta = json.load(f)
         if meta.get("format") != FORMAT:
@@ -158,10 +167,10 @@ class Datastore:
             values = np.load(os.path.join(path, VALUES_FILE), mmap_mode="r")
         except (ValueError, OSError) as error:
             raise ValueError(f"datastore {path} is damaged (truncated or missing key/value file: "
-                             f"{error}). Rebuild it with fairseq-eval-lm --save-dstore.") from error
+                             f"{error}). Remove it and {HOW_TO_BUILD}") from error
         if keys.shape != (num_tokens, stored_dim) or values.shape != (num_tokens,):
             raise ValueError(f"datastore {path}: keys {keys.shape} / values {values.shape} do not "
-                             f"match meta.json ({num_tokens} x {stored_dim}). Rebuild it.")
+                             f"match meta.json ({num_tokens} x {stored_dim}). Remove it and {HOW_TO_BUILD}")
         if dictionary is not None:
             if (meta["dictionary_size"] != len(dictionary)
                     or meta["dictionary_checksum"] != dictionary_checksum(dictionary)):

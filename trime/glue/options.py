@@ -28,6 +28,18 @@ KNN_DEFAULTS = {  # (similarity, lambda, temperature) when --knn-sim / --knn-lam
 }
 
 
+def explain_logged_losses(logger, ce_warmup_updates: int) -> None:
+    """At the start of training with memory: what ``loss`` and ``lm_loss`` are, why ``loss``
+    can be the larger early on, and the paper's CE warm-up (§5.2) when none is given."""
+    logger.info("TRIME: the log shows loss / ppl = the TRIME loss (Eq. 5, with memory; at validation "
+                "always with memory) and lm_loss / lm_ppl = the same model's vocabulary-only "
+                "distribution. Early in training, before g(c) has learnt to pick useful memory, "
+                "loss can be above lm_loss.")
+    if ce_warmup_updates == 0:
+        logger.info("TRIME: --ce-warmup-updates 0: the paper trains with the plain LM loss for the "
+                    "first ~5% of updates (§5.2), e.g. --ce-warmup-updates 50 with --max-update 1000.")
+
+
 @dataclass
 class TrainingMemoryOptions(FairseqDataclass):
     """What ``--criterion trime_loss`` and ``trime_mt_loss`` both offer (their configs inherit it)."""
@@ -159,17 +171,19 @@ class EvalOptions(FairseqDataclass):
     )
 
 
-def declared_fields(config_class, names, defaults=None):
+def declared_fields(config_class, names, defaults=None, narrowed=None):
     """(name, type, field) copies of these fields' declarations (default, help, choices), for
     ``dataclasses.make_dataclass``: a config offering some of them declares nothing again but
-    the ``defaults`` it changes ({name: value})."""
+    the ``defaults`` it changes ({name: value}) and the options it ``narrowed`` ({name: (type
+    with fewer choices, the help that says what they mean there)})."""
     by_name = {f.name: f for f in dataclasses.fields(config_class)}
-    defaults = defaults or {}
-    if set(defaults) - set(names):
-        raise ValueError(f"defaults for undeclared fields: {sorted(set(defaults) - set(names))}")
-    return [(name, by_name[name].type,
+    defaults, narrowed = defaults or {}, narrowed or {}
+    if (set(defaults) | set(narrowed)) - set(names):
+        raise ValueError(f"changes for undeclared fields: {sorted((set(defaults) | set(narrowed)) - set(names))}")
+    return [(name, narrowed[name][0] if name in narrowed else by_name[name].type,
              field(default=defaults.get(name, by_name[name].default),
-                   metadata=dict(by_name[name].metadata)))
+                   metadata=dict(by_name[name].metadata, **({"help": narrowed[name][1]}
+                                                           if name in narrowed else {}))))
             for name in names]
 
 
@@ -215,8 +229,10 @@ class EvalSettings(EvalOptions):
                              "datastore: use --eval-memory ext, or local,ext / local,long,ext for "
                              f"kNN-LM + continuous cache (got {self.eval_memory!r})")
         if self.uses_ext and not self.dstore:
-            raise ValueError(f"--eval-memory {self.eval_memory} needs --dstore DIR (a datastore from "
-                             "fairseq-eval-lm --save-dstore, indexed with trime-build-index)")
+            from trime.extmem.datastore import HOW_TO_BUILD
+
+            raise ValueError(f"--eval-memory {self.eval_memory} needs --dstore DIR, an indexed "
+                             f"datastore: {HOW_TO_BUILD}")
         if self.dstore and not self.uses_ext:
             raise ValueError(f"--dstore is only used with external memory: add ext to --eval-memory "
                              f"(e.g. --eval-memory local,long,ext), got {self.eval_memory!r}")

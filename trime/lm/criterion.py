@@ -27,7 +27,7 @@ from fairseq.dataclass import ChoiceEnum
 from trime.core.objective import batch_memory_logsumexp, trime_nll
 from trime.core.visibility import MEMORY_RULES, memory_labels
 from trime.glue import vocab
-from trime.glue.options import TrainingMemoryOptions
+from trime.glue.options import TrainingMemoryOptions, explain_logged_losses
 from trime.glue.distributed import DUMMY_BATCH, across_workers_logsumexp, data_parallel_world
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ class TrimeLoss(FairseqCriterion):
         self.local_drop_prob = EXT_LOCAL_DROP_PROB if local_drop_prob is None else local_drop_prob
         if not 0.0 <= self.local_drop_prob <= 1.0:
             raise ValueError(f"--local-drop-prob must be in [0, 1], got {local_drop_prob}")
+        if self.memory != "none":
+            explain_logged_losses(logger, ce_warmup_updates)
         self.seed = getattr(task.args, "seed", 1)
         self.forwards_this_update = 0
         self.num_updates = 0

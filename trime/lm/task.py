@@ -29,6 +29,7 @@ from trime.glue.query import last_ffn
 from trime.glue.train_step import tell_criterion
 from trime.lm.data import EvalStreamDataset, SegmentPositionsDataset
 from trime.lm.model import TrimeLanguageModel
+from trime.progress import logged_progress
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,10 @@ class TrimeLMTask(LanguageModelingTask):
         super().__init__(args, dictionary, output_dictionary, targets)
         self.eval_settings = EvalSettings.from_options(args)  # checks the --eval-* options
         self.trime_models = []  # built by build_model; they score the splits evaluated
+        # documents matter: long memory at evaluation, consecutive batches (and --memory long,
+        # known when the criterion is built)
+        self.uses_documents = args.batching == "consecutive" or "long" in str(args.eval_memory)
+        self.one_document_splits = []
         m = args.consecutive_segments
         if m < 1:
             raise ValueError(f"--consecutive-segments must be >= 1, got {m}")
@@ -93,9 +98,17 @@ class TrimeLMTask(LanguageModelingTask):
                 f"--consecutive-segments ({m}) must divide --batch-size ({batch_size}): a batch is "
                 "a whole number of groups of m consecutive segments. Pick m among the divisors of "
                 "the batch size, or change --batch-size.")
-        if (args.batching == "bm25") != bool(args.bm25_batches):
-            raise ValueError("--batching bm25 and --bm25-batches FILE go together (the file from "
-                             "trime-bm25-batches gives the batches; it is unused otherwise)")
+        if args.batching == "bm25" and not args.bm25_batches:
+            batch_size = args.batch_size or "B"
+            raise ValueError(
+                "--batching bm25 needs --bm25-batches FILE, the batches of Algorithm 1: make it with "
+                f"`trime-bm25-batches {args.data or 'DATA'} --split train "
+                f"--tokens-per-sample {args.tokens_per_sample} --batch-size {batch_size} -o "
+                "bm25.json` (--tokens-per-sample and --batch-size as in this training), then add "
+                "--bm25-batches bm25.json")
+        if args.bm25_batches and args.batching != "bm25":
+            raise ValueError(f"--bm25-batches is read with --batching bm25 only (got --batching "
+                             f"{args.batching}): add --batching bm25, or drop --bm25-batches")
         if self.eval_settings.save_dstore and os.path.exists(self.eval_settings.save_dstore):
             raise FileExistsError(
                 f"--save-dstore {self.eval_settings.save_dstore!r} already exists: remove it or "
@@ -113,6 +126,15 @@ class TrimeLMTask(LanguageModelingTask):
         logger.info(f"TRIME: {split}: {len(monolingual)} segments, {num_documents} documents "
                     f"(--doc-boundary {self.args.doc_boundary})")
         if num_documents == 1 and str(self.args.doc_boundary) != "none":
+            self.one_document_splits.append(split)
+            self._warn_one_document([split])
+
+    def _warn_one_document(self, splits):
+        """Documents matter to long memory (training and evaluation) and consecutive batches
+        only: a split found to be one document is worth a warning there, nowhere else."""
+        if not self.uses_documents:
+            return
+        for split in splits:
             logger.warning(
                 f"TRIME: no document boundary found in {split} with --doc-boundary "
                 f"{self.args.doc_boundary}: the whole split is one document. For text with an "
@@ -123,6 +145,9 @@ class TrimeLMTask(LanguageModelingTask):
         # cfg: the criterion's config (fairseq-train) or the whole namespace (legacy callers)
         name = getattr(cfg, "_name", None) or getattr(cfg, "criterion", None)
         memory, batching = str(getattr(cfg, "memory", "")), str(self.args.batching)
+        if name == "trime_loss" and memory == "long" and not self.uses_documents:
+            self.uses_documents = True
+            self._warn_one_document(self.one_document_splits)
         if name == "trime_loss" and memory == "long" and batching != "consecutive":
             logger.warning(
                 "--memory long with --batching %s: a batch rarely holds two segments of one "
@@ -183,7 +208,8 @@ class TrimeLMTask(LanguageModelingTask):
                              "order in one process; drop --num-shards / distributed evaluation.")
         batches = self.stream_batches(dataset, max_tokens, batch_size, max_positions, num_shards,
                                       shard_id, num_workers, data_buffer_size, context_window)
-        return _StartingEvaluation(batches, lambda: self.start_evaluation(dataset, context_window))
+        return _StartingEvaluation(batches, lambda: self.start_evaluation(dataset, context_window),
+                                   f"scoring {self.split_name(dataset)}")
 
     def split_name(self, dataset) -> str:
         return next((name for name, d in self.datasets.items() if d is dataset), "?")
@@ -277,10 +303,11 @@ class TrimeLMTask(LanguageModelingTask):
 
 class _StartingEvaluation:
     """fairseq's evaluation iterator; starting to iterate it starts the evaluation (what
-    fairseq-eval-lm does first when it scores, so no evaluation state exists before)."""
+    fairseq-eval-lm does first when it scores, so no evaluation state exists before), and its
+    progress is logged (fairseq-eval-lm logs none when its output is not a terminal)."""
 
-    def __init__(self, batches, start):
-        self.batches, self.start = batches, start
+    def __init__(self, batches, start, what):
+        self.batches, self.start, self.what = batches, start, what
         self.n = getattr(batches, "n", 0)  # fairseq's progress bars read these two
 
     def __len__(self):
@@ -288,4 +315,10 @@ class _StartingEvaluation:
 
     def __iter__(self):
         self.start()
-        return iter(self.batches)
+        return logged_progress(iter(self.batches), len(self.batches), self.what, logger,
+                               size=sample_tokens)
+
+
+def sample_tokens(sample) -> int:
+    """Tokens of an evaluation batch, as fairseq counts them (0 for an empty batch)."""
+    return int(sample["ntokens"]) if sample else 0

@@ -23,6 +23,7 @@ Logged: ``loss`` (what is optimised), ``nll_loss`` (-log P_Eq5, the perplexity `
 ``lm_loss`` (the vocabulary-only NLL of the same model, ``lm_ppl``).
 """
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -36,9 +37,11 @@ from omegaconf import II
 from trime.core.objective import batch_memory_logsumexp, trime_nll
 from trime.glue import vocab
 from trime.glue.distributed import DUMMY_BATCH, across_workers_logsumexp, data_parallel_world
-from trime.glue.options import TrainingMemoryOptions
+from trime.glue.options import TrainingMemoryOptions, explain_logged_losses
 from trime.mt.keys import MT_KEYS, features_and_keys
 from trime.mt.task import TrimeTranslationTask
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,6 +97,7 @@ class TrimeMTLoss(FairseqCriterion):
         self.memory_topk = memory_topk
         self.eps = float(label_smoothing)
         self.ce_warmup_updates = ce_warmup_updates
+        explain_logged_losses(logger, ce_warmup_updates)
         self.memory_chunk_size = memory_chunk_size
         self.memory_kernel = str(memory_kernel)
         self.memory_across_workers = bool(memory_across_workers)

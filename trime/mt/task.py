@@ -35,8 +35,20 @@ MT_MEMORY_OPTIONS = ("eval_memory", "eval_scoring", "memory_temp", "dstore", "kn
 # K: an LM datastore is searched once per token (1024, the kNN-LM's); beam search searches once per
 # beam per step, and kNN-MT uses a few neighbours (Appendix D's grid 1..64; knn-box's default 16)
 MT_DEFAULTS = {"knn_k": 16}
+# translation decodes with the datastore only (§5.4): no local or long memory, no cache
+MT_NARROWED = {
+    "eval_memory": (ChoiceEnum(["none", "ext"]),
+                    "memory used when decoding: none = the model's own distribution (fairseq's "
+                    "decoding); ext = at every step also the --knn-k nearest entries of the "
+                    "datastore --dstore (paper §5.4: no local or long memory in translation)"),
+    "eval_scoring": (ChoiceEnum(["trime", "knnlm"]),
+                     "how the retrieved entries enter each step's distribution: trime = "
+                     "TrimeMT_ext, one softmax over vocabulary and entries (Eq. 6, --memory-temp), "
+                     "then Eq. 8-9 (--knn-lambda, --knn-temp); knnlm = kNN-MT (Khandelwal et al. "
+                     "2021), (1-λ) p_MT + λ p_kNN"),
+}
 MTMemoryOptions = make_dataclass(
-    "MTMemoryOptions", declared_fields(EvalOptions, MT_MEMORY_OPTIONS, MT_DEFAULTS),
+    "MTMemoryOptions", declared_fields(EvalOptions, MT_MEMORY_OPTIONS, MT_DEFAULTS, MT_NARROWED),
     bases=(FairseqDataclass,))
 
 logger = logging.getLogger(__name__)
@@ -93,10 +105,15 @@ def refuse_empty_sentences(split: str, pairs) -> None:
 class TrimeTranslationTask(TranslationTask):
     def __init__(self, cfg, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
-        if (cfg.batching == "bm25") != bool(cfg.bm25_batches):
-            raise ValueError("--batching bm25 and --bm25-batches FILE go together (the file from "
-                             "`trime-bm25-batches DATA --source-lang S --target-lang T` gives the "
-                             "order; it is unused otherwise)")
+        if cfg.batching == "bm25" and not cfg.bm25_batches:
+            raise ValueError(
+                "--batching bm25 needs --bm25-batches FILE, the order of Algorithm 1: make it with "
+                f"`trime-bm25-batches {cfg.data or 'DATA'} --source-lang {cfg.source_lang or 'S'} "
+                f"--target-lang {cfg.target_lang or 'T'} -o bm25_order.json`, then add "
+                "--bm25-batches bm25_order.json")
+        if cfg.bm25_batches and cfg.batching != "bm25":
+            raise ValueError(f"--bm25-batches is read with --batching bm25 only (got --batching "
+                             f"{cfg.batching}): add --batching bm25, or drop --bm25-batches")
         self.memory = EvalSettings(**{name: getattr(cfg, name) for name in MT_MEMORY_OPTIONS})
         if self.memory.eval_memory not in ("none", "ext"):
             raise ValueError(f"--eval-memory {self.memory.eval_memory}: translation decodes with "

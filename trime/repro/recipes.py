@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Dict, List, Tuple
 
 import trime
+from trime.core.grids import LM_GRIDS, edges_of, widened
 
 SPLIT_FILES = {split: (f"{split}.txt", f"wiki.{split}.tokens") for split in ("train", "valid", "test")}
 LOSS = re.compile(r"Loss \(base 2\): ([0-9.]+)")
@@ -60,7 +61,8 @@ SEVEN_M = ("--arch", "transformer_lm", "--decoder-layers", "8", "--decoder-embed
            "2000,10000", "--tie-adaptive-weights", "--adaptive-softmax-dropout", "0.1",
            "--dropout", "0.1")
 TINY = ("--arch", "transformer_lm", "--decoder-layers", "2", "--decoder-embed-dim", "16",
-        "--decoder-ffn-embed-dim", "32", "--decoder-attention-heads", "2", "--dropout", "0.1")
+        "--decoder-ffn-embed-dim", "32", "--decoder-input-dim", "16", "--decoder-output-dim", "16",
+        "--decoder-attention-heads", "2", "--dropout", "0.1")
 
 PRESETS = {
     "cpu": Budget(model=SEVEN_M, tokens_per_sample=512, batch_size=8, updates=1600),
@@ -216,12 +218,10 @@ class Recipes:
         b = self.budget
         row += self.suffix
         grids = self._grids(scoring, memory_options)
-        keys = {"taus": "tau", "interp_temps": "interp_temp", "lambdas": "lambda",
-                "cache_lambdas": "cache_lambda", "cache_thetas": "cache_theta"}
         for attempt in range(b.max_widen + 1):
-            widened = "" if attempt == 0 else f"-widened{attempt}"
-            out = self.runner.path("tune", row + widened)
-            self.runner.run(f"tune-{row}{widened}", [
+            tag = "" if attempt == 0 else f"-widened{attempt}"
+            out = self.runner.path("tune", row + tag)
+            self.runner.run(f"tune-{row}{tag}", [
                 "trime-tune", self.bin, "--path", checkpoint, "--gen-subset", "valid",
                 "--tokens-per-sample", b.tokens_per_sample, "--batch-size", b.eval_batch_size,
                 *self.device, "--scoring", scoring,
@@ -231,17 +231,13 @@ class Recipes:
                 done_if=[os.path.join(out, "best.json")])
             with open(os.path.join(out, "best.json")) as f:
                 best = json.load(f)
-            on_edge = [name for name, values in grids.items() if len(values) > 1
-                       and best["best"][keys[name]] in (min(values), max(values))
-                       and not (name.endswith("lambdas") and best["best"][keys[name]] == 0)]
-            widen = [name for name in on_edge if name in ("taus", "interp_temps", "cache_thetas")]
+            edges = edges_of(grids, best["best"])
+            on_edge = [name for name, _ in edges]
+            widen = [(name, side) for name, side in edges if LM_GRIDS[name][1] == "scale"]
             if not widen or attempt == b.max_widen:
                 break
-            for name in widen:  # one more factor of 4 beyond the edge that holds the optimum
-                values = grids[name]
-                grids[name] = sorted(set(values) | ({min(values) / 4, min(values) / 2}
-                                                    if best["best"][keys[name]] == min(values)
-                                                    else {max(values) * 2, max(values) * 4}))
+            for name, side in widen:  # one more factor of 4 beyond the edge that holds the optimum
+                grids[name] = widened(grids[name], side, "scale")
         return dict(best, grids=grids, on_edge=on_edge)
 
     def evaluate(self, row: str, checkpoint: str, split: str, options) -> float:
