@@ -63,14 +63,20 @@ def test_argparse_options_reuse_the_declaration():
 
 def test_a_config_copying_declarations_changes_only_the_defaults_it_names():
     from trime.glue.options import declared_fields
-    from trime.mt.task import MT_MEMORY_OPTIONS, MTMemoryOptions
+    from trime.glue.options import choices_of
+    from trime.mt.task import MT_MEMORY_OPTIONS, MT_NARROWED, MTMemoryOptions
 
     lm = {f.name: f for f in dataclasses.fields(EvalOptions)}
     mt = {f.name: f for f in dataclasses.fields(MTMemoryOptions)}
     assert set(mt) >= set(MT_MEMORY_OPTIONS)
+    assert set(MT_NARROWED) == {"eval_memory", "eval_scoring"}
     for name in MT_MEMORY_OPTIONS:  # the same help, choices and type; K is translation's own
-        assert mt[name].metadata == lm[name].metadata and mt[name].type == lm[name].type, name
         assert mt[name].default == (16 if name == "knn_k" else lm[name].default), name
+        if name in MT_NARROWED:  # fewer choices, and a help that says what they mean there
+            assert set(choices_of(mt[name])) < set(choices_of(lm[name])), name
+            assert mt[name].metadata["help"] == MT_NARROWED[name][1] != lm[name].metadata["help"]
+            continue
+        assert mt[name].metadata == lm[name].metadata and mt[name].type == lm[name].type, name
     assert lm["knn_k"].default == 1024
     with pytest.raises(ValueError, match="undeclared fields: \\['knn_lambda'\\]"):
         declared_fields(EvalOptions, ["knn_k"], {"knn_lambda": 0.5})

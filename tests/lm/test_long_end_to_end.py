@@ -44,9 +44,10 @@ def test_train_long_memory_then_eval_with_fifo(trained):
     assert "documents (--doc-boundary empty-line)" in log
     train_loss = last_float(r"train \| epoch \d+ \| loss ([0-9.]+)", log)
     assert math.isfinite(train_loss)
-    local, out = _eval(root, "--eval-memory", "local")
+    local, eval_out = _eval(root, "--eval-memory", "local")
     # fairseq-eval-lm's output is not a terminal here: trime logs the scoring's progress itself
-    assert re.search(r"TRIME: scoring valid: 6 batches, [\d,]+ tokens in \d+ s \([\d,]+ tokens/s\)", out)
+    assert re.search(r"TRIME: scoring valid: 6 batches, [\d,]+ tokens in \d+ s \([\d,]+ tokens/s\)",
+                     eval_out)
     long, out = _eval(root, "--eval-memory", "local,long", "--long-memory-size", 500,
                       "--context-window", 8)
     assert "FIFO of 500 tokens, reset at each document" in out
@@ -107,9 +108,10 @@ def test_memory_size_curve_writes_csv_and_plot(trained):
         ("trime", 0), ("trime", 64), ("trime", 256), ("cache", 0), ("cache", 64), ("cache", 256)]
     assert all(math.isfinite(float(r["perplexity"])) for r in rows)
     # S = 0 is local memory alone: the same number fairseq-eval-lm reports
-    local, out = _eval(root, "--eval-memory", "local")
+    local, eval_out = _eval(root, "--eval-memory", "local")
     # fairseq-eval-lm's output is not a terminal here: trime logs the scoring's progress itself
-    assert re.search(r"TRIME: scoring valid: 6 batches, [\d,]+ tokens in \d+ s \([\d,]+ tokens/s\)", out)
+    assert re.search(r"TRIME: scoring valid: 6 batches, [\d,]+ tokens in \d+ s \([\d,]+ tokens/s\)",
+                     eval_out)
     assert abs(float(rows[0]["loss"]) - local) < 1e-4
     if importlib.util.find_spec("matplotlib"):
         assert (root / "curve" / "curve.png").stat().st_size > 0
