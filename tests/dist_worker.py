@@ -17,6 +17,11 @@ import torch.distributed as dist
 
 from fairseq_utils import build, write_dictionary
 
+# the user dir, loaded before the process group starts, as fairseq-train does when it parses its
+# options: loaded after it, one worker in a few aborted at exit ("terminate called without an
+# active exception", a thread still joinable)
+import trime_fairseq  # noqa: E402,F401
+
 ROWS = {0: slice(0, 3), 1: slice(3, 5)}
 SHORT = 1  # worker 1's segments are one position shorter (a batch with a final short segment)
 
@@ -107,7 +112,9 @@ def backward_and_save(loss, model, rank, out):
 def main(rank, world, port, data, out, rule):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
-    write_dictionary(data)
+    if rank == 0:  # one writer: a worker reading dict.txt while the other rewrites it would build
+        write_dictionary(data)  # another vocabulary, and the collectives would not match
+    dist.barrier()
     task, model, criterion = build_model(data, rule, ("--memory-across-workers",))
     model.train()
     batch = global_batch(task.dictionary)
