@@ -27,7 +27,7 @@ setup(
     extras_require={
         "gpu": ["faiss-gpu"],
         # triton: the fused memory kernel's tests run it in Triton's CPU interpreter
-        "test": ["pytest", 'triton; platform_system == "Linux" and platform_machine == "x86_64"'],
+        "test": ["pytest", "pytest-xdist", 'triton; platform_system == "Linux" and platform_machine == "x86_64"'],
         "plots": ["matplotlib"],
     },
     entry_points={

@@ -170,6 +170,29 @@ def test_evaluation_progress_lines():
     assert records[-1] == "TRIME: scoring valid: 5 batches, 500 tokens in 2 min 00 s (4 tokens/s)"
 
 
+def test_trime_tune_scores_an_extreme_grid_point_as_infinite_perplexity():
+    """A grid point far off (here τ = 0.001 on a model's log-probabilities) lies beyond float
+    range as a perplexity: inf in the table, its loss kept, no OverflowError."""
+    import math
+    from types import SimpleNamespace
+
+    import torch
+
+    from trime.cli.tune import grid, perplexity
+
+    assert perplexity(math.log(250.0)) == pytest.approx(250.0)
+    assert perplexity(709.0) == pytest.approx(math.exp(709.0)) and perplexity(710.0) == math.inf
+
+    class Stats:  # -log p = 0.8 / τ nats per token
+        def target_log_prob(self, scoring, tau, *rest, **kwargs):
+            return torch.full((3,), -0.8 / tau, dtype=torch.float64)
+
+    settings = SimpleNamespace(uses_ext=False, uses_cache=False, knn_interp_memory="eval")
+    rows = grid(Stats(), "trime", settings, taus=[1.0, 0.001], interp_temps=[1], lambdas=[0])
+    assert rows[0]["perplexity"] == pytest.approx(math.exp(0.8))
+    assert rows[1]["perplexity"] == math.inf and rows[1]["loss"] == pytest.approx(800 / math.log(2))
+
+
 def _parser_of(name):
     """The argparse parser a console script builds (stopped at its parse_args)."""
     entry = next(e for e in entry_points(group="console_scripts") if e.name == name)

@@ -81,10 +81,16 @@ def line_plot(png, curves, xlabel, ylabel) -> bool:
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
+    save_figure(plt, fig, png)
+    return True
+
+
+def save_figure(plt, fig, png):
+    """Write ``fig`` to ``png`` and free it (trime-repro --in-process plots many times in one
+    process; pyplot keeps every open figure)."""
     fig.tight_layout()
     fig.savefig(png, dpi=150)
     plt.close(fig)
-    return True
 
 
 def evaluate(task, model, cfg, dataset, settings=None, max_batches=None, retriever=None):
@@ -95,12 +101,7 @@ def evaluate(task, model, cfg, dataset, settings=None, max_batches=None, retriev
     """
     from fairseq_cli.eval_lm import eval_lm
 
-    from trime.lm.task import sample_tokens
-    from trime.progress import logged_progress
-
-    itr = start_split(task, model, cfg, dataset, settings, retriever)
-    itr = logged_progress(itr, len(itr), f"scoring {task.split_name(dataset)}", logger,
-                          size=sample_tokens)
+    itr = task.with_progress(start_split(task, model, cfg, dataset, settings, retriever), dataset)
     per_batch = []
 
     def counted(batches):

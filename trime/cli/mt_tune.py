@@ -70,7 +70,7 @@ def _file_name(point):
 
 def plot(rows, best, png, temp_label):
     """BLEU over λ × the memory temperature at the best point's k (and τ)."""
-    from trime.cli.harness import pyplot
+    from trime.cli.harness import pyplot, save_figure
     from trime.cli.tune import heat_map
 
     plt = pyplot()
@@ -85,8 +85,7 @@ def plot(rows, best, png, temp_label):
     at = f"k = {best['knn_k']}" + (f", τ = {best['memory_temp']:g}"
                                    if best.get("memory_temp") is not None else "")
     ax.set_title(f"BLEU at {at}")
-    fig.tight_layout()
-    fig.savefig(png, dpi=150)
+    save_figure(plt, fig, png)
     return True
 
 

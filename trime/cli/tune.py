@@ -97,6 +97,12 @@ def collect(task, model, cfg, dataset, temperatures, max_batches=None):
     return TargetStats.cat(stats), torch.cat(hits), torch.cat(targets)
 
 
+def perplexity(mean_nll: float) -> float:
+    """exp of a mean negative log-likelihood in nats; inf where an extreme grid point lies beyond
+    float range (exp overflows above ~709)."""
+    return math.exp(mean_nll) if mean_nll < math.log(sys.float_info.max) else math.inf
+
+
 def grid(stats, scoring, settings, taus, interp_temps, lambdas, cache_lambdas=(), cache_thetas=()):
     """[{tau, lambda, interp_temp, cache_lambda, cache_theta, loss (base 2), perplexity}] for every
     grid point (τ with trime scoring; λ, τ′ / T with external memory; λ_c, θ with the cache)."""
@@ -112,12 +118,11 @@ def grid(stats, scoring, settings, taus, interp_temps, lambdas, cache_lambdas=()
                                                   settings.knn_interp_memory,
                                                   cache_lambda=cache_lambda or 0.0,
                                                   cache_theta=cache_theta or 1.0)
-                    loss = float(-log_p.double().mean()) / math.log(2)
+                    nats = float(-log_p.double().mean())
                     rows.append({"tau": tau, "lambda": lam if has_ext else None,
                                  "interp_temp": interp_temp, "cache_lambda": cache_lambda,
-                                 "cache_theta": cache_theta, "loss": loss,
-                                 # an extreme grid point may lie beyond float range
-                                 "perplexity": 2 ** loss if loss < 1000 else math.inf})
+                                 "cache_theta": cache_theta, "loss": nats / math.log(2),
+                                 "perplexity": perplexity(nats)})
     return rows
 
 
@@ -140,8 +145,8 @@ def frequency_table(stats, targets, scoring, best, settings):
         in_bucket = (counts > low) & (counts <= high)  # every count is >= 1
         row = {"bucket": name, "tokens": int(in_bucket.sum())}
         for column, log_p in columns.items():
-            mean = float(-log_p[in_bucket].double().mean()) if in_bucket.any() else float("nan")
-            row[column] = math.exp(mean) if mean < 700 else math.inf  # beyond float range
+            row[column] = perplexity(float(-log_p[in_bucket].double().mean())) \
+                if in_bucket.any() else float("nan")
         rows.append(row)
     return rows
 
@@ -168,7 +173,7 @@ def heat_map(fig, ax, rows, x_key, y_key, xlabel, ylabel, value_key="perplexity"
 def plot(rows, best, has_ext, png):
     """tune.png: the λ × τ′ (or T) plane through the best point with external memory, the
     λ_c × θ plane for the cache alone, else perplexity vs τ."""
-    from trime.cli.harness import pyplot
+    from trime.cli.harness import pyplot, save_figure
 
     plt = pyplot()
     if plt is None:
@@ -190,8 +195,7 @@ def plot(rows, best, has_ext, png):
         ax.set_xlabel("τ (memory temperature, Eq. 6)")
         ax.set_ylabel("perplexity")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=150)
+    save_figure(plt, fig, png)
     return True
 
 

@@ -209,7 +209,14 @@ class TrimeLMTask(LanguageModelingTask):
         batches = self.stream_batches(dataset, max_tokens, batch_size, max_positions, num_shards,
                                       shard_id, num_workers, data_buffer_size, context_window)
         return _StartingEvaluation(batches, lambda: self.start_evaluation(dataset, context_window),
-                                   f"scoring {self.split_name(dataset)}")
+                                   lambda: self.with_progress(batches, dataset))
+
+    def with_progress(self, batches, dataset):
+        """Iterate the evaluation ``batches`` of ``dataset``, logging progress every 30 s
+        (batches, tokens/s, time left): fairseq-eval-lm logs none when its output is not a
+        terminal."""
+        return logged_progress(iter(batches), len(batches), f"scoring {self.split_name(dataset)}",
+                               logger, size=_sample_tokens)
 
     def split_name(self, dataset) -> str:
         return next((name for name, d in self.datasets.items() if d is dataset), "?")
@@ -303,11 +310,11 @@ class TrimeLMTask(LanguageModelingTask):
 
 class _StartingEvaluation:
     """fairseq's evaluation iterator; starting to iterate it starts the evaluation (what
-    fairseq-eval-lm does first when it scores, so no evaluation state exists before), and its
-    progress is logged (fairseq-eval-lm logs none when its output is not a terminal)."""
+    fairseq-eval-lm does first when it scores, so no evaluation state exists before), then
+    iterates with progress (``TrimeLMTask.with_progress``)."""
 
-    def __init__(self, batches, start, what):
-        self.batches, self.start, self.what = batches, start, what
+    def __init__(self, batches, start, iterate):
+        self.batches, self.start, self.iterate = batches, start, iterate
         self.n = getattr(batches, "n", 0)  # fairseq's progress bars read these two
 
     def __len__(self):
@@ -315,10 +322,9 @@ class _StartingEvaluation:
 
     def __iter__(self):
         self.start()
-        return logged_progress(iter(self.batches), len(self.batches), self.what, logger,
-                               size=sample_tokens)
+        return self.iterate()
 
 
-def sample_tokens(sample) -> int:
+def _sample_tokens(sample) -> int:
     """Tokens of an evaluation batch, as fairseq counts them (0 for an empty batch)."""
     return int(sample["ntokens"]) if sample else 0

@@ -267,7 +267,7 @@ def plot_figure3(rows, png) -> bool:
 
 
 def plot_table14(rows, png) -> bool:
-    from trime.cli.harness import pyplot
+    from trime.cli.harness import pyplot, save_figure
 
     plt = pyplot()
     if plt is None:
@@ -282,8 +282,7 @@ def plot_table14(rows, png) -> bool:
     ax.set_ylabel("dev perplexity (log scale)")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=150)
+    save_figure(plt, fig, png)
     return True
 
 
