@@ -120,6 +120,11 @@ def test_the_forks_unreleased_architectures_and_training_criteria_say_what_to_do
                     check=False)
     assert code != 0 and "--arch transformer_lm_wiki103_small is an architecture of the TRIME " \
                          "authors' fork that trime does not register" in out
+    # their datastore command's "--tokens-per-sample 512 --context-window 2560" is 0.9's meaning
+    released = write_checkpoint(tmp_path / "released.pt", "wiki103-150M-trime")
+    code, out = run("fairseq-eval-lm", data, *USER_DIR, "--task", "trime_lm", "--path", released,
+                    "--tokens-per-sample", 5, "--context-window", 8, check=False)
+    assert code != 0 and "--tokens-per-sample must exceed --context-window" in out
     code, out = run("fairseq-train", data, *USER_DIR, "--task", "trime_lm", "--arch",
                     "transformer_lm_enwik8", "--criterion", "trime_long_loss_same_device",
                     "--optimizer", "adam", "--max-update", 1, "--batch-size", 2, "--cpu", "--save-dir", tmp_path / "s",
@@ -147,10 +152,15 @@ def test_fairseq_eval_lm_scores_every_released_run_with_every_memory(tmp_path, r
         _, out = run("fairseq-eval-lm", *common, *memory)
         assert math.isfinite(last_float(r"Perplexity: ([\d.]+)", out))
     if LAYOUT["runs"][run_name]["criterion"] == "trime_ext_loss":
+        # docs/authors-checkpoints.md's commands: a datastore saved with a context window,
+        # complete-sentence segments scored one at a time with it
+        window = ["--tokens-per-sample", 40, "--context-window", 30, "--cpu", "--num-workers", 0]
         run("fairseq-eval-lm", data, *USER_DIR, "--task", "trime_lm", "--path", checkpoint,
-            "--gen-subset", "train", "--tokens-per-sample", length, "--cpu", "--num-workers", 0,
-            "--save-dstore", tmp_path / "dstore")
-        run("trime-build-index", tmp_path / "dstore", "--index-type", "flat")
-        _, out = run("fairseq-eval-lm", *common, "--eval-memory", "local,long,ext", "--dstore",
-                     tmp_path / "dstore", "--knn-k", 8, "--knn-lambda", 0.3, "--knn-temp", 1.0)
+            "--gen-subset", "train", *window, "--save-dstore", tmp_path / "dstore")
+        run("trime-build-index", tmp_path / "dstore", "--metric", "ip", "--index-type", "flat")
+        _, out = run("fairseq-eval-lm", data, *USER_DIR, "--task", "trime_lm", "--path", checkpoint,
+                     "--gen-subset", "test", "--batch-size", 1, "--sample-break-mode", "complete",
+                     *window, "--eval-memory", "local,long,ext", "--long-memory-size", 64,
+                     "--memory-temp", 1.25, "--dstore", tmp_path / "dstore", "--knn-k", 8,
+                     "--knn-nprobe", 32, "--knn-lambda", 0.3, "--knn-temp", 0.33)
         assert math.isfinite(last_float(r"Perplexity: ([\d.]+)", out))

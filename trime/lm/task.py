@@ -115,6 +115,12 @@ class TrimeLMTask(LanguageModelingTask):
                 "choose another folder (a datastore is never overwritten in place).")
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        if self.args.tokens_per_sample <= 0:  # fairseq-eval-lm subtracted --context-window from it
+            raise ValueError(
+                f"--tokens-per-sample must exceed --context-window: fairseq-eval-lm scores "
+                f"tokens-per-sample - context-window new tokens per segment (now "
+                f"{self.args.tokens_per_sample}), e.g. --tokens-per-sample 3072 --context-window "
+                f"2560 for 512 new tokens with 2,560 of context")
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
         monolingual = self.datasets[split]
         token_blocks = monolingual.dataset
