@@ -4,8 +4,8 @@ Runs the fork's own argument parser on each of its ``train_scripts/*.sh`` (the `
 Namespace its ``save_state`` stores) and builds its ``TransformerLanguageModel`` at a tiny
 size for each of its three released architectures: the state-dict keys and shapes, which
 keys share a tensor (the adaptive input / softmax ties), its version buffers, and the log-probabilities
-it gives a fixed token sequence with deterministic weights (``tiny_weights`` below, the same
-formula as ``tests/authors_format.py``). The tests read the result,
+it gives a fixed token sequence with deterministic weights (``tiny_weights`` below, which
+``tests/authors_format.py`` imports). The tests read the result,
 ``tests/data/authors_layout.json``; they never need the fork.
 
     git clone https://github.com/princeton-nlp/TRIME fork   # or: fetch it, then git archive
@@ -37,20 +37,20 @@ TINY_DIMS = {"decoder_layers": 2, "decoder_embed_dim": 16, "decoder_input_dim": 
 TOKENS = [2, 5, 9, 20, 7, 13, 4, 23, 11, 17, 6, 2]  # a line between two eos, as fairseq streams it
 
 
-def tiny_weights(state_dict, tied_groups):
-    """Deterministic values: tensor i (in state-dict order, the first key of each tie group, no
-    buffers) gets 0.5·sin(0.7·j + i) over its flat index j, rounded to fp16 (the checkpoint's
-    dtype)."""
+def tiny_weights(tensors, tied):
+    """Deterministic values for a state dict {key: shape}: tensor i (in state-dict order, the
+    first key of each tie group, no buffers) gets 0.5·sin(0.7·j + i) over its flat index j,
+    rounded to fp16 (the checkpoint's dtype); tied keys share one tensor, as the fork's tied
+    modules do. ``tests/authors_format.py`` writes checkpoints with these weights."""
     import torch
 
-    values, follower = {}, {k: group[0] for group in tied_groups for k in group[1:]}
-    i = 0
-    for key, tensor in state_dict.items():
-        if key in follower or not tensor.is_floating_point() or key.endswith(
-                ("_float_tensor", "version")):
+    follower = {k: group[0] for group in tied for k in group[1:]}
+    values, i = {}, 0
+    for key, shape in tensors.items():
+        if key in follower or key.endswith(("_float_tensor", "version")):
             continue
-        j = torch.arange(tensor.numel(), dtype=torch.float64)
-        values[key] = (0.5 * torch.sin(0.7 * j + i)).reshape(tensor.shape).half()
+        j = torch.arange(math.prod(shape), dtype=torch.float64)
+        values[key] = (0.5 * torch.sin(0.7 * j + i)).reshape(shape).half()
         i += 1
     for key, leader in follower.items():
         values[key] = values[leader]
@@ -89,11 +89,12 @@ def tiny_model(options, args, arch):
         setattr(tiny, key, value)
     model = TransformerLanguageModel.build_model(tiny, Task())
     state = model.state_dict()
+    tensors = {k: list(v.shape) for k, v in state.items()}
     by_pointer = {}
     for key, tensor in state.items():
         by_pointer.setdefault(tensor.data_ptr(), []).append(key)
     tied = [keys for keys in by_pointer.values() if len(keys) > 1]
-    weights = tiny_weights(state, tied)
+    weights = tiny_weights(tensors, tied)
     model.load_state_dict({k: weights.get(k, v) for k, v in state.items()})
     model.eval()
     tokens = torch.tensor([[t % size["vocab"] if t >= 4 else t for t in TOKENS]])
@@ -104,7 +105,7 @@ def tiny_model(options, args, arch):
     target_log_probs = log_probs.gather(-1, target[..., None])[0, :, 0]
     return {
         "vocab": size["vocab"], "overrides": overrides, "tokens": tokens[0].tolist(),
-        "tensors": {k: list(v.shape) for k, v in state.items()},
+        "tensors": tensors,
         # the version buffers' values (``_float_tensor`` buffers are uninitialised memory)
         "versions": {k: v.tolist() for k, v in state.items() if k.endswith("version")},
         "tied": tied,

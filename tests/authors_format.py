@@ -3,18 +3,27 @@
 ``tests/data/authors_layout.json`` (made by ``scripts/authors_layout.py`` from the fork's own
 argument parser and model) holds, for each released run, the ``args`` Namespace the fork saves
 and, for each architecture, its state-dict keys and shapes, its tied tensors and the
-log-probabilities its model gives ``tokens`` under the deterministic weights below. A
+log-probabilities its model gives ``tokens`` under the deterministic weights of
+``scripts/authors_layout.py``'s ``tiny_weights``. A
 checkpoint here is that Namespace (with the tiny sizes), fp16 tensors on storages tagged
 ``cuda:0`` (a GPU-trained model saved as is), the fork's ``optimizer_history`` and
 ``extra_state``, and no ``cfg``.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 from collections import OrderedDict
 
 import torch
+
+_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                       "authors_layout.py")
+_spec = importlib.util.spec_from_file_location("authors_layout", _SCRIPT)
+_layout_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_layout_script)
+tiny_weights = _layout_script.tiny_weights  # the weights the recorded log-probabilities are for
 
 LAYOUT = json.load(open(os.path.join(os.path.dirname(__file__), "data", "authors_layout.json")))
 RUNS = sorted(LAYOUT["runs"])
@@ -32,22 +41,6 @@ def _cuda_tag(storage):
 # checked before torch's own taggers (cpu: 10, cuda: 20); loading with a map_location never
 # reaches the deserializer
 torch.serialization.register_package(0, _cuda_tag, lambda storage, location: None)
-
-
-def tiny_weights(tensors, tied):
-    """0.5·sin(0.7·j + i) over the flat index j of tensor i (state-dict order, the first key of
-    each tie group, no buffers), in fp16: scripts/authors_layout.py's formula."""
-    follower = {k: group[0] for group in tied for k in group[1:]}
-    values, i = {}, 0
-    for key, shape in tensors.items():
-        if key in follower or key.endswith(("_float_tensor", "version")):
-            continue
-        j = torch.arange(int(torch.tensor(shape).prod()), dtype=torch.float64)
-        values[key] = (0.5 * torch.sin(0.7 * j + i)).reshape(shape).half()
-        i += 1
-    for key, leader in follower.items():
-        values[key] = values[leader]  # one tensor, as the fork's tied modules share it
-    return values
 
 
 def model_of(run):
