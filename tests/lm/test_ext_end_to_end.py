@@ -150,6 +150,36 @@ def test_knnlm_on_a_vanilla_model(trained):
     assert abs(rows[(0.2, 0.5)] - point) < 1e-4
 
 
+def test_knnlm_on_an_imported_knnlm_datastore_equals_the_native_one(trained, tmp_path):
+    """A datastore written as knnlm writes it (fp16 keys, int16 values, raw memmaps) with its
+    FAISS index (build_dstore.py's IVFPQ, ids = rows), imported by trime-import-dstore, gives
+    the same kNN-LM perplexity as trime's own datastore of the same keys with the same index."""
+    import shutil
+
+    from foreign_format import write_knnlm, write_knnlm_index
+
+    root = trained
+    native = tmp_path / "native"
+    _eval(root, "vanilla", "--save-dstore", native, split="train")
+    keys, values = np.load(native / "keys.npy"), np.load(native / "values.npy")
+    write_knnlm(str(tmp_path / "dstore"), keys, values, fp16=True)
+    write_knnlm_index(tmp_path / "knn.index", keys)  # their index, reused as is
+    _, out = run("trime-import-dstore", tmp_path / "imported", "--dict", root / "bin" / "dict.txt",
+                 "--dstore-filename", tmp_path / "dstore", "--dstore-size", len(values), "--dim",
+                 keys.shape[1], "--dstore-fp16", "--index", tmp_path / "knn.index", "--path",
+                 root / "vanilla" / "checkpoint_last.pt")
+    assert "evaluate with --knn-sim l2" in out
+    shutil.copyfile(tmp_path / "knn.index", native / "index.l2.faiss")
+    memory = ["--eval-memory", "ext", "--eval-scoring", "knnlm", "--knn-k", 32, "--knn-nprobe", 2]
+    for extra in ([], ["--knn-exact-scores"]):  # exact scores read the keys from knnlm's file
+        ours, _ = _eval(root, "vanilla", *memory, *extra, "--dstore", native)
+        imported, out = _eval(root, "vanilla", *memory, *extra, "--dstore", tmp_path / "imported")
+        assert "imported from knnlm" in out and math.isfinite(imported)
+        assert imported == ours
+    plain, _ = _eval(root, "vanilla")
+    assert imported != plain
+
+
 def test_tune_grid_points_equal_eval_lm(trained, trime_dstore):
     """trime-tune scores its grid from one pass; two of its points, run through fairseq-eval-lm."""
     import csv

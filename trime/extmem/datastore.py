@@ -11,6 +11,11 @@ A datastore is a folder with
 - ``meta.json``: N, d, dtypes, key type, dictionary size and checksum, the
   split, the model's fingerprint and the command that built it.
 
+A datastore imported from another toolkit (``trime-import-dstore``, ``trime.extmem.foreign``)
+may instead name, in ``meta["keys_file"]``, that toolkit's own headerless fp16 key file,
+read in place (no copy of keys that can take hundreds of GB); ``meta["imported"]`` says
+where it came from.
+
 Row i holds the token at offset i of the split's token stream, so every scored
 token appears exactly once. ``DatastoreWriter`` fills ``DIR.partial/`` and
 renames it to ``DIR`` only when every row has been written: an interrupted build
@@ -52,7 +57,7 @@ class DatastoreWriter:
     """
 
     def __init__(self, path: str, num_tokens: int, dim: int, meta: dict, progress: bool = True,
-                 key_type: str = KEY_TYPE):
+                 key_type: str = KEY_TYPE, keys_file: Optional[str] = None):
         self.path = os.path.abspath(path)
         self.partial = self.path + ".partial"
         if os.path.exists(self.path):
@@ -66,8 +71,13 @@ class DatastoreWriter:
         self.num_tokens, self.dim = int(num_tokens), int(dim)
         self.meta = dict(meta, format=FORMAT, num_tokens=self.num_tokens, dim=self.dim,
                          key_dtype="float16", value_dtype="int32", key_type=key_type)
-        self.keys = open_memmap(os.path.join(self.partial, KEYS_FILE), mode="w+",
-                                dtype=np.float16, shape=(self.num_tokens, self.dim))
+        if keys_file is None:
+            self.keys = open_memmap(os.path.join(self.partial, KEYS_FILE), mode="w+",
+                                    dtype=np.float16, shape=(self.num_tokens, self.dim))
+        else:  # the keys stay in another (headerless fp16) file: ``add`` takes keys=None
+            self.keys = None
+            self.meta.update(keys_file=os.path.abspath(keys_file), keys_offset=0)
+            _raw_keys(self.meta["keys_file"], self.num_tokens, self.dim, path)
         self.values = open_memmap(os.path.join(self.partial, VALUES_FILE), mode="w+",
                                   dtype=np.int32, shape=(self.num_tokens,))
         self.written = np.zeros(self.num_tokens, dtype=bool)
@@ -80,40 +90,44 @@ class DatastoreWriter:
             self.progress = tqdm(total=self.num_tokens, desc="datastore", unit="tok",
                                  unit_scale=True, mininterval=2.0)
 
-    def add(self, rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """rows [n] stream offsets; keys [n, d]; values [n] token ids."""
+    def add(self, rows: torch.Tensor, keys: Optional[torch.Tensor], values: torch.Tensor) -> None:
+        """rows [n] stream offsets; keys [n, d] (None when they stay in ``keys_file``); values
+        [n] token ids."""
         if self.complete:
             raise RuntimeError(f"datastore {self.path} is complete; nothing more can be added")
         rows = rows.detach().cpu().numpy().astype(np.int64)
         if len(rows) == 0:
             return
-        if keys.shape[-1] != self.dim:
+        if (keys is None) != (self.keys is None):
+            raise ValueError("keys must be given exactly when the datastore writes its own")
+        if keys is not None and keys.shape[-1] != self.dim:
             raise ValueError(f"keys of dimension {keys.shape[-1]} for a datastore of dimension {self.dim}")
         if rows.min() < 0 or rows.max() >= self.num_tokens:
             raise ValueError(f"token offsets {rows.min()}..{rows.max()} outside the split's "
                              f"{self.num_tokens} tokens")
-        keys = keys.detach().to("cpu", torch.float16).numpy()
         values = values.detach().cpu().numpy().astype(np.int32)
         order = np.argsort(rows, kind="stable")
-        rows, keys, values = rows[order], keys[order], values[order]
+        rows, values = rows[order], values[order]
+        if keys is not None:
+            keys = keys.detach().to("cpu", torch.float16).numpy()[order]
         if self.written[rows].any() or (np.diff(rows) == 0).any():
             raise RuntimeError("a token was scored twice while saving the datastore; every token "
                                "of the split must be scored exactly once, in one process")
         if rows[-1] - rows[0] + 1 == len(rows):  # a contiguous run (stream order): one copy
-            self.keys[rows[0]:rows[-1] + 1] = keys
-            self.values[rows[0]:rows[-1] + 1] = values
-        else:
+            rows = slice(rows[0], rows[-1] + 1)
+        if keys is not None:
             self.keys[rows] = keys
-            self.values[rows] = values
+        self.values[rows] = values
         self.written[rows] = True
-        self.count += len(rows)
+        self.count += len(values)
         if self.progress is not None:
-            self.progress.update(len(rows))
+            self.progress.update(len(values))
         if self.count == self.num_tokens:
             self._finish()
 
     def _finish(self) -> None:
-        self.keys.flush()
+        if self.keys is not None:
+            self.keys.flush()
         self.values.flush()
         del self.keys, self.values
         self.meta["values_checksum"] = stream_checksum(
@@ -125,6 +139,20 @@ class DatastoreWriter:
         if self.progress is not None:
             self.progress.close()
         logger.info(f"TRIME: datastore of {self.num_tokens} keys (d = {self.dim}) saved to {self.path}")
+
+
+def _raw_keys(keys_file: str, num_tokens: int, dim: int, datastore: str, offset: int = 0):
+    """The headerless fp16 [num_tokens, dim] key file another toolkit wrote, memory-mapped."""
+    expected = offset + num_tokens * dim * 2
+    if not os.path.isfile(keys_file):
+        raise FileNotFoundError(f"datastore {datastore} reads its keys from {keys_file}, which is "
+                                "gone: put it back, or import the datastore again (trime-import-"
+                                "dstore ... --keys copy makes a folder that needs no other file)")
+    if os.path.getsize(keys_file) != expected:
+        raise ValueError(f"{keys_file} holds {os.path.getsize(keys_file):,} bytes, {expected:,} "
+                         f"expected for {num_tokens:,} fp16 keys of dimension {dim}: it is not "
+                         f"the key file datastore {datastore} was made from. Import it again.")
+    return np.memmap(keys_file, dtype=np.float16, mode="r", shape=(num_tokens, dim), offset=offset)
 
 
 class Datastore:
@@ -162,8 +190,13 @@ class Datastore:
         if meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path} is not a {FORMAT} datastore (format = {meta.get('format')!r})")
         num_tokens, stored_dim = int(meta["num_tokens"]), int(meta["dim"])
+        keys = None
+        if meta.get("keys_file"):  # imported: another toolkit's key file, its errors say so
+            keys = _raw_keys(meta["keys_file"], num_tokens, stored_dim, path,
+                             int(meta.get("keys_offset", 0)))
         try:
-            keys = np.load(os.path.join(path, KEYS_FILE), mmap_mode="r")
+            if keys is None:
+                keys = np.load(os.path.join(path, KEYS_FILE), mmap_mode="r")
             values = np.load(os.path.join(path, VALUES_FILE), mmap_mode="r")
         except (ValueError, OSError) as error:
             raise ValueError(f"datastore {path} is damaged (truncated or missing key/value file: "

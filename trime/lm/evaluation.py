@@ -45,7 +45,11 @@ class SplitEvaluation:
         if retriever is not None:
             datastore = retriever.datastore
             exclude_own_tokens = datastore.meta.get("values_checksum") == stream_checksum(stream_tokens)
-            if datastore.meta.get("model_fingerprint") != fingerprint:
+            if "imported" in datastore.meta:
+                logger.info(f"TRIME: the datastore {datastore.path} was imported from "
+                            f"{datastore.meta['imported']['format']}: trime cannot check that its "
+                            "keys come from this checkpoint")
+            elif datastore.meta.get("model_fingerprint") != fingerprint:
                 logger.warning(f"TRIME: the datastore {datastore.path} was built with other model "
                                "weights than this checkpoint: its keys live in another space "
                                "unless that is intended (rebuild it with --save-dstore)")
