@@ -94,3 +94,29 @@ def write_checkpoint(path, run, args=None):
     finally:
         _tag_as_cuda = False
     return path
+
+
+def _words(tokens):
+    """Token ids (after the 4 specials) as the words w{id-4} of fairseq_utils.write_dictionary."""
+    return " ".join(f"w{t - 4}" for t in tokens)
+
+
+def authors_data(root, run_name):
+    """A data-bin whose dictionary has the run's tiny vocabulary; test = the recorded line.
+    Returns (data folder, dictionary)."""
+    from console import run
+    from fairseq_utils import write_dictionary
+
+    model = model_of(run_name)
+    dictionary = write_dictionary(root / "dict", num_words=model["vocab"] - 4)
+    line = _words(model["tokens"][1:-1])  # the recorded tokens: eos, the line, eos
+    raw = root / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    words = [f"w{i}" for i in range(model["vocab"] - 4)]
+    (raw / "train.txt").write_text("\n".join(" ".join(words[i:] + words[:i]) for i in range(8)) + "\n")
+    (raw / "valid.txt").write_text(line + "\n" + " ".join(reversed(words)) + "\n")
+    (raw / "test.txt").write_text(line + "\n")
+    run("fairseq-preprocess", "--only-source", "--srcdict", root / "dict" / "dict.txt",
+        "--trainpref", raw / "train.txt", "--validpref", raw / "valid.txt",
+        "--testpref", raw / "test.txt", "--destdir", root / "bin", "--workers", 1)
+    return root / "bin", dictionary

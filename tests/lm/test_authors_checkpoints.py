@@ -13,9 +13,9 @@ import torch
 
 pytest.importorskip("fairseq")
 
-from authors_format import LAYOUT, RUNS, authors_args, model_of, write_checkpoint  # noqa: E402
+from authors_format import (LAYOUT, RUNS, authors_args, authors_data, model_of,  # noqa: E402
+                            write_checkpoint)
 from console import USER_DIR, last_float, run  # noqa: E402
-from fairseq_utils import write_dictionary  # noqa: E402
 from naive import adaptive_vocab_scores, eq6_distribution  # noqa: E402
 
 ARCH_FIELDS = ("decoder_layers", "decoder_embed_dim", "decoder_ffn_embed_dim",
@@ -23,28 +23,6 @@ ARCH_FIELDS = ("decoder_layers", "decoder_embed_dim", "decoder_ffn_embed_dim",
                "attention_dropout", "activation_dropout", "no_decoder_final_norm",
                "decoder_normalize_before")
 ONE_PER_ARCH = {LAYOUT["runs"][r]["arch"]: r for r in RUNS}
-
-
-def _words(tokens):
-    """Token ids (after the 4 specials) as the words w{id-4} of fairseq_utils.write_dictionary."""
-    return " ".join(f"w{t - 4}" for t in tokens)
-
-
-def _data(root, run_name):
-    """A data-bin whose dictionary has the run's tiny vocabulary; test = the recorded line."""
-    model = model_of(run_name)
-    dictionary = write_dictionary(root / "dict", num_words=model["vocab"] - 4)
-    line = _words(model["tokens"][1:-1])  # the recorded tokens: eos, the line, eos
-    raw = root / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    words = [f"w{i}" for i in range(model["vocab"] - 4)]
-    (raw / "train.txt").write_text("\n".join(" ".join(words[i:] + words[:i]) for i in range(8)) + "\n")
-    (raw / "valid.txt").write_text(line + "\n" + " ".join(reversed(words)) + "\n")
-    (raw / "test.txt").write_text(line + "\n")
-    run("fairseq-preprocess", "--only-source", "--srcdict", root / "dict" / "dict.txt",
-        "--trainpref", raw / "train.txt", "--validpref", raw / "valid.txt",
-        "--testpref", raw / "test.txt", "--destdir", root / "bin", "--workers", 1)
-    return root / "bin", dictionary
 
 
 def _load(data, checkpoint, extra=()):
@@ -82,7 +60,7 @@ def test_a_checkpoint_of_the_fork_is_the_forks_function(tmp_path, arch):
     from trime.glue.options import EvalSettings
 
     run_name = ONE_PER_ARCH[arch]
-    data, dictionary = _data(tmp_path, run_name)
+    data, dictionary = authors_data(tmp_path, run_name)
     checkpoint = write_checkpoint(tmp_path / "checkpoint_best.pt", run_name)
     with pytest.raises(RuntimeError, match="CUDA"):  # tagged cuda:0, as a GPU-trained model
         torch.load(checkpoint, weights_only=False)
@@ -112,7 +90,7 @@ def test_a_checkpoint_of_the_fork_is_the_forks_function(tmp_path, arch):
 
 
 def test_the_forks_unreleased_architectures_and_training_criteria_say_what_to_do(tmp_path):
-    data, _ = _data(tmp_path, "wiki103-150M-trime")
+    data, _ = authors_data(tmp_path, "wiki103-150M-trime")
     args = authors_args("wiki103-150M-trime")
     args.arch = "transformer_lm_wiki103_small"
     checkpoint = write_checkpoint(tmp_path / "small.pt", "wiki103-150M-trime", args)
@@ -138,7 +116,7 @@ def test_the_forks_unreleased_architectures_and_training_criteria_say_what_to_do
 def test_fairseq_eval_lm_scores_every_released_run_with_every_memory(tmp_path, run_name):
     """fairseq-eval-lm --task trime_lm --path <the fork's checkpoint> with none (the fork's own
     numbers), local, local,long and, for the external-memory run, ext."""
-    data, _ = _data(tmp_path, run_name)
+    data, _ = authors_data(tmp_path, run_name)
     checkpoint = write_checkpoint(tmp_path / "checkpoint_best.pt", run_name)
     recorded = model_of(run_name)["target_log_probs"]
     length = len(recorded)  # the test split is the recorded line: one segment

@@ -14,28 +14,14 @@ import argparse
 import logging
 import os
 import tarfile
-import urllib.request
 
 from trime.cli.parsing import HelpFormatter
+from trime.download import download
 from trime.errors import console_script
 
 URL = "http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz"
 
 logger = logging.getLogger("trime.prepare_iwslt14")
-
-
-def download(url, path):
-    """``url`` to ``path`` through ``path.partial`` (a cut download never passes for the archive)."""
-    from tqdm import tqdm
-
-    partial = path + ".partial"
-    with urllib.request.urlopen(url) as response, open(partial, "wb") as out:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(path)) as bar:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                bar.update(len(chunk))
-    os.replace(partial, path)
 
 
 @console_script

@@ -8,6 +8,9 @@ table.json (rows, tuned values, every command with its wall time, commit, machin
 and orderings.md: the paper's orderings checked on every table written so far.
 
     trime-repro table10 path/to/wikitext-2 --work runs/repro --out results
+
+`trime-repro authors NAME DATA` evaluates one of the authors' released models instead
+(docs/authors-checkpoints.md; `trime-repro authors --help`).
 """
 
 import argparse
@@ -19,8 +22,52 @@ from trime.cli.parsing import HelpFormatter
 from trime.errors import console_script, one_line
 
 
+def authors_main(argv):
+    """`trime-repro authors NAME DATA`: a released model, downloaded and evaluated as documented."""
+    from trime.repro.authors import RELEASED, URL, reproduce
+    from trime.repro.runner import Runner, StepMismatch
+
+    parser = argparse.ArgumentParser(
+        prog="trime-repro authors",
+        description="Download one of the TRIME authors' released language models, evaluate it on "
+                    "dev and test as docs/authors-checkpoints.md documents (their context windows, "
+                    "memory sizes and temperatures), and write OUT/table.md and table.json with "
+                    "their published numbers beside. Every finished step is skipped on a rerun; a "
+                    "cut download resumes.",
+        epilog="example:\n  trime-repro authors wiki103-150M-trime data-bin/wikitext-103 --device cuda",
+        formatter_class=HelpFormatter)
+    parser.add_argument("name", choices=sorted(RELEASED), help="the released model")
+    parser.add_argument("data", help="the binarised corpus it was trained on (data-bin/wikitext-103 "
+                                     "or data-bin/enwik8, with dict.txt)")
+    parser.add_argument("--zip", default=None, metavar="PATH_OR_URL",
+                        help=f"the model's zip: a local file, or a URL (default: {URL})")
+    parser.add_argument("--sha256", default=None,
+                        help="refuse a zip whose SHA-256 differs (each member's CRC-32 is always "
+                             "checked; the SHA-256 is recorded in table.json)")
+    parser.add_argument("--work", default="runs/authors",
+                        help="downloads, unpacked models, datastores, logs and step records")
+    parser.add_argument("--out", default=None, help="where table.md / table.json go (default: "
+                                                    "results/authors/NAME)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda evaluates in fp16 (the 247M models on CPU take days)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the steps in this process (tests)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args(argv)
+    runner = None if args.dry_run else Runner(args.work, in_process=args.in_process)
+    try:
+        print(reproduce(args.name, args.data, args.work, args.out or os.path.join(
+            "results", "authors", args.name), runner, args.zip, args.device, args.sha256,
+            args.dry_run))
+    except (FileNotFoundError, StepMismatch) as error:
+        parser.exit(2, one_line(error, parser.prog) + "\n")
+
+
 @console_script
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["authors"]:
+        return authors_main(argv[1:])
     from trime.repro.recipes import PRESETS, Recipes, with_overrides
     from trime.repro.runner import Runner, StepMismatch
     from trime.repro.orderings import write_orderings

@@ -291,7 +291,7 @@ TABLES = {"table10": table10, "table7": table7, "table11": table11, "table12": t
 PLOTS = {"table14": plot_table14, "table15": plot_table15, "figure3": plot_figure3}
 
 
-def _commit() -> str:
+def commit_id() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=os.path.dirname(trime.USER_DIR), check=True).stdout.strip()
@@ -299,7 +299,7 @@ def _commit() -> str:
         return "unknown"
 
 
-def _machine(device) -> str:
+def machine_description(device) -> str:
     text = f"{platform.machine()}, {os.cpu_count()} CPU cores"
     if device == "cuda":
         import torch
@@ -313,7 +313,7 @@ def write_table(table: str, rows, recipes, out_dir: str, started: float) -> str:
     os.makedirs(out_dir, exist_ok=True)
     steps = {name: {"command": r["command"], "seconds": r.get("seconds")}
              for name, r in recipes.runner.records.items()}
-    report = {"table": table, "commit": _commit(), "machine": _machine(recipes.budget.device),
+    report = {"table": table, "commit": commit_id(), "machine": machine_description(recipes.budget.device),
               "budget": recipes.budget.describe(), "data": recipes.splits,
               "wall_seconds_this_invocation": round(time.time() - started, 1), "rows": rows,
               "steps": steps}

@@ -1,0 +1,228 @@
+"""`trime-repro authors NAME DATA`: one of the TRIME authors' released language models, downloaded,
+evaluated on dev and test as ``docs/authors-checkpoints.md`` documents, beside their numbers.
+
+Every released model's settings (their README, ``run_pretrained_models.md``) are in ``RELEASED``;
+``eval_argv`` turns them into the ``fairseq-eval-lm`` command of the docs. The steps (download,
+unpack, for TrimeLM_ext the training-set datastore and its index, then dev and test) run through
+``trime.repro.runner.Runner``, so a rerun skips what is done and a cut download resumes.
+"""
+
+import json
+import os
+import shlex
+import time
+import zipfile
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from trime.repro.recipes import LOSS
+
+URL = "https://nlp.cs.princeton.edu/projects/trime/pretrained_models/{name}.zip"
+CHECKPOINT = "checkpoint_best.pt"
+
+
+@dataclass(frozen=True)
+class Released:
+    """A released model and how the authors evaluated it (published dev / test: their README)."""
+
+    corpus: str                    # wikitext-103 (perplexity) or enwik8 (bits per byte)
+    published_dev: float
+    published_test: float
+    tokens_per_sample: int         # the checkpoint's L; scored windows = L - context window
+    context_window: int
+    memory_temp: float             # τ
+    long_memory_size: int = 0      # 0: local memory only
+    break_mode_complete: bool = False
+    knn: Tuple[str, ...] = ()      # TrimeLM_ext: its datastore, index and interpolation
+
+    @property
+    def unit(self) -> str:
+        return "bpc" if self.corpus == "enwik8" else "ppl"
+
+    @property
+    def eval_memory(self) -> str:
+        return "local" + (",long" if self.long_memory_size else "") + (",ext" if self.knn else "")
+
+
+EXT_INDEX = ("--metric", "ip", "--nlist", "4096", "--pq-m", "64", "--pq-bits", "8",
+             "--train-size", "1000000")
+RELEASED = {
+    "wiki103-247M-trime": Released("wikitext-103", 17.10, 17.76, 3072, 2560, 1.17,
+                                   break_mode_complete=True),
+    "wiki103-247M-trime_long": Released("wikitext-103", 17.01, 17.64, 3072, 2560, 1.22, 12288,
+                                        break_mode_complete=True),
+    # their interp temp 10.5 divides raw inner products; trime's sim has 1/√d: 10.5/√1024 ≈ 0.33
+    "wiki103-247M-trime_ext": Released("wikitext-103", 15.54, 15.46, 3072, 2560, 1.25, 12288,
+                                       break_mode_complete=True,
+                                       knn=("--knn-k", "1024", "--knn-nprobe", "32",
+                                            "--knn-lambda", "0.3", "--knn-temp", "0.33")),
+    "wiki103-150M-trime": Released("wikitext-103", 24.45, 25.61, 150, 86, 1.03),
+    "wiki103-150M-trime_long": Released("wikitext-103", 21.76, 22.62, 150, 86, 1.07, 15000),
+    "enwik8-38M-trime": Released("enwik8", 1.14, 1.12, 512, 432, 1.05),
+    "enwik8-38M-trime_long": Released("enwik8", 1.08, 1.05, 512, 432, 1.10, 24576),
+}
+
+
+def window_options(model: Released):
+    return (["--tokens-per-sample", model.tokens_per_sample, "--context-window", model.context_window]
+            + (["--sample-break-mode", "complete"] if model.break_mode_complete else []))
+
+
+def eval_argv(model: Released, checkpoint: str, data: str, split: str, device: str = "cpu",
+              dstore: Optional[str] = None):
+    """The documented ``fairseq-eval-lm`` command of a released model on ``split``."""
+    import trime
+
+    argv = ["fairseq-eval-lm", data, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
+            "--batch-size", 1, "--gen-subset", split, "--path", checkpoint, *window_options(model),
+            "--eval-memory", model.eval_memory]
+    if model.long_memory_size:
+        argv += ["--long-memory-size", model.long_memory_size]
+    argv += ["--memory-temp", model.memory_temp]
+    if model.knn:
+        argv += ["--dstore", dstore, *model.knn]
+    argv += ["--cpu"] if device == "cpu" else ["--fp16"]
+    return [str(a) for a in argv]
+
+
+def dstore_argv(model: Released, checkpoint: str, data: str, dstore: str, device: str = "cpu"):
+    """TrimeLM_ext's datastore: the training set saved with their context window."""
+    import trime
+
+    return [str(a) for a in [
+        "fairseq-eval-lm", data, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
+        "--path", checkpoint, "--gen-subset", "train", *window_options(model)[:4],
+        "--save-dstore", dstore, *(["--cpu"] if device == "cpu" else ["--fp16"])]]
+
+
+def check_data(data: str, model: Released, splits) -> None:
+    """DATA must be the binarised corpus the model was trained on."""
+    prepare = ("fairseq's examples/language_model/prepare-wikitext-103.sh, then fairseq-preprocess "
+               "--only-source as its README says" if model.corpus == "wikitext-103" else
+               "the standard prep_enwik8.py split (one decimal symbol per byte), then "
+               "fairseq-preprocess --only-source")
+    missing = [name for name in ["dict.txt"] + [f"{s}.bin" for s in splits]
+               if not os.path.isfile(os.path.join(data, name))]
+    if missing:
+        raise FileNotFoundError(f"{data} lacks {', '.join(missing)}: give the binarised {model.corpus} "
+                                f"folder ({prepare})")
+
+
+def unpack(zip_path: str, folder: str) -> str:
+    """The checkpoint of a released zip, unpacked into ``folder`` (``folder.partial`` first, every
+    member's CRC-32 checked); returns its path."""
+    from trime.download import check_free_space
+
+    if not os.path.isdir(folder):
+        try:
+            archive = zipfile.ZipFile(zip_path)
+        except zipfile.BadZipFile as error:
+            raise ValueError(f"{zip_path} is not a zip archive ({error}): delete it and run again "
+                             "to download it anew") from error
+        with archive:
+            names = [n for n in archive.namelist() if os.path.basename(n) == CHECKPOINT]
+            if not names:
+                raise ValueError(f"{zip_path} holds no {CHECKPOINT}: not a released TRIME model")
+            check_free_space(os.path.dirname(os.path.abspath(folder)),
+                             sum(i.file_size for i in archive.infolist()), f"unpacking {zip_path}")
+            bad = archive.testzip()
+            if bad is not None:
+                raise ValueError(f"{zip_path}: {bad} fails its CRC-32 check (a damaged download): "
+                                 "delete the zip and run again")
+            partial = folder + ".partial"
+            archive.extractall(partial)
+        os.replace(partial, folder)
+    found = [os.path.join(root, CHECKPOINT) for root, _, files in os.walk(folder) if CHECKPOINT in files]
+    return sorted(found)[0]
+
+
+def score(log_text: str, unit: str) -> float:
+    """Perplexity (2 ** loss) or bits per byte (the loss in base 2) of a fairseq-eval-lm log."""
+    losses = LOSS.findall(log_text)
+    if not losses:
+        raise ValueError("fairseq-eval-lm printed no 'Loss (base 2)' line")
+    loss = float(losses[-1])
+    return loss if unit == "bpc" else 2 ** loss
+
+
+def reproduce(name: str, data: str, work: str, out: str, runner, archive: Optional[str] = None,
+              device: str = "cpu", sha256: Optional[str] = None, dry_run: bool = False,
+              echo=print) -> str:
+    """Evaluate released model ``name`` on dev and test; writes OUT/table.{md,json}; returns the
+    markdown. ``archive``: a local zip or URL (default: the authors' URL)."""
+    from trime.download import download, sha256 as file_sha256
+
+    model = RELEASED[name]
+    source = archive or URL.format(name=name)
+    local = os.path.isfile(source)
+    zip_path = source if local else os.path.join(work, f"{name}.zip")
+    folder = os.path.join(work, name)
+    dstore = os.path.join(work, f"{name}-dstore")
+    if dry_run:
+        lines = [f"# unpack {source} into {folder}" if local else
+                 f"# download {source} -> {zip_path} (resumable), unpack into {folder}"]
+        steps = evaluation_steps(name, model, os.path.join(folder, name, CHECKPOINT), data, dstore,
+                                 device)
+        return "\n".join(lines + [shlex.join(step["argv"]) for step in steps])
+
+    check_data(data, model, ["valid", "test"] + (["train"] if model.knn else []))
+    started = time.time()
+    if not local and not os.path.isdir(folder) and not os.path.isfile(zip_path):
+        echo(f"== download: {source} -> {zip_path}")
+        download(source, zip_path)
+    if sha256 and file_sha256(zip_path) != sha256.lower():
+        raise ValueError(f"{zip_path} has SHA-256 {file_sha256(zip_path)}, not the {sha256} "
+                         "given: delete it and run again to download it anew")
+    checkpoint = unpack(zip_path, folder)
+    results = {}
+    for step in evaluation_steps(name, model, checkpoint, data, dstore, device):
+        runner.run(step["name"], step["argv"], done_if=step.get("done_if", ()))
+        if "split" in step:
+            results[step["split"]] = score(runner.log_text(step["name"]), model.unit)
+    return write_report(name, model, results, runner, out, source, zip_path, started, device)
+
+
+def evaluation_steps(name: str, model: Released, checkpoint: str, data: str, dstore: str,
+                     device: str):
+    """The runner steps after unpacking: TrimeLM_ext's datastore and index, then dev and test."""
+    steps = []
+    if model.knn:
+        steps += [{"name": f"{name}-datastore", "done_if": [os.path.join(dstore, "meta.json")],
+                   "argv": dstore_argv(model, checkpoint, data, dstore, device)},
+                  {"name": f"{name}-index", "argv": ["trime-build-index", dstore, *EXT_INDEX],
+                   "done_if": [os.path.join(dstore, "index.ip.faiss")]}]
+    return steps + [{"name": f"{name}-{split}", "split": split,
+                     "argv": eval_argv(model, checkpoint, data, split, device, dstore)}
+                    for split in ("valid", "test")]
+
+
+def write_report(name, model: Released, results, runner, out: str, source, zip_path, started,
+                 device) -> str:
+    from trime.download import sha256 as file_sha256
+    from trime.repro.tables import commit_id, machine_description
+
+    os.makedirs(out, exist_ok=True)
+    unit = model.unit
+    rows = {split: {unit: round(results[split], 4),
+                    "published": model.published_dev if split == "valid" else model.published_test}
+            for split in ("valid", "test")}
+    report = {"model": name, "source": source if "://" in source else os.path.basename(source),
+              "zip_sha256": file_sha256(zip_path) if os.path.isfile(zip_path) else None,
+              "commit": commit_id(), "machine": machine_description(device),
+              "wall_seconds_this_invocation": round(time.time() - started, 1), "rows": rows,
+              "steps": {step: {"command": [os.path.basename(a) if os.path.isabs(a) else a
+                                           for a in record["command"]],
+                               "seconds": record.get("seconds")}
+                        for step, record in runner.records.items()}}
+    with open(os.path.join(out, "table.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    lines = [f"# {name}: trime's evaluation beside the authors' published numbers", "",
+             f"| split | trime {unit} | published {unit} |", "|---|---|---|"]
+    lines += [f"| {'dev' if split == 'valid' else 'test'} | {row[unit]:.2f} | {row['published']:.2f} |"
+              for split, row in rows.items()]
+    lines += ["", "Settings as in docs/authors-checkpoints.md (where trime and their code differ: "
+              "see its last section). Commands and wall times: table.json."]
+    markdown = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(markdown)
+    return markdown
