@@ -120,3 +120,67 @@ def authors_data(root, run_name):
         "--trainpref", raw / "train.txt", "--validpref", raw / "valid.txt",
         "--testpref", raw / "test.txt", "--destdir", root / "bin", "--workers", 1)
     return root / "bin", dictionary
+
+
+# --- the authors' translation fork (fairseq 0.10.1), tests/data/authors_mt_layout.json ---
+
+MT_LAYOUT = json.load(open(os.path.join(os.path.dirname(__file__), "data", "authors_mt_layout.json")))
+MT_MODEL = MT_LAYOUT["models"]["transformer_iwslt_de_en"]
+
+
+def write_mt_checkpoint(path, run, data):
+    """A checkpoint of ``run`` ("iwslt14-trime" / "iwslt14-vanilla") as the MT fork saves it: the
+    ``args`` Namespace (no ``cfg``), fp32 tensors on CPU storages (its save_state moves every
+    tensor to the CPU as fp32), the tied embedding and output projection as two copies."""
+    fields = dict(MT_LAYOUT["runs"][run], **MT_MODEL["overrides"], data=str(data))
+    values = tiny_weights(MT_MODEL["tensors"], MT_MODEL["tied"])
+    state = OrderedDict()
+    for key, shape in MT_MODEL["tensors"].items():
+        if key in values:
+            state[key] = values[key].float().clone()
+        elif key in MT_MODEL["versions"]:
+            state[key] = torch.tensor(MT_MODEL["versions"][key])
+        else:  # _float_tensor buffers
+            state[key] = torch.zeros(shape)
+    torch.save({
+        "args": argparse.Namespace(**fields), "model": state,
+        "optimizer_history": [{"criterion_name": MT_LAYOUT["checkpoint"]["criterion_name"][run],
+                               "optimizer_name": "FairseqAdam",
+                               "lr_scheduler_state": {"best": 33.1}, "num_updates": 1000}],
+        "extra_state": {"train_iterator": {"version": 2, "epoch": 51, "iterations_in_epoch": 0,
+                                           "shuffle": True},
+                        "val_loss": 33.1, "best": 33.1, "metrics": {}, "previous_training_time": 1.0},
+        "last_optimizer_state": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0]}]},
+    }, path)
+    return path
+
+
+def authors_mt_data(root, train_pairs=80):
+    """A de-en data-bin whose dictionaries have the tiny model's vocabularies: valid and test
+    hold the recorded pair; train has ``train_pairs`` random pairs (enough target tokens for
+    an IVFPQ index with 8-bit codes)."""
+    import random
+
+    from console import run
+
+    raw = root / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "dict.de.txt").write_text("".join(f"de{n} 1\n" for n in range(MT_MODEL["source_vocab"] - 4)))
+    (raw / "dict.en.txt").write_text("".join(f"en{n} 1\n" for n in range(MT_MODEL["target_vocab"] - 4)))
+    recorded = (" ".join(f"de{t - 4}" for t in MT_MODEL["source"][:-1]),
+                " ".join(f"en{t - 4}" for t in MT_MODEL["target"][:-1]))
+    rng = random.Random(0)
+    pairs = {"train": [tuple(" ".join(f"{lang}{rng.randrange(vocab - 4)}"
+                                      for _ in range(rng.randint(3, 8)))
+                             for lang, vocab in (("de", MT_MODEL["source_vocab"]),
+                                                 ("en", MT_MODEL["target_vocab"])))
+                       for _ in range(train_pairs)],
+             "valid": [recorded, ("de1 de2 de3", "en1 en2")],
+             "test": [recorded, ("de7 de8 de9 de10", "en5 en6 en7")]}
+    for split, lines in pairs.items():
+        for side, lang in enumerate(("de", "en")):
+            (raw / f"{split}.{lang}").write_text("\n".join(pair[side] for pair in lines) + "\n")
+    run("fairseq-preprocess", "-s", "de", "-t", "en", "--srcdict", raw / "dict.de.txt",
+        "--tgtdict", raw / "dict.en.txt", "--trainpref", raw / "train", "--validpref",
+        raw / "valid", "--testpref", raw / "test", "--destdir", root / "bin", "--workers", 1)
+    return root / "bin"

@@ -99,11 +99,12 @@ def main(argv=None):
     parser.add_argument("--dstore-fp16", action="store_true",
                         help="the datastore was saved with --dstore-fp16 (fp16 keys; knnlm: "
                              "int16 values)")
-    parser.add_argument("--index", default=None, metavar="FILE",
+    parser.add_argument("--index", action="append", default=[], metavar="FILE",
                         help="their trained FAISS index over these keys (knnlm's knn.index, "
                              "knn_index_ip / knn_index_l2, keys.faiss_index): hard-linked (or "
                              "copied) into OUT instead of training a new one with "
-                             "trime-build-index; its metric becomes the --knn-sim to evaluate with")
+                             "trime-build-index; its metric becomes the --knn-sim to evaluate with. "
+                             "Repeat it for an inner-product and an L2 index")
     parser.add_argument("--keys", choices=("auto", "copy", "link"), default="auto",
                         help="copy = fp16 keys inside OUT (a self-contained folder); link = OUT "
                              "reads their fp16 key file in place (no second copy of the keys, "
@@ -177,15 +178,18 @@ def main(argv=None):
             raise ValueError(f"{source.keys_file} holds keys of dimension {source.dim}, the model "
                              f"{args.path} has {key_type} keys of dimension {model_dim}: the "
                              "datastore was built with another model")
-    metric = foreign.check_index(args.index, len(source), source.dim) if args.index else None
+    metrics = [foreign.check_index(index, len(source), source.dim) for index in args.index]
+    if len(set(metrics)) < len(metrics):
+        parser.error(f"two --index files search the same metric ({', '.join(metrics)}): give one "
+                     "per metric")
     logger.info(f"{fmt} datastore {args.dstore_filename}: {len(source):,} keys of dimension "
                 f"{source.dim} ({source.keys.dtype.name}), values {source.values.dtype.name}")
     path = foreign.import_datastore(source, args.out, meta, key_type, args.keys,
                                     progress=not args.no_progress_bar)
-    if args.index:
-        foreign.place_index(args.index, path)
-        logger.info(f"their index {args.index} placed in {path}: evaluate with --knn-sim {metric}")
-    else:
+    for index, metric in zip(args.index, metrics):
+        foreign.place_index(index, path)
+        logger.info(f"their index {index} placed in {path}: evaluate with --knn-sim {metric}")
+    if not args.index:
         logger.info(f"no --index: build one with `trime-build-index {path} --metric ip` (or l2)")
     print(path)
 
