@@ -57,6 +57,21 @@ def tiny_weights(tensors, tied):
     return values
 
 
+def load_tiny_weights(model):
+    """Give a model built by the fork its ``tiny_weights``; returns ({key: shape} in state-dict
+    order, the groups of keys that share one tensor, the state dict)."""
+    state = model.state_dict()
+    tensors = {k: list(v.shape) for k, v in state.items()}
+    by_pointer = {}
+    for key, tensor in state.items():
+        by_pointer.setdefault(tensor.data_ptr(), []).append(key)
+    tied = [keys for keys in by_pointer.values() if len(keys) > 1]
+    weights = tiny_weights(tensors, tied)
+    model.load_state_dict({k: weights.get(k, v) for k, v in state.items()})
+    model.eval()
+    return tensors, tied, state
+
+
 def parse_script(options, path):
     words = shlex.split(open(path).read().replace("\\\n", " "), comments=True)
     argv = words[words.index("train.py") + 1:]
@@ -88,15 +103,7 @@ def tiny_model(options, args, arch):
     for key, value in overrides.items():
         setattr(tiny, key, value)
     model = TransformerLanguageModel.build_model(tiny, Task())
-    state = model.state_dict()
-    tensors = {k: list(v.shape) for k, v in state.items()}
-    by_pointer = {}
-    for key, tensor in state.items():
-        by_pointer.setdefault(tensor.data_ptr(), []).append(key)
-    tied = [keys for keys in by_pointer.values() if len(keys) > 1]
-    weights = tiny_weights(tensors, tied)
-    model.load_state_dict({k: weights.get(k, v) for k, v in state.items()})
-    model.eval()
+    tensors, tied, state = load_tiny_weights(model)
     tokens = torch.tensor([[t % size["vocab"] if t >= 4 else t for t in TOKENS]])
     source, target = tokens[:, :-1], tokens[:, 1:]
     with torch.no_grad():

@@ -35,7 +35,7 @@ import types
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from authors_layout import tiny_weights  # noqa: E402  the weights the recorded outputs are for
+from authors_layout import load_tiny_weights  # noqa: E402  the weights the recorded outputs are for
 
 ARCH = "transformer_iwslt_de_en"
 TINY_DIMS = {"encoder_layers": 2, "decoder_layers": 2, "encoder_embed_dim": 16,
@@ -194,15 +194,7 @@ def tiny_model(args):
     for key, value in TINY_DIMS.items():
         setattr(tiny, key, value)
     model = TransformerModel.build_model(tiny, Task())
-    state = model.state_dict()
-    tensors = {k: list(v.shape) for k, v in state.items()}
-    by_pointer = {}
-    for key, tensor in state.items():
-        by_pointer.setdefault(tensor.data_ptr(), []).append(key)
-    tied = [keys for keys in by_pointer.values() if len(keys) > 1]
-    weights = tiny_weights(tensors, tied)
-    model.load_state_dict({k: weights.get(k, v) for k, v in state.items()})
-    model.eval()
+    tensors, tied, state = load_tiny_weights(model)
     source = torch.tensor([SOURCE])
     target = torch.tensor([TARGET])
     previous = torch.tensor([[Task.target_dictionary.eos()] + TARGET[:-1]])
