@@ -15,7 +15,8 @@ pytest.importorskip("fairseq")
 
 from authors_format import authors_args, authors_data, write_checkpoint  # noqa: E402
 from console import last_float, run  # noqa: E402
-from trime.repro.authors import RELEASED, eval_argv, score, unpack  # noqa: E402
+from trime.repro.authors import (MT_DECODE, RELEASED, RELEASED_MT, eval_argv, score,  # noqa: E402
+                                 unpack)
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                     "docs", "authors-checkpoints.md")
@@ -39,15 +40,16 @@ def test_a_local_zip_is_evaluated_as_documented_and_tabled_beside_the_published_
               tmp_path / "out", "--in-process"]
     _, out = run("trime-repro", *common)
     table = json.load(open(tmp_path / "out" / "table.json"))
-    assert table["rows"]["valid"]["published"] == 21.76 and table["rows"]["test"]["published"] == 22.62
-    assert "| dev |" in out and "| 21.76 |" in out
+    row = table["rows"][name]
+    assert row["valid"]["published"] == 21.76 and row["test"]["published"] == 22.62
+    assert re.search(rf"\| {name} \| [0-9.]+ \| [0-9.]+ \| 21.76 \| 22.62 \|", out)
     # each number is the documented fairseq-eval-lm command's, run on its own
     checkpoint = tmp_path / "work" / name / name / "checkpoint_best.pt"
     for split in ("valid", "test"):
         argv = eval_argv(RELEASED[name], str(checkpoint), str(data), split)
         assert table["steps"][f"{name}-{split}"]["command"][0] == "fairseq-eval-lm"
         _, log = run(*argv)
-        assert abs(table["rows"][split]["ppl"] - 2 ** last_float(r"Loss \(base 2\): ([0-9.]+)", log)) < 1e-3
+        assert abs(row[split]["ppl"] - 2 ** last_float(r"Loss \(base 2\): ([0-9.]+)", log)) < 1e-3
         assert "--long-memory-size 15000" in " ".join(argv) and "--context-window 86" in " ".join(argv)
     assert not any(os.path.isabs(a) for step in table["steps"].values() for a in step["command"])
     # a rerun skips every step
@@ -74,6 +76,10 @@ def test_the_documented_commands_are_the_ones_run():
             assert pair in commands[0] or pair + " " in commands[0], (name, pair)
         assert ("--sample-break-mode complete" in commands[0]) == model.break_mode_complete
     assert all(f"`{name}`" in text for name in RELEASED)
+    for name, model in RELEASED_MT.items():  # translation: their decoding, each row's memory
+        assert f"`{name}`" in text and " ".join(MT_DECODE[:-1]) in text, name
+        for row, bleu, memory in model.rows:
+            assert f"{bleu:.2f}" in text and (not memory or " ".join(memory) in text), row
 
 
 def test_dry_run_prints_every_step_and_needs_no_data(tmp_path):
@@ -101,11 +107,13 @@ def test_missing_data_and_damaged_zips_are_refused(tmp_path):
     assert not os.path.exists(tmp_path / "y")
 
 
-def test_scores_are_perplexity_or_bits_per_byte():
+def test_scores_are_perplexity_bits_per_byte_or_bleu():
     log = "... | Loss (base 2): 3.0000, Perplexity: 8.00\n"
     assert score(log, "ppl") == 8.0 and score(log, "bpc") == 3.0
-    with pytest.raises(ValueError):
-        score("nothing", "ppl")
+    assert score("Generate test with beam=4: BLEU = 33.73 67.1/41.2/27.1/18.4", "BLEU") == 33.73
+    for unit in ("ppl", "BLEU"):
+        with pytest.raises(ValueError):
+            score("nothing", unit)
 
 
 class _RangeHandler(http.server.BaseHTTPRequestHandler):

@@ -117,3 +117,35 @@ def test_their_shipped_datastore_and_indexes_decode_as_the_same_datastore_built_
 
 def _scores(hypotheses):
     return [line.split("\t")[1] for line in hypotheses if line.startswith("H-")]
+
+
+def test_trime_repro_authors_unpacks_a_translation_zip_imports_its_datastore_and_tables_bleu(released):
+    """A zip laid out as theirs (NAME/checkpoint_best.pt, NAME/dstore/{keys,vals}.npy and
+    knn_index_ip): the datastore is imported with the sizes its files give, TrimeMT decodes dev
+    and test with their README's settings, and the table holds their published test BLEU."""
+    import json
+    import zipfile
+
+    from trime.repro.authors import RELEASED_MT, generate_argv, score
+
+    root, data, checkpoints, theirs, _ = released
+    archive = root / "iwslt14-trime.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.write(checkpoints["iwslt14-trime"], "iwslt14-trime/checkpoint_best.pt")
+        for name in ("keys.npy", "vals.npy", "knn_index_ip"):
+            out.write(theirs / name, f"iwslt14-trime/dstore/{name}")
+    common = ["authors", "iwslt14-trime", data, "--zip", archive, "--work", root / "repro",
+              "--out", root / "repro-out", "--in-process"]
+    _, out = run("trime-repro", *common)
+    table = json.load(open(root / "repro-out" / "table.json"))
+    assert list(table["rows"]) == ["TrimeMT"] and table["unit"] == "BLEU"
+    row = table["rows"]["TrimeMT"]
+    assert row["test"]["published"] == 33.73 and row["valid"]["published"] is None
+    memory = RELEASED_MT["iwslt14-trime"].rows[0][2]
+    unpacked = root / "repro" / "iwslt14-trime" / "iwslt14-trime" / "checkpoint_best.pt"
+    _, log = run(*generate_argv(str(unpacked), str(data), "test", memory,
+                                str(root / "repro" / "iwslt14-trime-dstore")))
+    assert row["test"]["BLEU"] == score(log, "BLEU")
+    assert "| TrimeMT |" in out and "| 33.73 |" in out
+    _, out = run("trime-repro", *common)
+    assert out.count("skipped") == 3  # datastore, dev, test

@@ -24,21 +24,24 @@ from trime.errors import console_script, one_line
 
 def authors_main(argv):
     """`trime-repro authors NAME DATA`: a released model, downloaded and evaluated as documented."""
-    from trime.repro.authors import RELEASED, URL, reproduce
+    from trime.repro.authors import RELEASED, RELEASED_MT, URL, reproduce
     from trime.repro.runner import Runner, StepMismatch
 
     parser = argparse.ArgumentParser(
         prog="trime-repro authors",
-        description="Download one of the TRIME authors' released language models, evaluate it on "
-                    "dev and test as docs/authors-checkpoints.md documents (their context windows, "
-                    "memory sizes and temperatures), and write OUT/table.md and table.json with "
-                    "their published numbers beside. Every finished step is skipped on a rerun; a "
-                    "cut download resumes.",
+        description="Download one of the TRIME authors' released models, evaluate it on dev and "
+                    "test as docs/authors-checkpoints.md documents (language models: their context "
+                    "windows, memory sizes and temperatures; translation: their shipped datastore "
+                    "and index, their decoding), and write OUT/table.md and table.json with their "
+                    "published numbers beside. Every finished step is skipped on a rerun; a cut "
+                    "download resumes.",
         epilog="example:\n  trime-repro authors wiki103-150M-trime data-bin/wikitext-103 --device cuda",
         formatter_class=HelpFormatter)
-    parser.add_argument("name", choices=sorted(RELEASED), help="the released model")
+    parser.add_argument("name", choices=sorted(RELEASED) + sorted(RELEASED_MT),
+                        help="the released model")
     parser.add_argument("data", help="the binarised corpus it was trained on (data-bin/wikitext-103 "
-                                     "or data-bin/enwik8, with dict.txt)")
+                                     "or data-bin/enwik8 with dict.txt; data-bin/iwslt14.tokenized."
+                                     "de-en with dict.de.txt and dict.en.txt)")
     parser.add_argument("--zip", default=None, metavar="PATH_OR_URL",
                         help=f"the model's zip: a local file, or a URL (default: {URL})")
     parser.add_argument("--sha256", default=None,

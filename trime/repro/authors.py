@@ -1,14 +1,16 @@
-"""`trime-repro authors NAME DATA`: one of the TRIME authors' released language models, downloaded,
+"""`trime-repro authors NAME DATA`: one of the TRIME authors' released models, downloaded,
 evaluated on dev and test as ``docs/authors-checkpoints.md`` documents, beside their numbers.
 
-Every released model's settings (their README, ``run_pretrained_models.md``) are in ``RELEASED``;
-``eval_argv`` turns them into the ``fairseq-eval-lm`` command of the docs. The steps (download,
-unpack, for TrimeLM_ext the training-set datastore and its index, then dev and test) run through
-``trime.repro.runner.Runner``, so a rerun skips what is done and a cut download resumes.
+Every released model's settings (their READMEs, ``run_pretrained_models.md``) are in ``RELEASED``
+(language models: ``fairseq-eval-lm``, ``eval_argv``) and ``RELEASED_MT`` (IWSLT'14: their shipped
+datastore imported, then ``fairseq-generate``, ``generate_argv``). The steps (download, unpack,
+datastore, then dev and test) run through ``trime.repro.runner.Runner``, so a rerun skips what is
+done and a cut download resumes.
 """
 
 import json
 import os
+import re
 import shlex
 import time
 import zipfile
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from trime.repro.recipes import LOSS
+
+BLEU = re.compile(r"BLEU = ([0-9.]+)")
 
 URL = "https://nlp.cs.princeton.edu/projects/trime/pretrained_models/{name}.zip"
 CHECKPOINT = "checkpoint_best.pt"
@@ -43,6 +47,24 @@ class Released:
     def eval_memory(self) -> str:
         return "local" + (",long" if self.long_memory_size else "") + (",ext" if self.knn else "")
 
+    def published(self, name: str):
+        """{row: {split: published value}}: one row, the model."""
+        return {name: {"valid": self.published_dev, "test": self.published_test}}
+
+
+@dataclass(frozen=True)
+class ReleasedMT:
+    """A released IWSLT'14 De-En model, the index shipped with its datastore, and its rows: (row,
+    published test BLEU, memory options of their README's command mapped to trime's)."""
+
+    metric: str
+    rows: Tuple[Tuple[str, float, Tuple[str, ...]], ...]
+    unit = "BLEU"
+    corpus = "iwslt14"
+
+    def published(self, name: str):
+        return {row: {"valid": None, "test": bleu} for row, bleu, _ in self.rows}
+
 
 EXT_INDEX = ("--metric", "ip", "--nlist", "4096", "--pq-m", "64", "--pq-bits", "8",
              "--train-size", "1000000")
@@ -60,6 +82,24 @@ RELEASED = {
     "wiki103-150M-trime_long": Released("wikitext-103", 21.76, 22.62, 150, 86, 1.07, 15000),
     "enwik8-38M-trime": Released("enwik8", 1.14, 1.12, 512, 432, 1.05),
     "enwik8-38M-trime_long": Released("enwik8", 1.08, 1.05, 512, 432, 1.10, 24576),
+}
+
+
+# their machine_translation/README.md: datastore saved with --dstore-fp16, 3,949,114 keys of d 512;
+# decoding with beam 4, length penalty 0.6, and BLEU by sacrebleu on Moses-detokenised text
+THEIR_MT_DSTORE = ("--dstore-size", "3949114", "--dim", "512", "--dstore-fp16")
+MT_DECODE = ("--beam", "4", "--lenpen", "0.6", "--max-len-a", "1.2", "--max-len-b", "10",
+             "--max-tokens", "4096", "--scoring", "sacrebleu", "--tokenizer", "moses", "--remove-bpe",
+             "--quiet")
+RELEASED_MT = {
+    "iwslt14-vanilla": ReleasedMT("l2", (
+        ("Transformer", 32.58, ()),
+        ("kNN-MT", 33.15, ("--eval-scoring", "knnlm", "--knn-sim", "l2", "--knn-k", "32",
+                           "--knn-lambda", "0.2", "--knn-temp", "100", "--knn-nprobe", "32")))),
+    # their t = 15 divides raw inner products by t·√d; trime's sim has the 1/√d: --memory-temp 15
+    "iwslt14-trime": ReleasedMT("ip", (
+        ("TrimeMT", 33.73, ("--eval-scoring", "trime", "--knn-sim", "ip", "--knn-k", "16",
+                            "--memory-temp", "15", "--knn-lambda", "0", "--knn-nprobe", "32")),)),
 }
 
 
@@ -97,17 +137,49 @@ def dstore_argv(model: Released, checkpoint: str, data: str, dstore: str, device
         "--num-workers", 0]]
 
 
-def check_data(data: str, model: Released, splits) -> None:
+def check_data(data: str, model, splits) -> None:
     """DATA must be the binarised corpus the model was trained on."""
-    prepare = ("fairseq's examples/language_model/prepare-wikitext-103.sh, then fairseq-preprocess "
-               "--only-source as its README says" if model.corpus == "wikitext-103" else
-               "the standard prep_enwik8.py split (one decimal symbol per byte), then "
-               "fairseq-preprocess --only-source")
-    missing = [name for name in ["dict.txt"] + [f"{s}.bin" for s in splits]
-               if not os.path.isfile(os.path.join(data, name))]
+    prepare = {"wikitext-103": "fairseq's examples/language_model/prepare-wikitext-103.sh, then "
+                               "fairseq-preprocess --only-source as its README says",
+               "enwik8": "the standard prep_enwik8.py split (one decimal symbol per byte), then "
+                         "fairseq-preprocess --only-source",
+               "iwslt14": "fairseq's prepare-iwslt14.sh, then fairseq-preprocess -s de -t en, as "
+                          "their machine_translation/README.md says"}[model.corpus]
+    if isinstance(model, ReleasedMT):
+        needed = ["dict.de.txt", "dict.en.txt"] + [f"{s}.de-en.{lang}.bin" for s in splits
+                                                   for lang in ("de", "en")]
+    else:
+        needed = ["dict.txt"] + [f"{s}.bin" for s in splits]
+    missing = [name for name in needed if not os.path.isfile(os.path.join(data, name))]
     if missing:
         raise FileNotFoundError(f"{data} lacks {', '.join(missing)}: give the binarised {model.corpus} "
                                 f"folder ({prepare})")
+
+
+def generate_argv(checkpoint: str, data: str, split: str, memory=(), dstore: Optional[str] = None,
+                  device: str = "cpu"):
+    """Their README's decoding of IWSLT'14 test, in ``fairseq-generate --task trime_translation``."""
+    import trime
+
+    argv = ["fairseq-generate", data, "--user-dir", trime.USER_DIR, "--task", "trime_translation",
+            "-s", "de", "-t", "en", "--gen-subset", split, "--path", checkpoint, *MT_DECODE]
+    if memory:
+        argv += ["--eval-memory", "ext", "--dstore", dstore, *memory]
+    argv += ["--cpu"] if device == "cpu" else ["--fp16"]
+    return [str(a) for a in argv]
+
+
+def shipped_datastore(folder: str):
+    """(their dstore folder, --dstore-size / --dim options) of an unpacked MT zip: the sizes are read
+    from the raw files (keys fp16 [N, d], values int64 [N, 1]), not assumed."""
+    found = [root for root, _, files in os.walk(folder) if {"keys.npy", "vals.npy"} <= set(files)]
+    if not found:
+        raise ValueError(f"{folder} holds no dstore/keys.npy and vals.npy: not a released TRIME "
+                         "translation model with its datastore")
+    dstore = sorted(found)[0]
+    rows = os.path.getsize(os.path.join(dstore, "vals.npy")) // 8
+    dim = os.path.getsize(os.path.join(dstore, "keys.npy")) // (2 * max(rows, 1))
+    return dstore, ("--dstore-size", str(rows), "--dim", str(dim), "--dstore-fp16")
 
 
 def unpack(zip_path: str, folder: str) -> str:
@@ -139,7 +211,13 @@ def unpack(zip_path: str, folder: str) -> str:
 
 
 def score(log_text: str, unit: str) -> float:
-    """Perplexity (2 ** loss) or bits per byte (the loss in base 2) of a fairseq-eval-lm log."""
+    """Perplexity (2 ** loss), bits per byte (the loss in base 2) of a fairseq-eval-lm log, or the
+    BLEU of a fairseq-generate log."""
+    if unit == "BLEU":
+        found = BLEU.findall(log_text)
+        if not found:
+            raise ValueError("fairseq-generate printed no BLEU")
+        return float(found[-1])
     losses = LOSS.findall(log_text)
     if not losses:
         raise ValueError("fairseq-eval-lm printed no 'Loss (base 2)' line")
@@ -154,7 +232,7 @@ def reproduce(name: str, data: str, work: str, out: str, runner, archive: Option
     markdown. ``archive``: a local zip or URL (default: the authors' URL)."""
     from trime.download import download, sha256 as file_sha256
 
-    model = RELEASED[name]
+    model = RELEASED.get(name) or RELEASED_MT[name]
     source = archive or URL.format(name=name)
     local = os.path.isfile(source)
     zip_path = source if local else os.path.join(work, f"{name}.zip")
@@ -164,10 +242,10 @@ def reproduce(name: str, data: str, work: str, out: str, runner, archive: Option
         lines = [f"# unpack {source} into {folder}" if local else
                  f"# download {source} -> {zip_path} (resumable), unpack into {folder}"]
         steps = evaluation_steps(name, model, os.path.join(folder, name, CHECKPOINT), data, dstore,
-                                 device)
+                                 device, dry_run=True)
         return "\n".join(lines + [shlex.join(step["argv"]) for step in steps])
 
-    check_data(data, model, ["valid", "test"] + (["train"] if model.knn else []))
+    check_data(data, model, ["valid", "test"] + (["train"] if getattr(model, "knn", ()) else []))
     started = time.time()
     if not local and not os.path.isdir(folder) and not os.path.isfile(zip_path):
         echo(f"== download: {source} -> {zip_path}")
@@ -180,48 +258,73 @@ def reproduce(name: str, data: str, work: str, out: str, runner, archive: Option
     for step in evaluation_steps(name, model, checkpoint, data, dstore, device):
         runner.run(step["name"], step["argv"], done_if=step.get("done_if", ()))
         if "split" in step:
-            results[step["split"]] = score(runner.log_text(step["name"]), model.unit)
+            results.setdefault(step["row"], {})[step["split"]] = score(
+                runner.log_text(step["name"]), model.unit)
     return write_report(name, model, results, runner, out, source, zip_path, started, device)
 
 
-def evaluation_steps(name: str, model: Released, checkpoint: str, data: str, dstore: str,
-                     device: str):
-    """The runner steps after unpacking: TrimeLM_ext's datastore and index, then dev and test."""
+def evaluation_steps(name: str, model, checkpoint: str, data: str, dstore: str, device: str,
+                     dry_run: bool = False):
+    """The runner steps after unpacking: a datastore (TrimeLM_ext: saved and indexed; translation:
+    theirs imported with its index), then each row on dev and test."""
+    splits = ("valid", "test")
+    if isinstance(model, ReleasedMT):
+        folder = os.path.dirname(checkpoint)
+        theirs, sizes = ((os.path.join(folder, "dstore"), THEIR_MT_DSTORE) if dry_run
+                         else shipped_datastore(folder))
+        target = os.path.join(data, "dict.en.txt")
+        steps = [{"name": f"{name}-datastore", "done_if": [os.path.join(dstore, "meta.json")],
+                  "argv": ["trime-import-dstore", dstore, "--dstore-filename", theirs, *sizes,
+                           "--dict", target, "--source-dict", os.path.join(data, "dict.de.txt"),
+                           "-s", "de", "-t", "en", "--index",
+                           os.path.join(theirs, f"knn_index_{model.metric}"), "--path", checkpoint,
+                           "--no-progress-bar"]}]
+        return steps + [{"name": f"{name}-{row}-{split}", "row": row, "split": split,
+                         "argv": generate_argv(checkpoint, data, split, memory, dstore, device)}
+                        for row, _, memory in model.rows for split in splits]
     steps = []
     if model.knn:
         steps += [{"name": f"{name}-datastore", "done_if": [os.path.join(dstore, "meta.json")],
                    "argv": dstore_argv(model, checkpoint, data, dstore, device)},
                   {"name": f"{name}-index", "argv": ["trime-build-index", dstore, *EXT_INDEX],
                    "done_if": [os.path.join(dstore, "index.ip.faiss")]}]
-    return steps + [{"name": f"{name}-{split}", "split": split,
+    return steps + [{"name": f"{name}-{split}", "row": name, "split": split,
                      "argv": eval_argv(model, checkpoint, data, split, device, dstore)}
-                    for split in ("valid", "test")]
+                    for split in splits]
 
 
-def write_report(name, model: Released, results, runner, out: str, source, zip_path, started,
-                 device) -> str:
+def write_report(name, model, results, runner, out: str, source, zip_path, started, device) -> str:
+    """OUT/table.json and table.md: trime's number beside the published one, row by row."""
     from trime.download import sha256 as file_sha256
     from trime.repro.tables import commit_id, machine_description
 
     os.makedirs(out, exist_ok=True)
     unit = model.unit
-    rows = {split: {unit: round(results[split], 4),
-                    "published": model.published_dev if split == "valid" else model.published_test}
-            for split in ("valid", "test")}
+    published = model.published(name)
+    rows = {row: {split: {unit: round(value, 4), "published": published[row][split]}
+                  for split, value in splits.items()}
+            for row, splits in results.items()}
     report = {"model": name, "source": source if "://" in source else os.path.basename(source),
               "zip_sha256": file_sha256(zip_path) if os.path.isfile(zip_path) else None,
               "commit": commit_id(), "machine": machine_description(device),
-              "wall_seconds_this_invocation": round(time.time() - started, 1), "rows": rows,
+              "wall_seconds_this_invocation": round(time.time() - started, 1), "unit": unit,
+              "rows": rows,
               "steps": {step: {"command": [os.path.basename(a) if os.path.isabs(a) else a
                                            for a in record["command"]],
                                "seconds": record.get("seconds")}
                         for step, record in runner.records.items()}}
     with open(os.path.join(out, "table.json"), "w") as f:
         json.dump(report, f, indent=1)
+
+    def cell(value):
+        return "-" if value is None else f"{value:.2f}"
+
     lines = [f"# {name}: trime's evaluation beside the authors' published numbers", "",
-             f"| split | trime {unit} | published {unit} |", "|---|---|---|"]
-    lines += [f"| {'dev' if split == 'valid' else 'test'} | {row[unit]:.2f} | {row['published']:.2f} |"
-              for split, row in rows.items()]
+             f"| model | dev {unit} | test {unit} | published dev | published test |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {row} | {cell(splits['valid'][unit])} | {cell(splits['test'][unit])} | "
+              f"{cell(splits['valid']['published'])} | {cell(splits['test']['published'])} |"
+              for row, splits in rows.items()]
     lines += ["", "Settings as in docs/authors-checkpoints.md (where trime and their code differ: "
               "see its last section). Commands and wall times: table.json."]
     markdown = "\n".join(lines) + "\n"
