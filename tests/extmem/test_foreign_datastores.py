@@ -11,7 +11,7 @@ import torch
 
 from trime.extmem import foreign
 from trime.extmem.datastore import Datastore
-from trime.extmem.index import load_index
+from trime.extmem.index import build_index, load_index, save_index
 from trime.extmem.retrieval import Retriever
 
 N, D, V = 300, 16, 50
@@ -48,6 +48,10 @@ def test_knnlm_datastore_imports_with_the_same_keys_and_values(tmp_path, fp16, k
     assert imported["format"] == "knnlm" and imported["keys"] == ("read in place" if linked else "copied")
     assert imported["value_dtype"] == ("int16" if fp16 else "int64")
     assert datastore.meta["key_type"] == "last-ffn-input" and datastore.meta["dictionary_size"] == V
+    # trime-build-index works on it as on any datastore (keys read in place when linked)
+    index, info = build_index(datastore, "l2", "flat", progress=False)
+    save_index(index, info, path)
+    assert load_index(Datastore.open(path), "l2").ntotal == N
 
 
 def test_knn_mt_and_knn_box_datastores_import_as_translation_datastores(tmp_path):
