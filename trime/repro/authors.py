@@ -122,7 +122,6 @@ def eval_argv(model: Released, checkpoint: str, data: str, split: str, device: s
     if model.knn:
         argv += ["--dstore", dstore, *model.knn]
     argv += ["--cpu"] if device == "cpu" else ["--fp16"]
-    argv += ["--num-workers", 0]  # one window per batch: a loader process gains nothing
     return [str(a) for a in argv]
 
 
@@ -133,8 +132,7 @@ def dstore_argv(model: Released, checkpoint: str, data: str, dstore: str, device
     return [str(a) for a in [
         "fairseq-eval-lm", data, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
         "--path", checkpoint, "--gen-subset", "train", *window_options(model)[:4],
-        "--save-dstore", dstore, *(["--cpu"] if device == "cpu" else ["--fp16"]),
-        "--num-workers", 0]]
+        "--save-dstore", dstore, *(["--cpu"] if device == "cpu" else ["--fp16"])]]
 
 
 def check_data(data: str, model, splits) -> None:

@@ -24,12 +24,21 @@ def console_script(name: str) -> str:
     return found
 
 
+LOADING_SCRIPTS = ("fairseq-train", "fairseq-eval-lm", "fairseq-generate", "fairseq-interactive",
+                   "fairseq-validate")  # the fairseq commands with --num-workers
+
+
 def run_in_process(argv, log) -> int:
     """Run a console script's entry point in this process, output and log records to ``log``
     (tests: saves the interpreter and fairseq start-up of every step; same commands)."""
     from importlib.metadata import entry_points
 
     entry = next(e for e in entry_points(group="console_scripts") if e.name == argv[0])
+    if argv[0] in LOADING_SCRIPTS and "--num-workers" not in argv:
+        # fairseq's batches come through a DataLoader with 1 worker process by default; forked
+        # from this long-lived process, the worker of the previous command does not exit when its
+        # iterator is collected, and torch waits 5 s for it every time. Load in this process.
+        argv = [*argv, "--num-workers", "0"]
     root = logging.getLogger()
     level, handler, saved_argv = root.level, logging.FileHandler(log), sys.argv
     # the format fairseq's console scripts give their log lines (e.g. "... | train | epoch 001 | loss")
