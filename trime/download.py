@@ -8,6 +8,7 @@ file is only ever at ``PATH`` once complete. ``sha256`` fingerprints what was do
 import hashlib
 import os
 import shutil
+import urllib.parse
 import urllib.request
 
 
@@ -36,7 +37,7 @@ def download(url: str, path: str, progress: bool = True, extra_bytes: int = 0) -
     have = os.path.getsize(partial) if os.path.exists(partial) else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     with urllib.request.urlopen(request) as response:
-        resumed = have > 0 and response.status == 206
+        resumed = have > 0 and getattr(response, "status", None) == 206  # file:// has no status
         if not resumed:
             have = 0
         length = int(response.headers.get("Content-Length") or 0)
@@ -59,3 +60,28 @@ def download(url: str, path: str, progress: bool = True, extra_bytes: int = 0) -
                       f"{have + length:,} bytes: run again to resume it")
     os.replace(partial, path)
     return path
+
+
+def obtain(source: str, folder: str, progress: bool = True, extra_bytes: int = 0) -> str:
+    """A local file as it is, or a URL (http(s)://, file://) downloaded into ``folder`` under its
+    own name (resumed; kept, so a rerun does not download it again). Returns the local path."""
+    if "://" not in source:
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"no file {source}")
+        return source
+    path = os.path.join(folder, os.path.basename(urllib.request.url2pathname(
+        urllib.parse.urlparse(source).path)))
+    if not os.path.isfile(path):
+        download(source, path, progress, extra_bytes)
+    return path
+
+
+def open_zip(path: str):
+    """``zipfile.ZipFile(path)``, a damaged or foreign file refused with what to do."""
+    import zipfile
+
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{path} is not a zip archive ({error}): delete it and run again to "
+                         "download it anew") from error

@@ -17,11 +17,9 @@ import argparse
 import gzip
 import logging
 import os
-import shutil
-import subprocess
-import sys
 
 from trime.cli.parsing import HelpFormatter
+from trime.cli.preprocess import fairseq_preprocess
 from trime.errors import console_script
 
 logger = logging.getLogger("trime.prepare_translation")
@@ -85,23 +83,12 @@ def apply_joint_bpe(out, langs, roles, merges):
 
 def binarise(out, langs, roles, workers):
     """``fairseq-preprocess`` of ``out/{train,valid,test*}.{lang}`` into ``out/bin``, one dictionary
-    per language (as the authors' IWSLT'14 recipe); skipped when ``bin/preprocess.done`` exists."""
-    bin_dir = os.path.join(out, "bin")
-    if os.path.exists(os.path.join(bin_dir, "preprocess.done")):
-        return bin_dir
-    command = [os.path.join(os.path.dirname(sys.executable), "fairseq-preprocess"),
-               "--source-lang", langs[0], "--target-lang", langs[1],
-               "--trainpref", os.path.join(out, "train"), "--validpref", os.path.join(out, "valid"),
-               "--testpref", ",".join(os.path.join(out, role) for role in roles
-                                      if role.startswith("test")),
-               "--destdir", bin_dir, "--workers", str(workers)]
-    if not os.path.exists(command[0]):
-        command[0] = "fairseq-preprocess"
-    if os.path.exists(bin_dir):  # left by an interrupted fairseq-preprocess
-        shutil.rmtree(bin_dir)
-    subprocess.run(command, check=True)
-    open(os.path.join(bin_dir, "preprocess.done"), "w").close()
-    return bin_dir
+    per language (as the authors' IWSLT'14 recipe); skipped when done (``trime.cli.preprocess``)."""
+    return fairseq_preprocess([
+        "--source-lang", langs[0], "--target-lang", langs[1],
+        "--trainpref", os.path.join(out, "train"), "--validpref", os.path.join(out, "valid"),
+        "--testpref", ",".join(os.path.join(out, role) for role in roles if role.startswith("test")),
+        "--workers", workers], os.path.join(out, "bin"))
 
 
 @console_script

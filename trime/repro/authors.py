@@ -13,7 +13,6 @@ import os
 import re
 import shlex
 import time
-import zipfile
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -183,15 +182,10 @@ def shipped_datastore(folder: str):
 def unpack(zip_path: str, folder: str) -> str:
     """The checkpoint of a released zip, unpacked into ``folder`` (``folder.partial`` first, every
     member's CRC-32 checked); returns its path."""
-    from trime.download import check_free_space
+    from trime.download import check_free_space, open_zip
 
     if not os.path.isdir(folder):
-        try:
-            archive = zipfile.ZipFile(zip_path)
-        except zipfile.BadZipFile as error:
-            raise ValueError(f"{zip_path} is not a zip archive ({error}): delete it and run again "
-                             "to download it anew") from error
-        with archive:
+        with open_zip(zip_path) as archive:
             names = [n for n in archive.namelist() if os.path.basename(n) == CHECKPOINT]
             if not names:
                 raise ValueError(f"{zip_path} holds no {CHECKPOINT}: not a released TRIME model")

@@ -1,0 +1,99 @@
+"""trime-prepare-enwik8 and trime-prepare-wikitext103 on mock archives, fetched through file://:
+the enwik8 splits equal the prep_enwik8.py rule byte for byte, both binarise, and a rerun skips
+every step (the archive may be gone by then)."""
+
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fairseq")
+
+from console import run  # noqa: E402
+from trime.cli.prepare_enwik8 import split_bytes, write_symbols  # noqa: E402
+
+
+def prep_enwik8_rule(part: bytes) -> bytes:
+    """The standard prep_enwik8.py's text of a split: decimal byte values joined by spaces, a
+    newline byte written as a newline (stated here as the naive rule, byte by byte)."""
+    return " ".join(str(c) if c != ord("\n") else "\n" for c in part).encode()
+
+
+def _mock_enwik8(path, size=60_000, seed=0):
+    rng = np.random.default_rng(seed)
+    data = bytearray(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    data[100:110] = b"\n" * 10  # runs of newlines; first and last bytes newlines too
+    data[0], data[-1] = 10, 10
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("enwik8", bytes(data))
+    return bytes(data)
+
+
+def test_symbols_equal_the_prep_enwik8_rule_across_chunks(tmp_path):
+    data = bytes(range(256)) * 3 + b"\n\n" + bytes([10, 32, 10])
+    for chunk in (1, 7, 1 << 20):
+        write_symbols(data, str(tmp_path / "x.txt"), chunk=chunk)
+        assert (tmp_path / "x.txt").read_bytes() == prep_enwik8_rule(data), chunk
+    parts = split_bytes(b"abcdefghij", held_out=3)
+    assert parts == {"train": b"abcd", "valid": b"efg", "test": b"hij"}
+    with pytest.raises(ValueError, match="nothing to train on"):
+        split_bytes(b"abcdef", held_out=3)
+
+
+@pytest.mark.e2e
+def test_prepare_enwik8_from_a_file_url(tmp_path):
+    data = _mock_enwik8(tmp_path / "enwik8.zip")
+    out = tmp_path / "out"
+    argv = [out, "--archive", (tmp_path / "enwik8.zip").as_uri(), "--held-out-bytes", 5000]
+    _, log = run("trime-prepare-enwik8", *argv)
+    assert "not the standard file" in log  # 60,000 bytes, not 10^8
+    held = 5000
+    expected = {"train": data[:-2 * held], "valid": data[-2 * held:-held], "test": data[-held:]}
+    for split, part in expected.items():
+        assert (out / "raw" / f"{split}.txt").read_bytes() == prep_enwik8_rule(part), split
+        assert (out / "raw" / f"{split}.txt.raw").read_bytes() == part
+    assert (out / "enwik8.zip").exists()  # downloaded into OUT, kept for reruns
+    symbols = {line.split()[0] for line in open(out / "data-bin" / "dict.txt")
+               if not line.startswith("madeupword")}  # fairseq pads the dictionary to 8
+    assert symbols <= {str(value) for value in range(256)} and len(symbols) >= 250
+    assert all((out / "data-bin" / f"{split}.bin").exists() for split in ("train", "valid", "test"))
+    # a rerun skips every step: it needs neither the archive nor a new fairseq-preprocess
+    os.remove(tmp_path / "enwik8.zip")
+    os.remove(out / "enwik8.zip")
+    stamp = os.path.getmtime(out / "data-bin" / "train.bin")
+    _, log = run("trime-prepare-enwik8", *argv)
+    assert os.path.getmtime(out / "data-bin" / "train.bin") == stamp
+
+
+@pytest.mark.e2e
+def test_prepare_wikitext103_from_a_file_url(tmp_path):
+    lines = {split: [f" = Title {split} = ", " the cat sat on the mat <unk> . ", ""] * n
+             for split, n in (("train", 50), ("valid", 3), ("test", 4))}
+    with zipfile.ZipFile(tmp_path / "wikitext-103-v1.zip", "w") as archive:
+        for split, text in lines.items():
+            archive.writestr(f"wikitext-103/wiki.{split}.tokens", "\n".join(text) + "\n")
+    out = tmp_path / "out"
+    _, log = run("trime-prepare-wikitext103", out, "--archive",
+                 (tmp_path / "wikitext-103-v1.zip").as_uri())
+    assert "the published WikiText-103 has 103,227,021" in log
+    for split, text in lines.items():
+        assert (out / "raw" / f"wiki.{split}.tokens").read_text() == "\n".join(text) + "\n"
+    words = [line.split()[0] for line in open(out / "data-bin" / "dict.txt")]
+    assert {"the", "cat", "Title", "train"} <= set(words) and "valid" not in words  # train's dictionary
+    _, log = run("trime-prepare-wikitext103", out, "--archive", tmp_path / "missing.zip")
+    assert log.strip().endswith(str(out / "data-bin"))  # done: nothing read, nothing run
+
+
+def test_a_wrong_archive_is_refused(tmp_path):
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:
+        archive.writestr("wikitext-103-raw/wiki.train.raw", "x")
+    code, log = run("trime-prepare-wikitext103", tmp_path / "a", "--archive", tmp_path / "other.zip",
+                    check=False)
+    assert code != 0 and "not wikitext-103-v1.zip" in log
+    code, log = run("trime-prepare-enwik8", tmp_path / "b", "--archive", tmp_path / "other.zip",
+                    check=False)
+    assert code != 0 and "no member 'enwik8'" in log
+    code, log = run("trime-prepare-enwik8", tmp_path / "c", "--archive", tmp_path / "nothing.zip",
+                    check=False)
+    assert code != 0 and "no file" in log
