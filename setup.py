@@ -43,6 +43,7 @@ setup(
             "trime-prepare-iwslt14 = trime.cli.prepare_iwslt14:main",
             "trime-prepare-wikitext103 = trime.cli.prepare_wikitext103:main",
             "trime-prepare-enwik8 = trime.cli.prepare_enwik8:main",
+            "trime-prepare-books = trime.cli.prepare_books:main",
             "trime-bm25-batches = trime.cli.bm25_batches:main",
             "trime-tune = trime.cli.tune:main",
             "trime-mt-tune = trime.cli.mt_tune:main",

@@ -97,3 +97,64 @@ def test_a_wrong_archive_is_refused(tmp_path):
     code, log = run("trime-prepare-enwik8", tmp_path / "c", "--archive", tmp_path / "nothing.zip",
                     check=False)
     assert code != 0 and "no file" in log
+
+
+def _books(folder, count=12):
+    """Books of different lengths, with hyphens and numbers, in nested folders."""
+    paragraph = ("The well-known captain paid 1,250.75 pounds; \"Isn't it odd?\" she asked. "
+                 "Word{i} and word{j} were seen in chapter {i}.")
+    for i in range(count):
+        path = folder / f"part{i % 3}" / f"book_{i:02d}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n\n".join(paragraph.format(i=i, j=j) for j in range(5 + 3 * i)) + "\n")
+
+
+def test_books_are_dealt_whole_and_tokenised_like_wikitext(tmp_path):
+    from trime.cli.prepare_books import WikiTextTokenizer, book_lines
+
+    assert WikiTextTokenizer()("A well-known 1,250.75 pounds, isn't it?") == \
+        "A well @-@ known 1 @,@ 250 @.@ 75 pounds , isn 't it ?"
+    (tmp_path / "my_book.txt").write_text("First  line\nof a paragraph.\n\n\nSecond one.\n")
+    assert book_lines(str(tmp_path / "my_book.txt"), WikiTextTokenizer()) == \
+        [" ", " = my book = ", " ", " First line of a paragraph . ", " Second one . "]
+
+
+@pytest.mark.e2e
+def test_prepare_books_splits_whole_books_and_binarises_with_the_given_dictionary(tmp_path):
+    import json
+
+    from fairseq_utils import write_dictionary
+
+    _books(tmp_path / "corpus")
+    write_dictionary(tmp_path / "wt103", num_words=20)  # w0..w19: every book word becomes <unk>
+    shares = ["--train-tokens", 600, "--valid-tokens", 150, "--test-tokens", 150]
+    argv = [tmp_path / "out", "--raw", tmp_path / "corpus", "--dict", tmp_path / "wt103" / "dict.txt",
+            *shares]
+    _, log = run("trime-prepare-books", *argv)
+    listing = json.load(open(tmp_path / "out" / "books.json"))
+    placed = [b["book"] for split in listing["books"].values() for b in split]
+    assert len(placed) == len(set(placed))  # a book is in one split only
+    for split, quota in (("train", 600), ("valid", 150), ("test", 150)):
+        assert listing["tokens"][split] >= quota
+        text = (tmp_path / "out" / "raw" / f"{split}.txt").read_text()
+        assert text.count(" = book ") == len(listing["books"][split]) and " @-@ " in text
+        assert sum(len(line.split()) + 1 for line in text.splitlines()) == listing["tokens"][split]
+    assert open(tmp_path / "out" / "data-bin" / "dict.txt").read() == \
+        open(tmp_path / "wt103" / "dict.txt").read()  # the WikiText-103 dictionary, not the books'
+    from fairseq.data import Dictionary, data_utils
+
+    dictionary = Dictionary.load(str(tmp_path / "wt103" / "dict.txt"))
+    test = data_utils.load_indexed_dataset(str(tmp_path / "out" / "data-bin" / "test"), dictionary)
+    ids = np.concatenate([test[i].numpy() for i in range(len(test))])
+    assert len(ids) == listing["tokens"]["test"] and (ids == dictionary.unk()).mean() > 0.9
+    # the same seed deals the same books; a rerun skips every step; other shares are refused
+    run("trime-prepare-books", tmp_path / "again", *argv[1:])
+    assert json.load(open(tmp_path / "again" / "books.json"))["books"] == listing["books"]
+    stamp = os.path.getmtime(tmp_path / "out" / "data-bin" / "train.bin")
+    run("trime-prepare-books", *argv)
+    assert os.path.getmtime(tmp_path / "out" / "data-bin" / "train.bin") == stamp
+    code, log = run("trime-prepare-books", *argv, "--seed", 2, check=False)
+    assert code != 0 and "was prepared with --seed 1" in log
+    code, log = run("trime-prepare-books", tmp_path / "small", *argv[1:5], "--train-tokens", 10 ** 7,
+                    check=False)
+    assert code != 0 and "too few" in log and not (tmp_path / "small" / "books.json").exists()
