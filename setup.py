@@ -38,6 +38,7 @@ setup(
             "trime-memory-curve = trime.cli.memory_curve:main",
             "trime-build-index = trime.cli.build_index:main",
             "trime-import-dstore = trime.cli.import_dstore:main",
+            "trime-merge-dstore = trime.cli.merge_dstore:main",
             "trime-mt-datastore = trime.cli.mt_datastore:main",
             "trime-prepare-translation = trime.cli.prepare_translation:main",
             "trime-prepare-iwslt14 = trime.cli.prepare_iwslt14:main",

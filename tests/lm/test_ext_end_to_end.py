@@ -13,6 +13,7 @@ pytest.importorskip("fairseq")
 
 from console import USER_DIR, last_float, preprocess, run  # noqa: E402
 from trime.cli.toy_corpus import write_splits  # noqa: E402
+from trime.extmem.datastore import Datastore  # noqa: E402
 
 pytestmark = pytest.mark.e2e  # fairseq console scripts end to end
 
@@ -178,6 +179,59 @@ def test_knnlm_on_an_imported_knnlm_datastore_equals_the_native_one(trained, tmp
         assert imported == ours
     plain, _ = _eval(root, "vanilla")
     assert imported != plain
+
+
+def _interrupted_shard(root, model, path, num_shards, shard_id, batches):
+    """What a killed ``fairseq-eval-lm --save-dstore PATH --num-shards N --shard-id I`` leaves:
+    the shard's first ``batches`` batches scored (fairseq-eval-lm's own steps: the task's
+    evaluation iterator, the model's forward and normalized probabilities), then nothing."""
+    from fairseq import checkpoint_utils, options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    argv = [str(root / "bin"), *USER_DIR, "--task", "trime_lm", *map(str, DATA), "--path",
+            str(root / model / "checkpoint_last.pt"), "--gen-subset", "train", "--cpu",
+            "--save-dstore", str(path)]
+    args = options.parse_args_and_arch(options.get_eval_lm_parser(), argv)
+    task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+    models, _ = checkpoint_utils.load_model_ensemble([argv[argv.index("--path") + 1]], task=task)
+    task.load_dataset("train")
+    iterator = task.eval_lm_dataloader(task.dataset("train"), batch_size=4, num_shards=num_shards,
+                                       shard_id=shard_id)
+    with torch.no_grad():
+        for done, sample in enumerate(iterator):
+            if done == batches:
+                break  # killed here
+            output = models[0].eval()(**sample["net_input"])
+            models[0].get_normalized_probs(output, log_probs=True, sample=sample)
+
+
+def test_a_datastore_in_two_shards_one_interrupted_merges_into_the_unsharded_one(trained, tmp_path):
+    root = trained
+    _eval(root, "vanilla", "--save-dstore", tmp_path / "whole", split="train")
+    shard = ["--num-shards", 2, "--shard-id"]
+    _eval(root, "vanilla", "--save-dstore", tmp_path / "ds.0", *shard, 0, split="train")
+    _interrupted_shard(root, "vanilla", tmp_path / "ds.1", 2, 1, batches=2)
+    assert (tmp_path / "ds.1.partial" / "written.npy").exists() and not (tmp_path / "ds.1").exists()
+    _, out = _eval(root, "vanilla", "--save-dstore", tmp_path / "ds.1", *shard, 1, split="train")
+    assert "resuming the datastore" in out and "2 batches were already in the resumed" in out
+    failed, out = _eval(root, "vanilla", "--eval-memory", "ext", "--eval-scoring", "knnlm",
+                        "--dstore", tmp_path / "ds.0", check=False)
+    assert failed is None and "merge the shards first with `trime-merge-dstore" in out
+    run("trime-merge-dstore", tmp_path / "merged", tmp_path / "ds.1", tmp_path / "ds.0")
+    merged, whole = (Datastore.open(str(tmp_path / name)) for name in ("merged", "whole"))
+    assert np.array_equal(merged.values, whole.values) and np.array_equal(merged.keys, whole.keys)
+    assert merged.meta["values_checksum"] == whole.meta["values_checksum"]
+    assert merged.meta["model_fingerprint"] == whole.meta["model_fingerprint"]
+    # refused: a missing shard, a shard given twice, a shard of another model
+    for shards, message in (([0], r"rows [0-9,]+\.\.[0-9,]+ are missing"),
+                            ([0, 0, 1], "are in two shards")):
+        code, out = run("trime-merge-dstore", tmp_path / "bad", *[tmp_path / f"ds.{i}" for i in shards],
+                        check=False)
+        assert code != 0 and __import__("re").search(message, out), out[-500:]
+    _eval(root, "trime", "--save-dstore", tmp_path / "other.1", *shard, 1, split="train")
+    code, out = run("trime-merge-dstore", tmp_path / "bad", tmp_path / "ds.0", tmp_path / "other.1",
+                    check=False)
+    assert code != 0 and "differ in model_fingerprint" in out and not (tmp_path / "bad").exists()
 
 
 def test_tune_grid_points_equal_eval_lm(trained, trime_dstore):

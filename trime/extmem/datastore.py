@@ -19,13 +19,15 @@ where it came from.
 Row i holds the token at offset i of the split's token stream, so every scored
 token appears exactly once. ``DatastoreWriter`` fills ``DIR.partial/`` and
 renames it to ``DIR`` only when every row has been written: an interrupted build
-leaves ``DIR.partial`` behind and ``Datastore.open`` refuses it.
+leaves ``DIR.partial`` behind, ``Datastore.open`` refuses it, and the same build
+started again continues it. A shard (``meta["shard"]``: rows ``row_start`` ..
+``row_end - 1`` of a split of ``total_rows``) holds a contiguous part of a split;
+``trime-merge-dstore`` (``merge_shards``) joins the shards of a split into one.
 """
 
 import json
 import logging
 import os
-import shutil
 from typing import Optional
 
 import numpy as np
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "trime-datastore/1"
 KEY_TYPE = "last-ffn-input"
 KEYS_FILE, VALUES_FILE, META_FILE = "keys.npy", "values.npy", "meta.json"
+WRITTEN_FILE, WRITER_FILE = "written.npy", "writer.json"  # in DIR.partial only: what is stored
 
 
 # how a datastore is made, named by every error that asks for one
@@ -51,51 +54,88 @@ HOW_TO_BUILD = ("build one with `fairseq-eval-lm DATA --user-dir \"$(trime-user-
 class DatastoreWriter:
     """Writes a datastore of ``num_tokens`` rows, one batch of scored tokens at a time.
 
-    ``add`` takes each token's stream offset (its row); a row written twice is an
-    error. When the last row arrives the memmaps are flushed, ``meta.json`` is
-    written and ``DIR.partial`` is renamed to ``DIR``.
+    ``add`` takes each token's stream offset; row ``offset - row_start`` holds it (a shard of a
+    split, ``--num-shards``, holds rows ``row_start`` .. ``row_start + num_tokens - 1`` of the
+    stream). A row written twice in one run is an error. When the last row arrives the memmaps
+    are flushed, ``meta.json`` is written and ``DIR.partial`` is renamed to ``DIR``.
+
+    Interrupted, ``DIR.partial`` keeps what was written: the memmaps and ``written.npy``, which
+    marks a row only after its key and value are stored (a killed process leaves its memmap
+    writes to the operating system). The same writer started again (``writer.json``: same rows,
+    dimension, key type, dictionary and model) continues from there; another is refused.
     """
 
     def __init__(self, path: str, num_tokens: int, dim: int, meta: dict, progress: bool = True,
-                 key_type: str = KEY_TYPE, keys_file: Optional[str] = None):
+                 key_type: str = KEY_TYPE, keys_file: Optional[str] = None, row_start: int = 0):
         self.path = os.path.abspath(path)
         self.partial = self.path + ".partial"
         if os.path.exists(self.path):
             raise FileExistsError(
                 f"datastore {path!r} already exists: remove it or choose another folder "
                 "(a datastore is never overwritten in place).")
-        if os.path.exists(self.partial):
-            logger.warning(f"removing {self.partial}, left by an interrupted datastore build")
-            shutil.rmtree(self.partial)
-        os.makedirs(self.partial)
-        self.num_tokens, self.dim = int(num_tokens), int(dim)
+        self.num_tokens, self.dim, self.row_start = int(num_tokens), int(dim), int(row_start)
         self.meta = dict(meta, format=FORMAT, num_tokens=self.num_tokens, dim=self.dim,
                          key_dtype="float16", value_dtype="int32", key_type=key_type)
-        if keys_file is None:
-            self.keys = open_memmap(os.path.join(self.partial, KEYS_FILE), mode="w+",
-                                    dtype=np.float16, shape=(self.num_tokens, self.dim))
-        else:  # the keys stay in another (headerless fp16) file: ``add`` takes keys=None
-            self.keys = None
+        if keys_file is not None:  # the keys stay in another (headerless fp16) file: add(keys=None)
             self.meta.update(keys_file=os.path.abspath(keys_file), keys_offset=0)
             _raw_keys(self.meta["keys_file"], self.num_tokens, self.dim, path)
-        self.values = open_memmap(os.path.join(self.partial, VALUES_FILE), mode="w+",
+        identity = {"num_tokens": self.num_tokens, "dim": self.dim, "row_start": self.row_start,
+                    "key_type": key_type, "keys_file": self.meta.get("keys_file")}
+        identity.update({k: self.meta.get(k) for k in ("dictionary_checksum", "model_fingerprint",
+                                                       "split", "shard")})
+        mode = "w+"
+        if os.path.exists(self.partial):
+            try:
+                with open(os.path.join(self.partial, WRITER_FILE)) as f:
+                    resumable = json.load(f) == identity
+            except (OSError, ValueError):
+                resumable = False
+            if not resumable:
+                raise FileExistsError(
+                    f"{self.partial} is left by an interrupted build of another datastore (other "
+                    f"rows, model or dictionary): remove it, or write to another folder")
+            mode = "r+"
+        else:
+            os.makedirs(self.partial)
+            with open(os.path.join(self.partial, WRITER_FILE), "w") as f:
+                json.dump(identity, f)
+        self.keys = None if keys_file is not None else open_memmap(
+            os.path.join(self.partial, KEYS_FILE), mode=mode, dtype=np.float16,
+            shape=(self.num_tokens, self.dim))
+        self.values = open_memmap(os.path.join(self.partial, VALUES_FILE), mode=mode,
                                   dtype=np.int32, shape=(self.num_tokens,))
-        self.written = np.zeros(self.num_tokens, dtype=bool)
-        self.count = 0
+        self.written = open_memmap(os.path.join(self.partial, WRITTEN_FILE), mode=mode,
+                                   dtype=bool, shape=(self.num_tokens,))
+        self.written_now = np.zeros(self.num_tokens, dtype=bool)  # in this run
+        self.count = int(self.written.sum())
+        self.resumed_rows = self.count
+        if mode == "r+":
+            logger.info(f"TRIME: resuming the datastore {self.partial}: {self.count:,} of "
+                        f"{self.num_tokens:,} rows were saved before the interruption")
         self.complete = False
         self.progress = None
         if progress:
             from tqdm import tqdm
 
-            self.progress = tqdm(total=self.num_tokens, desc="datastore", unit="tok",
-                                 unit_scale=True, mininterval=2.0)
+            self.progress = tqdm(total=self.num_tokens, initial=self.count, desc="datastore",
+                                 unit="tok", unit_scale=True, mininterval=2.0)
+        if self.count == self.num_tokens:
+            self._finish()
+
+    def saved(self, rows: np.ndarray) -> bool:
+        """Whether every one of these stream offsets is already stored (a resumed build skips
+        the batches that hold only such rows)."""
+        if self.complete:
+            return True
+        rows = np.asarray(rows, dtype=np.int64) - self.row_start
+        return bool(len(rows)) and bool(self.written[rows].all())
 
     def add(self, rows: torch.Tensor, keys: Optional[torch.Tensor], values: torch.Tensor) -> None:
         """rows [n] stream offsets; keys [n, d] (None when they stay in ``keys_file``); values
         [n] token ids."""
         if self.complete:
             raise RuntimeError(f"datastore {self.path} is complete; nothing more can be added")
-        rows = rows.detach().cpu().numpy().astype(np.int64)
+        rows = rows.detach().cpu().numpy().astype(np.int64) - self.row_start
         if len(rows) == 0:
             return
         if (keys is None) != (self.keys is None):
@@ -103,25 +143,28 @@ class DatastoreWriter:
         if keys is not None and keys.shape[-1] != self.dim:
             raise ValueError(f"keys of dimension {keys.shape[-1]} for a datastore of dimension {self.dim}")
         if rows.min() < 0 or rows.max() >= self.num_tokens:
-            raise ValueError(f"token offsets {rows.min()}..{rows.max()} outside the split's "
-                             f"{self.num_tokens} tokens")
+            raise ValueError(f"token offsets {rows.min() + self.row_start}..{rows.max() + self.row_start}"
+                             f" outside the rows {self.row_start}..{self.row_start + self.num_tokens - 1}"
+                             " of this datastore")
         values = values.detach().cpu().numpy().astype(np.int32)
         order = np.argsort(rows, kind="stable")
         rows, values = rows[order], values[order]
         if keys is not None:
             keys = keys.detach().to("cpu", torch.float16).numpy()[order]
-        if self.written[rows].any() or (np.diff(rows) == 0).any():
+        if self.written_now[rows].any() or (np.diff(rows) == 0).any():
             raise RuntimeError("a token was scored twice while saving the datastore; every token "
                                "of the split must be scored exactly once, in one process")
+        new = int((~self.written[rows]).sum())
         if rows[-1] - rows[0] + 1 == len(rows):  # a contiguous run (stream order): one copy
             rows = slice(rows[0], rows[-1] + 1)
         if keys is not None:
             self.keys[rows] = keys
         self.values[rows] = values
-        self.written[rows] = True
-        self.count += len(values)
+        self.written[rows] = True  # after the key and value: marks only what is stored
+        self.written_now[rows] = True
+        self.count += new
         if self.progress is not None:
-            self.progress.update(len(values))
+            self.progress.update(new)
         if self.count == self.num_tokens:
             self._finish()
 
@@ -129,7 +172,9 @@ class DatastoreWriter:
         if self.keys is not None:
             self.keys.flush()
         self.values.flush()
-        del self.keys, self.values
+        del self.keys, self.values, self.written
+        os.remove(os.path.join(self.partial, WRITTEN_FILE))
+        os.remove(os.path.join(self.partial, WRITER_FILE))
         self.meta["values_checksum"] = stream_checksum(
             np.load(os.path.join(self.partial, VALUES_FILE), mmap_mode="r"))
         with open(os.path.join(self.partial, META_FILE), "w") as f:
@@ -169,8 +214,10 @@ class Datastore:
         return int(self.meta["dim"])
 
     @classmethod
-    def open(cls, path: str, dictionary=None, dim: Optional[int] = None) -> "Datastore":
-        """Open and check a datastore; ``dictionary`` / ``dim``: those of the model that will use it."""
+    def open(cls, path: str, dictionary=None, dim: Optional[int] = None,
+             shard: bool = False) -> "Datastore":
+        """Open and check a datastore; ``dictionary`` / ``dim``: those of the model that will use
+        it; ``shard``: open a shard of a split (for merging) instead of refusing it."""
         path = os.path.abspath(path)
         if not os.path.isdir(path):
             if os.path.isdir(path + ".partial"):
@@ -189,6 +236,12 @@ class Datastore:
             meta = json.load(f)
         if meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path} is not a {FORMAT} datastore (format = {meta.get('format')!r})")
+        if "shard" in meta and not shard:
+            part = meta["shard"]
+            raise ValueError(
+                f"{path} is shard {part['index']} of {part['count']} of a datastore (rows "
+                f"{part['row_start']:,}..{part['row_end'] - 1:,} of {part['total_rows']:,}): merge "
+                "the shards first with `trime-merge-dstore OUT SHARD...`")
         num_tokens, stored_dim = int(meta["num_tokens"]), int(meta["dim"])
         keys = None
         if meta.get("keys_file"):  # imported: another toolkit's key file, its errors say so
@@ -218,3 +271,57 @@ class Datastore:
                              f"g(c) has dimension {dim}: it was built with another model. Rebuild it "
                              "with this checkpoint (fairseq-eval-lm --save-dstore).")
         return cls(path, meta, keys, values)
+
+
+# what the shards of one split must share to be merged
+SHARD_IDENTITY = ("dim", "key_type", "dictionary_size", "dictionary_checksum", "model_fingerprint",
+                  "split", "tokens_per_sample", "context_window", "kind", "source_lang",
+                  "target_lang", "source_dictionary_checksum")
+
+
+def merge_shards(out: str, shard_paths, chunk_rows: int = 1 << 18, progress: bool = True) -> str:
+    """One datastore at ``out`` from the shards of a split (``fairseq-eval-lm --save-dstore DIR
+    --num-shards N --shard-id I``), copied in chunks of rows (never all keys in memory). Refused
+    unless the shards come from one model, dictionary and split and their rows cover the split
+    exactly once. Returns the merged folder."""
+    shards = [Datastore.open(path, shard=True) for path in shard_paths]
+    for datastore in shards:
+        if "shard" not in datastore.meta:
+            raise ValueError(f"{datastore.path} is a whole datastore, not a shard: nothing to merge")
+    first = shards[0].meta
+    for datastore in shards[1:]:
+        differing = [k for k in SHARD_IDENTITY + ("total_rows",) if
+                     datastore.meta.get(k, datastore.meta["shard"].get(k)) !=
+                     first.get(k, first["shard"].get(k))]
+        if differing:
+            raise ValueError(f"{datastore.path} is not a shard of the same datastore as "
+                             f"{shards[0].path}: they differ in {', '.join(differing)} (another "
+                             "model, dictionary, split or scoring). Merge shards of one build only.")
+    total = int(first["shard"]["total_rows"])
+    shards.sort(key=lambda d: d.meta["shard"]["row_start"])
+    expected = 0
+    for datastore in shards:
+        start, end = datastore.meta["shard"]["row_start"], datastore.meta["shard"]["row_end"]
+        if start != expected:
+            what = (f"rows {expected:,}..{start - 1:,} are missing" if start > expected else
+                    f"rows {start:,}..{min(end, expected) - 1:,} are in two shards")
+            raise ValueError(f"the shards do not cover the split once: {what} (shards given: "
+                             f"{', '.join(d.path for d in shards)}). Give every shard once; build "
+                             "a missing one with the same command and its --shard-id.")
+        expected = end
+    if expected != total:
+        raise ValueError(f"the shards do not cover the split once: rows {expected:,}..{total - 1:,} "
+                         "are missing; build the missing shard with its --shard-id")
+    meta = {k: v for k, v in first.items() if k not in ("shard", "num_tokens", "values_checksum",
+                                                        "format", "key_dtype", "value_dtype")}
+    meta["merged_from"] = [os.path.basename(d.path) for d in shards]
+    writer = DatastoreWriter(out, total, int(first["dim"]), meta, progress=progress,
+                             key_type=first["key_type"])
+    for datastore in shards:
+        start = datastore.meta["shard"]["row_start"]
+        for a in range(0, len(datastore), chunk_rows):
+            b = min(len(datastore), a + chunk_rows)
+            writer.add(torch.arange(start + a, start + b),
+                       torch.from_numpy(np.array(datastore.keys[a:b])),
+                       torch.from_numpy(np.array(datastore.values[a:b])))
+    return writer.path

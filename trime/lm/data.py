@@ -115,3 +115,35 @@ class EvalStreamDataset(BaseWrapperDataset):
         sample["trime_doc"] = torch.from_numpy(docs)  # over the window, context included
         sample[TARGETS_ONLY] = True
         return sample
+
+
+class StreamShard(BaseWrapperDataset):
+    """Segments ``start`` .. ``stop - 1`` of an evaluation stream (``EvalStreamDataset``): one of
+    ``--num-shards`` contiguous parts of a split, so that a shard's datastore rows are one run of
+    stream offsets. Items keep their ids in the whole split."""
+
+    def __init__(self, dataset, start: int, stop: int):
+        super().__init__(dataset)
+        self.start, self.stop = int(start), int(stop)
+
+    def __getitem__(self, index):
+        return self.dataset[self.start + index]
+
+    def __len__(self):
+        return self.stop - self.start
+
+    @property
+    def sizes(self):
+        return self.dataset.sizes[self.start:self.stop]
+
+    def num_tokens(self, index):
+        return self.dataset.num_tokens(self.start + index)
+
+    def num_tokens_vec(self, indices):
+        return self.dataset.num_tokens_vec(np.asarray(indices) + self.start)
+
+    def size(self, index):
+        return self.dataset.size(self.start + index)
+
+    def ordered_indices(self):
+        return np.arange(len(self))

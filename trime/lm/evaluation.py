@@ -60,12 +60,14 @@ class SplitEvaluation:
         self.writer = None
         if settings.save_dstore:
             dictionary = model.decoder.dictionary
-            self.writer = DatastoreWriter(settings.save_dstore, len(stream_tokens), model.query.dim,
+            shard = (meta or {}).get("shard")  # --num-shards: a contiguous run of the split's rows
+            rows = (shard["row_start"], shard["row_end"]) if shard else (0, len(stream_tokens))
+            self.writer = DatastoreWriter(settings.save_dstore, rows[1] - rows[0], model.query.dim,
                                           dict(meta or {}, split=split,
                                                dictionary_size=len(dictionary),
                                                dictionary_checksum=dictionary_checksum(dictionary),
                                                model_fingerprint=fingerprint,
-                                               command=" ".join(sys.argv)))
+                                               command=" ".join(sys.argv)), row_start=rows[0])
 
     def save_to_datastore(self, queries, sample):
         """--save-dstore: write g(c) and the target of every scored position of the batch."""

@@ -27,7 +27,7 @@ from trime.core.documents import DOC_BOUNDARIES
 from trime.glue.options import EvalOptions, EvalSettings
 from trime.glue.query import last_ffn
 from trime.glue.train_step import tell_criterion
-from trime.lm.data import EvalStreamDataset, SegmentPositionsDataset
+from trime.lm.data import EvalStreamDataset, SegmentPositionsDataset, StreamShard
 from trime.lm.model import TrimeLanguageModel
 from trime.progress import logged_progress
 
@@ -209,20 +209,73 @@ class TrimeLMTask(LanguageModelingTask):
                            context_window=0):
         """fairseq-eval-lm's batches (``stream_batches``); iterating them starts the
         evaluation of the split by every model this task built (``start_evaluation``)."""
-        if num_shards > 1 and ("long" in str(self.args.eval_memory) or self.args.save_dstore):
-            raise ValueError("--eval-memory local,long and --save-dstore score the split in stream "
-                             "order in one process; drop --num-shards / distributed evaluation.")
+        if num_shards > 1 and "long" in str(self.args.eval_memory):
+            raise ValueError("--eval-memory local,long scores the split in stream order in one "
+                             "process (its memory carries over); drop --num-shards / distributed "
+                             "evaluation.")
+        shard = None
+        if num_shards > 1 and self.args.save_dstore:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                raise ValueError("--save-dstore with distributed evaluation would write every "
+                                 "worker's rows into one folder: run one process per shard, each "
+                                 "with its own --save-dstore DIR.I --num-shards N --shard-id I, "
+                                 "then trime-merge-dstore DIR DIR.0 ... DIR.N-1")
+            shard = self.stream_shard(dataset, num_shards, shard_id)
+            num_shards, shard_id = 1, 0  # the shard's segments, batched as a whole split
         batches = self.stream_batches(dataset, max_tokens, batch_size, max_positions, num_shards,
-                                      shard_id, num_workers, data_buffer_size, context_window)
-        return _StartingEvaluation(batches, lambda: self.start_evaluation(dataset, context_window),
+                                      shard_id, num_workers, data_buffer_size, context_window,
+                                      shard)
+        meta = self.datastore_meta(context_window)
+        if shard is not None:
+            meta["shard"] = shard
+        return _StartingEvaluation(batches, lambda: self.start_evaluation(dataset, meta=meta),
                                    lambda: self.with_progress(batches, dataset))
+
+    @staticmethod
+    def stream_shard(dataset, num_shards: int, shard_id: int) -> dict:
+        """Shard ``shard_id`` of ``num_shards`` of an evaluation split: its contiguous segments
+        and the stream rows they score (``--save-dstore`` with ``--num-shards``)."""
+        segments = len(dataset)
+        if not 0 <= shard_id < num_shards:
+            raise ValueError(f"--shard-id {shard_id} outside 0..{num_shards - 1} (--num-shards "
+                             f"{num_shards})")
+        if num_shards > segments:
+            raise ValueError(f"--num-shards {num_shards} is more than the split's {segments} "
+                             "segments")
+        start, stop = segments * shard_id // num_shards, segments * (shard_id + 1) // num_shards
+        total = len(dataset.stream_tokens)
+        starts = dataset.segment_starts
+        return {"index": shard_id, "count": num_shards, "segment_start": int(start),
+                "segment_stop": int(stop), "row_start": int(starts[start]),
+                "row_end": int(starts[stop]) if stop < segments else total, "total_rows": total}
 
     def with_progress(self, batches, dataset):
         """Iterate the evaluation ``batches`` of ``dataset``, logging progress every 30 s
         (batches, tokens/s, time left): fairseq-eval-lm logs none when its output is not a
         terminal."""
-        return logged_progress(iter(batches), len(batches), f"scoring {self.split_name(dataset)}",
-                               logger, size=_sample_tokens)
+        return logged_progress(self._unsaved(iter(batches)), len(batches),
+                               f"scoring {self.split_name(dataset)}", logger, size=_sample_tokens)
+
+    def _unsaved(self, batches):
+        """The batches, less those whose every scored token a resumed --save-dstore already
+        stored (without long memory, whose FIFO needs every batch)."""
+        writers = [m.evaluation.writer for m in self.trime_models
+                   if getattr(m, "evaluation", None) is not None and m.evaluation.writer is not None]
+        if not writers or writers[0].resumed_rows == 0 or "long" in str(self.args.eval_memory):
+            yield from batches
+            return
+        skipped = 0
+        for sample in batches:
+            if sample and "trime_label_offset" in sample:
+                scored = sample["target"].ne(self.dictionary.pad())
+                if writers[0].saved(sample["trime_label_offset"][scored].numpy()):
+                    skipped += 1
+                    continue
+            yield sample
+        logger.warning(f"TRIME: {skipped} batches were already in the resumed datastore and were "
+                       "not scored again: the loss printed covers the other batches only")
 
     def split_name(self, dataset) -> str:
         return next((name for name, d in self.datasets.items() if d is dataset), "?")
@@ -233,24 +286,27 @@ class TrimeLMTask(LanguageModelingTask):
                 "context_window": context_window, "data": self.args.data}
 
     def start_evaluation(self, dataset, context_window=0, models=None, settings=None,
-                         retriever=None):
+                         retriever=None, meta=None):
         """``models`` (default: every model this task built) begin scoring ``dataset`` under
-        ``settings`` and ``retriever`` (default: the task's)."""
+        ``settings`` and ``retriever`` (default: the task's); ``meta``: a saved datastore's
+        (default: ``datastore_meta(context_window)``)."""
         for model in self.trime_models if models is None else models:
             model.start_evaluation(self.split_name(dataset), dataset.stream_tokens,
-                                   self.datastore_meta(context_window), settings, retriever)
+                                   meta or self.datastore_meta(context_window), settings, retriever)
 
     def stream_batches(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
                        num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10,
-                       context_window=0):
+                       context_window=0, shard=None):
         """Evaluation batches always in stream order, with the offset and document of every
         position, so that long memory (``trime.core.fifo``) carries its FIFO from batch to
-        batch; starts nothing."""
+        batch; ``shard`` (``stream_shard``): only its segments; starts nothing."""
         stream = dataset
         if context_window > 0:
             stream = LMContextWindowDataset(stream, self.args.tokens_per_sample, context_window,
                                             self.source_dictionary.pad())
         stream = EvalStreamDataset(stream, dataset)
+        if shard is not None:
+            stream = StreamShard(stream, shard["segment_start"], shard["segment_stop"])
         return self.get_batch_iterator(
             dataset=stream, max_tokens=max_tokens, max_sentences=batch_size,
             max_positions=max_positions, ignore_invalid_inputs=True, num_shards=num_shards,
