@@ -187,6 +187,42 @@ def test_ivfpq_exact_scores_rescore_the_retrieved_keys(store):
 
 # ---------------------------------------------------------------- bad input
 
+def test_an_interrupted_index_build_resumes_where_it_stopped(store, monkeypatch, caplog):
+    """IVFPQ built with stages kept: killed after its first checkpoint of added keys, the same
+    build started again continues from it and gives the index it would have given."""
+    import faiss
+
+    import trime.extmem.index as index_module
+
+    datastore, _, _ = store
+    settings = dict(metric="ip", index_type="ivfpq", nlist=4, num_sub=4, nbits=4, add_chunk=50,
+                    progress=False, resume=True, checkpoint_keys=100)
+    write_stage, saved = index_module._write_stage, []
+
+    def killed_after_first_checkpoint(index, on_gpu, path, identity):
+        write_stage(index, on_gpu, path, identity)
+        saved.append((path, faiss.serialize_index(index)))
+        if path.endswith(".partial"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(index_module, "_write_stage", killed_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(datastore, **settings)
+    assert [os.path.basename(p) for p, _ in saved] == ["index.ip.faiss.trained", "index.ip.faiss.partial"]
+    assert faiss.deserialize_index(saved[1][1]).ntotal == 100
+    monkeypatch.setattr(index_module, "_write_stage", write_stage)
+    with caplog.at_level("INFO", logger="trime.extmem.index"):
+        resumed, info = build_index(datastore, **settings)
+    assert "100 keys already added" in caplog.text
+    expected = faiss.deserialize_index(saved[0][1])  # the trained stage, every key added
+    for start in range(0, len(datastore), 50):
+        expected.add(np.asarray(datastore.keys[start:start + 50], dtype=np.float32))
+    assert np.array_equal(faiss.serialize_index(resumed), faiss.serialize_index(expected))
+    save_index(resumed, info, datastore.path)  # the stages are removed with the final index
+    assert sorted(f for f in os.listdir(datastore.path) if f.startswith("index")) == \
+        ["index.ip.faiss", "index.ip.json"]
+
+
 def test_interrupted_build_is_never_loaded(tmp_path):
     keys, values = torch.randn(10, D), torch.randint(4, 9, (10,))
     writer = DatastoreWriter(str(tmp_path / "d"), 10, D, {"dictionary_size": 9,

@@ -47,10 +47,14 @@ def main(argv=None):
                         help="where to train and fill the index: gpu needs faiss-gpu (pip install "
                              "trime[gpu]) and a GPU; auto = gpu when available, else cpu")
     parser.add_argument("--seed", type=int, default=1, help="seed of the training sample")
+    parser.add_argument("--checkpoint-keys", type=int, default=10_000_000,
+                        help="IVFPQ: the trained index is kept, and the partly filled one every "
+                             "this many keys added, so that the same command run again after an "
+                             "interruption continues from there")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         level=logging.INFO)
-    for name in ("nlist", "pq_m", "train_size", "add_chunk"):
+    for name in ("nlist", "pq_m", "train_size", "add_chunk", "checkpoint_keys"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -66,7 +70,8 @@ def main(argv=None):
                 f"building on {'GPU' if use_gpu else 'CPU'}"
                 + ("" if use_gpu or args.device == "cpu" else " (no GPU FAISS found)"))
     index, info = build_index(datastore, args.metric, args.index_type, args.nlist, args.pq_m,
-                              args.pq_bits, args.train_size, args.add_chunk, use_gpu, args.seed)
+                              args.pq_bits, args.train_size, args.add_chunk, use_gpu, args.seed,
+                              resume=True, checkpoint_keys=args.checkpoint_keys)
     path = save_index(index, info, datastore.path)
     logger.info(f"index written to {path}: {json.dumps(info)}")
 

@@ -66,9 +66,12 @@ def default_pq_bits(use_gpu: bool) -> int:
 def build_index(datastore: Datastore, metric: str = "ip", index_type: str = "auto",
                 nlist: int = None, num_sub: int = None, nbits: int = None,
                 train_size: int = 1_000_000, add_chunk: int = 500_000, use_gpu: bool = False,
-                seed: int = 1, progress: bool = True):
+                seed: int = 1, progress: bool = True, resume: bool = False,
+                checkpoint_keys: int = 10_000_000):
     """Build (and return) a FAISS index over every key of ``datastore``; ids = rows.
-    ``nbits`` None: ``default_pq_bits`` for the device."""
+    ``nbits`` None: ``default_pq_bits`` for the device. ``resume`` (IVFPQ): keep the trained
+    index and, every ``checkpoint_keys`` keys added, the partly filled one in the datastore
+    folder, and continue from them when started again with the same settings."""
     faiss = _faiss()
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -105,26 +108,39 @@ def build_index(datastore: Datastore, metric: str = "ip", index_type: str = "aut
     else:
         raise ValueError(f"index type must be one of {INDEX_TYPES}, got {index_type!r}")
 
+    resume = resume and index_type == "ivfpq"
+    stages = _stage_paths(datastore.path, metric)
+    identity = dict(info, seed=seed)
+    restored, first = _restore(stages, identity) if resume else (None, 0)
     gpu_resources = None
+    if restored is not None:
+        index = restored
     if use_gpu:
         gpu_resources = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(gpu_resources, 0, index)
     info["built_on"] = "gpu" if use_gpu else "cpu"
     started = time.time()
-    if index_type == "ivfpq":
+    if index_type == "ivfpq" and restored is None:
         rows = np.sort(np.random.default_rng(seed).choice(num_keys, num_train, replace=False))
         logger.info(f"training IVFPQ ({nlist} lists, {num_sub} x {nbits}-bit codes, "
                     f"{metric}) on {num_train} random keys")
         index.train(_keys_fp32(datastore, rows))
         logger.info(f"trained in {time.time() - started:.1f} s")
+        if resume:
+            _write_stage(index, use_gpu, stages["trained"], identity)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=num_keys, desc="adding keys", unit="key", unit_scale=True)
-    for start in range(0, num_keys, add_chunk):
+        bar = tqdm(total=num_keys, initial=first, desc="adding keys", unit="key", unit_scale=True)
+    since_checkpoint = 0
+    for start in range(first, num_keys, add_chunk):
         chunk = _keys_fp32(datastore, slice(start, min(num_keys, start + add_chunk)))
         index.add(chunk)
+        since_checkpoint += len(chunk)
+        if resume and since_checkpoint >= checkpoint_keys and start + len(chunk) < num_keys:
+            _write_stage(index, use_gpu, stages["partial"], identity)
+            since_checkpoint = 0
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
@@ -133,6 +149,48 @@ def build_index(datastore: Datastore, metric: str = "ip", index_type: str = "aut
         index = faiss.index_gpu_to_cpu(index)
     info["build_seconds"] = round(time.time() - started, 2)
     return index, info
+
+
+def _stage_paths(datastore_dir: str, metric: str) -> dict:
+    """Where a resumable build keeps its trained and its partly filled index (+ .json each)."""
+    index_path, _ = index_paths(datastore_dir, metric)
+    return {"trained": index_path + ".trained", "partial": index_path + ".partial"}
+
+
+def _write_stage(index, on_gpu: bool, path: str, identity: dict) -> None:
+    """Save a stage of the build atomically, with the settings it belongs to."""
+    faiss = _faiss()
+    faiss.write_index(faiss.index_gpu_to_cpu(index) if on_gpu else index, path + ".tmp")
+    with open(path + ".json.tmp", "w") as f:
+        json.dump(identity, f)
+    os.replace(path + ".tmp", path)
+    os.replace(path + ".json.tmp", path + ".json")
+
+
+def _restore(stages: dict, identity: dict):
+    """(index, keys already in it) of the furthest stage saved by the same settings, or
+    (None, 0)."""
+    faiss = _faiss()
+    for name in ("partial", "trained"):
+        path = stages[name]
+        if not (os.path.isfile(path) and os.path.isfile(path + ".json")):
+            continue
+        with open(path + ".json") as f:
+            if json.load(f) != identity:
+                logger.warning(f"{path} was saved with other settings: not resumed")
+                continue
+        index = faiss.read_index(path)
+        logger.info(f"resuming the index build from {path}: {index.ntotal:,} keys already added")
+        return index, int(index.ntotal)
+    return None, 0
+
+
+def remove_stages(datastore_dir: str, metric: str) -> None:
+    """Delete a resumable build's stages once its index is saved."""
+    for path in _stage_paths(datastore_dir, metric).values():
+        for name in (path, path + ".json"):
+            if os.path.exists(name):
+                os.remove(name)
 
 
 def save_index(index, info: dict, datastore_dir: str) -> str:
@@ -144,6 +202,7 @@ def save_index(index, info: dict, datastore_dir: str) -> str:
         json.dump(info, f, indent=2)
     os.replace(index_path + ".tmp", index_path)
     os.replace(info_path + ".tmp", info_path)
+    remove_stages(datastore_dir, info["metric"])
     return index_path
 
 
