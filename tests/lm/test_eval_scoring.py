@@ -76,6 +76,29 @@ def test_eval_memory_none_is_plain_lm(tmp_path):
     assert torch.allclose(ours, torch.log_softmax(out[0].float(), -1), atol=1e-6)
 
 
+@pytest.mark.parametrize("adaptive", [False, True], ids=["softmax", "adaptive"])
+@pytest.mark.parametrize("chunk_elements", [None, 7], ids=["one-chunk", "rows-in-chunks"])
+def test_eval_memory_none_at_the_targets_is_fairseqs_distribution(tmp_path, adaptive, chunk_elements,
+                                                                 monkeypatch):
+    """fairseq-eval-lm's batches (targets only) without memory: each target's log-probability
+    equals fairseq's own full distribution there, whether the positions are taken in one chunk
+    or a few at a time (memory bounded by the chunk, not by tokens × vocabulary)."""
+    from trime.glue import vocab
+
+    if chunk_elements:
+        monkeypatch.setattr(vocab, "EVAL_CHUNK_ELEMENTS", chunk_elements)
+    d, model = _eval_model(tmp_path, ADAPTIVE if adaptive else ())
+    sample = _context_window_sample(d)
+    sample["target"][:, :4] = torch.tensor([[5, 15, 25, 2], [33, 7, 12, 38]])  # every cluster
+    with torch.no_grad():
+        out = model(**sample["net_input"])
+        fairseqs = model.get_normalized_probs(out, log_probs=True, sample=sample)  # [B, T, V]
+        ours = model.get_normalized_probs(out, log_probs=True, sample={**sample, TARGETS_ONLY: True})
+    index = sample["target"][..., None]
+    assert ours.stride(-1) == 0  # one number per position, broadcast over the vocabulary
+    assert torch.allclose(ours.gather(-1, index), fairseqs.gather(-1, index), atol=1e-5)
+
+
 def test_non_finite_target_log_prob_is_refused(tmp_path):
     d, model = _eval_model(tmp_path)
     model.start_evaluation("valid", settings=EvalSettings(eval_memory="local"))

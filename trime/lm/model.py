@@ -19,6 +19,7 @@ from fairseq.models import FairseqLanguageModel
 
 import torch
 
+from trime.glue import vocab
 from trime.glue.options import EvalSettings
 from trime.glue.query import LastFFNInput
 from trime.glue.scorer import TARGETS_ONLY
@@ -63,13 +64,21 @@ class TrimeLanguageModel(FairseqLanguageModel):
         settings = evaluation.settings if evaluation is not None else self.settings
         if evaluation is not None and "trime_query" in extra:
             evaluation.save_to_datastore(extra["trime_query"], sample)
-        if settings.eval_memory == "none" or "trime_query" not in extra:
+        targets_only = sample is not None and sample.get(TARGETS_ONLY)
+        if settings.eval_memory == "none" and targets_only and "trime_query" in extra:
+            # fairseq-eval-lm reads only the targets: their log-probabilities, in chunks of
+            # positions, broadcast over the vocabulary (no [tokens × V] tensor is made)
+            target_score, log_z = vocab.eval_target_scores(self.decoder, decoder_out, sample["target"])
+            target_log_probs = target_score - log_z
+            probs = target_log_probs[..., None].expand(*target_log_probs.shape,
+                                                       len(self.decoder.dictionary))
+        elif settings.eval_memory == "none" or "trime_query" not in extra:
             probs = super().get_normalized_probs(net_output, log_probs=True, sample=sample).float()
         elif evaluation is None:
             raise ValueError(f"--eval-memory {settings.eval_memory}: no evaluation started; "
                              "fairseq-eval-lm --task trime_lm starts one, API users call "
                              "model.start_evaluation(split, ...) before scoring")
-        elif sample is not None and sample.get(TARGETS_ONLY):
+        elif targets_only:
             # the consumer reads only each target's entry (fairseq-eval-lm): computed for the
             # targets alone and broadcast over the vocabulary
             target_log_probs = evaluation.scorer.target_log_probs(decoder_out, extra, sample)
