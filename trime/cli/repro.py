@@ -22,6 +22,42 @@ from trime.cli.parsing import HelpFormatter
 from trime.errors import console_script, one_line
 
 
+def paper_plan(parser, args):
+    """A paper-scale table (``trime.repro.paper``): the training commands of its models with the
+    authors' hyperparameters on --gpus GPUs."""
+    import shlex
+
+    import trime
+    from trime.repro.paper import PAPER_MODELS, PAPER_TABLES, TABLE_MODELS, train_options
+
+    preset = PAPER_TABLES.get(args.table)
+    if preset is None or args.preset != preset:
+        parser.error(f"{args.table} is a paper-scale table with --preset {preset}" if preset else
+                     f"--preset {args.preset} is for {', '.join(t for t, p in PAPER_TABLES.items() if p == args.preset)}")
+    if not args.dry_run:
+        parser.error(f"{args.table} at paper scale prints its commands with --dry-run; running them "
+                     "end to end (datastores, tuning, evaluation) is not built yet")
+    if args.gpus < 1:
+        parser.error(f"--gpus must be >= 1, got {args.gpus}")
+    for variant in TABLE_MODELS[args.table]:
+        try:
+            plan = train_options(preset, variant, args.gpus)
+        except ValueError as error:
+            print(f"# {variant}: not with --gpus {args.gpus}: {error}")
+            continue
+        print(f"# {variant} (the authors' {plan['authors_run']} hyperparameters): {plan['gpus']} GPU(s) x "
+              f"{plan['segments_per_gpu']} segments x update-freq {plan['update_freq']} = "
+              f"{plan['tokens_per_update']:,} tokens per update")
+        if variant == "trime_ext":
+            model = PAPER_MODELS[preset]
+            print(shlex.join(["trime-bm25-batches", args.data, "--split", "train",
+                              "--tokens-per-sample", str(model.tokens_per_sample), "--k", "20",
+                              "--batch-size", str(plan["gpus"] * plan["segments_per_gpu"]),
+                              "-o", "bm25.json"]))
+        print(shlex.join(["fairseq-train", args.data, "--user-dir", trime.USER_DIR, *plan["options"],
+                          "--save-dir", f"{args.work}/models/{variant}"]))
+
+
 def authors_main(argv):
     """`trime-repro authors NAME DATA`: a released model, downloaded and evaluated as documented."""
     from trime.repro.authors import RELEASED, RELEASED_MT, URL, reproduce
@@ -71,6 +107,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["authors"]:
         return authors_main(argv[1:])
+    from trime.repro.paper import PAPER_MODELS, PAPER_TABLES
     from trime.repro.recipes import PRESETS, Recipes, with_overrides
     from trime.repro.runner import Runner, StepMismatch
     from trime.repro.orderings import write_orderings
@@ -79,7 +116,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="trime-repro", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=HelpFormatter)
-    parser.add_argument("table", choices=sorted(TABLES),
+    parser.add_argument("table", choices=sorted(TABLES) + sorted(PAPER_TABLES),
                         help="the paper table (or figure3: perplexity vs long-memory size) to reproduce")
     parser.add_argument("data", help="corpus folder with train / valid / test as SPLIT.txt or "
                                      "wiki.SPLIT.tokens (e.g. WikiText-2)")
@@ -87,7 +124,12 @@ def main(argv=None):
                         help="folder of checkpoints, datastores, logs and step records (reused by "
                              "every table: a model trained for one table serves the others)")
     parser.add_argument("--out", default="results", help="results/<table>/ is written here")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+    parser.add_argument("--gpus", type=int, default=1,
+                        help="paper presets: GPUs of one node; the update frequency keeps the "
+                             "authors' tokens per update for any number")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the steps' commands, run nothing")
+    parser.add_argument("--preset", choices=sorted(PRESETS) + sorted(PAPER_MODELS), default="cpu",
                         help="budget: cpu = the paper's 7M model, L = 512, 1,600 updates per model "
                              "(about 45 min each on 2 CPU cores); tiny = a toy model for tests")
     parser.add_argument("--updates", type=int, default=None, help="override the preset's updates")
@@ -100,6 +142,11 @@ def main(argv=None):
                         help="run the steps' console scripts in this process (fast start-up for "
                              "tiny configs; long runs are better isolated in subprocesses)")
     args = parser.parse_args(argv)
+    if args.table in PAPER_TABLES or args.preset in PAPER_MODELS:
+        return paper_plan(parser, args)
+    if args.dry_run:
+        parser.error("--dry-run is for the paper presets (table2-table4 with --preset "
+                     f"{'/'.join(sorted(PAPER_MODELS))}) in this version")
     budget = with_overrides(PRESETS[args.preset], updates=args.updates, device=args.device)
     if budget.updates < 1:
         parser.error("--updates must be >= 1")
