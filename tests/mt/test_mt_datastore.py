@@ -91,3 +91,43 @@ def test_skipped_pairs_leave_an_incomplete_datastore_that_says_so(trained, tmp_p
     with pytest.raises(ValueError, match=r"incomplete: \d+ of \d+ target tokens were written"):
         save_translation_datastore(str(tmp_path / "d"), net, pairs[:-1], sizes, "final", de, en, {})
     assert (tmp_path / "d.partial").exists() and not (tmp_path / "d").exists()
+
+
+def test_two_shards_one_interrupted_merge_into_the_whole_datastore(trained, tmp_path):
+    """--num-shards 2: shard 1 is cut after two pairs (what a killed run leaves), run again it
+    continues, and trime-merge-dstore gives the datastore of one pass, row for row."""
+    from trime.extmem.datastore import Datastore
+    from trime.mt.datastore import pair_shard, save_translation_datastore
+
+    root, data = trained
+    checkpoint = root / "vanilla" / "checkpoint_last.pt"
+    common = [data, "--path", checkpoint, "-s", "de", "-t", "en", "--subset", "valid",
+              "--max-tokens", "64", "--cpu"]
+    run("trime-mt-datastore", *common, "--save-dstore", tmp_path / "whole")
+    run("trime-mt-datastore", *common, "--save-dstore", tmp_path / "ds.0", "--num-shards", 2,
+        "--shard-id", 0)
+    net, pairs = _pairs(data, checkpoint)
+    task_dictionaries = _dictionaries(data)
+    sizes = np.array([len(p["target"][0]) for p in pairs])
+    shard = pair_shard(sizes, 2, 1)
+    with pytest.raises(ValueError, match="incomplete"):  # killed after two pairs
+        save_translation_datastore(str(tmp_path / "ds.1"), net, pairs[shard["pair_start"]:][:2], sizes,
+                                   "final", *task_dictionaries, {"split": "valid"}, shard)
+    assert (tmp_path / "ds.1.partial").is_dir()
+    _, out = run("trime-mt-datastore", *common, "--save-dstore", tmp_path / "ds.1", "--num-shards", 2,
+                 "--shard-id", 1)
+    saved = sizes[shard["pair_start"]:][:2].sum()
+    assert "resuming the datastore" in out and f"{saved} of {shard['row_end'] - shard['row_start']} rows" in out
+    run("trime-merge-dstore", tmp_path / "merged", tmp_path / "ds.0", tmp_path / "ds.1")
+    merged, whole = (Datastore.open(str(tmp_path / n)) for n in ("merged", "whole"))
+    assert np.array_equal(merged.values, whole.values)
+    # other batches, other padding: the same keys up to the fp16 rounding of the datastore
+    np.testing.assert_allclose(merged.keys.astype(np.float32), whole.keys.astype(np.float32),
+                               atol=2e-3, rtol=2e-3)
+    assert merged.meta["kind"] == "translation" and merged.meta["source_lang"] == "de"
+
+
+def _dictionaries(data):
+    from fairseq.data import Dictionary
+
+    return Dictionary.load(str(data / "dict.de.txt")), Dictionary.load(str(data / "dict.en.txt"))

@@ -45,6 +45,10 @@ def main(argv=None):
                              "trime_mt_loss --mt-key). Default: the one the checkpoint was trained "
                              "with by trime_mt_loss, else final (what kNN-MT code uses)")
     parser.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
+    parser.add_argument("--num-shards", type=int, default=1,
+                        help="save one of this many shards (contiguous pairs; one process or GPU "
+                             "each), then join them with trime-merge-dstore OUT SHARD...")
+    parser.add_argument("--shard-id", type=int, default=0, help="which shard, 0 .. --num-shards - 1")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even with a GPU")
     parser.add_argument("--fp16", action="store_true", help="run the model in half precision "
                         "(keys are saved in fp16 either way)")
@@ -56,6 +60,9 @@ def main(argv=None):
                      "another folder (a datastore is never overwritten in place)")
     if args.max_tokens < 1:
         parser.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if args.num_shards < 1 or not 0 <= args.shard_id < args.num_shards:
+        parser.error(f"--shard-id {args.shard_id} of --num-shards {args.num_shards}: needs "
+                     "0 <= shard id < shards")
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         level=logging.INFO)
 
@@ -88,10 +95,22 @@ def main(argv=None):
     mt_key = args.mt_key or (str(trained_key) if trained_key else "final")
     task.load_dataset(args.subset)
     dataset = task.dataset(args.subset)
-    batches = task.get_batch_iterator(
+    iterator = task.get_batch_iterator(
         dataset=dataset, max_tokens=args.max_tokens,
         max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
-        ignore_invalid_inputs=False).next_epoch_itr(shuffle=False)
+        ignore_invalid_inputs=False)
+    shard = None
+    if args.num_shards > 1:
+        from fairseq.data import iterators
+
+        from trime.mt.datastore import pair_shard
+
+        shard = pair_shard(dataset.tgt_sizes, args.num_shards, args.shard_id)
+        inside = [[i for i in batch if shard["pair_start"] <= i < shard["pair_stop"]]
+                  for batch in iterator.frozen_batches]
+        iterator = iterators.EpochBatchIterator(dataset, dataset.collater,
+                                                [b for b in inside if b], num_workers=0)
+    batches = iterator.next_epoch_itr(shuffle=False)
     if use_cuda:
         batches = (utils.move_to_cuda(sample) for sample in batches)
     logger.info(f"{args.subset}: {len(dataset):,} pairs, {int(dataset.tgt_sizes.sum()):,} target "
@@ -99,7 +118,7 @@ def main(argv=None):
     path = save_translation_datastore(
         args.save_dstore, model, batches, dataset.tgt_sizes, mt_key, task.source_dictionary,
         task.target_dictionary, dict(split=args.subset, data=args.data, source_lang=args.source_lang,
-                                     target_lang=args.target_lang, checkpoint=args.path))
+                                     target_lang=args.target_lang, checkpoint=args.path), shard)
     print(path)
 
 

@@ -35,38 +35,64 @@ def target_rows(sample, pair_offsets: np.ndarray, pad: int):
     return (starts[:, None] + positions)[scored], scored
 
 
+def pair_shard(target_sizes, num_shards: int, shard_id: int) -> dict:
+    """Shard ``shard_id`` of ``num_shards``: contiguous pairs and the datastore rows they hold."""
+    pairs = len(target_sizes)
+    if not 0 <= shard_id < num_shards or num_shards > pairs:
+        raise ValueError(f"--shard-id {shard_id} of --num-shards {num_shards}: needs 0 <= id < "
+                         f"shards <= {pairs:,} pairs")
+    offsets = np.concatenate([[0], np.cumsum(np.asarray(target_sizes, dtype=np.int64))])
+    start, stop = pairs * shard_id // num_shards, pairs * (shard_id + 1) // num_shards
+    return {"index": shard_id, "count": num_shards, "pair_start": int(start), "pair_stop": int(stop),
+            "row_start": int(offsets[start]), "row_end": int(offsets[stop]),
+            "total_rows": int(offsets[-1])}
+
+
+def key_dim(model, mt_key: str) -> int:
+    """The dimension of the model's ``--mt-key`` keys."""
+    from trime.glue.query import last_ffn
+
+    return (last_ffn(model.decoder).in_features if mt_key == "last-ffn-input"
+            else model.decoder.output_projection.in_features)
+
+
 def save_translation_datastore(path, model, batches, target_sizes, mt_key, source_dictionary,
-                               target_dictionary, meta: dict) -> str:
+                               target_dictionary, meta: dict, shard: dict = None) -> str:
     """Write the datastore of one teacher-forced pass over ``batches`` (fairseq samples of a
-    split whose pairs have ``target_sizes`` target tokens, EOS included, every pair once).
-    Returns the datastore folder; raises if the batches left any target token out."""
+    split whose pairs have ``target_sizes`` target tokens, EOS included, every pair once; with
+    ``shard`` (``pair_shard``), the pairs of the shard). An interrupted pass started again
+    continues its ``path.partial``: batches already stored are skipped. Returns the datastore
+    folder; raises if the batches left any target token out."""
     target_sizes = np.asarray(target_sizes, dtype=np.int64)
     pair_offsets = np.concatenate([[0], np.cumsum(target_sizes)[:-1]])
-    num_tokens = int(target_sizes.sum())
-    dim = None
-    writer = None
+    rows = (shard["row_start"], shard["row_end"]) if shard else (0, int(target_sizes.sum()))
     pad = target_dictionary.pad()
+    writer = DatastoreWriter(path, rows[1] - rows[0], key_dim(model, mt_key), dict(
+        meta, kind=KIND, dictionary_size=len(target_dictionary),
+        dictionary_checksum=dictionary_checksum(target_dictionary),
+        source_dictionary_size=len(source_dictionary),
+        source_dictionary_checksum=dictionary_checksum(source_dictionary),
+        model_fingerprint=model_fingerprint(model), command=" ".join(sys.argv),
+        **({"shard": shard} if shard else {})), key_type=mt_key, row_start=rows[0])
     model.eval()
+    skipped = 0
     with torch.no_grad():
         for sample in batches:
+            if writer.complete:
+                break
+            batch_rows, scored = target_rows(sample, pair_offsets, pad)
+            if writer.resumed_rows and writer.saved(batch_rows.cpu().numpy()):
+                skipped += 1
+                continue
             _, _, keys = features_and_keys(
                 model.decoder, lambda: model(**sample["net_input"], features_only=True), mt_key)
-            if writer is None:
-                dim = keys.shape[-1]
-                writer = DatastoreWriter(path, num_tokens, dim, dict(
-                    meta, kind=KIND, dictionary_size=len(target_dictionary),
-                    dictionary_checksum=dictionary_checksum(target_dictionary),
-                    source_dictionary_size=len(source_dictionary),
-                    source_dictionary_checksum=dictionary_checksum(source_dictionary),
-                    model_fingerprint=model_fingerprint(model), command=" ".join(sys.argv)),
-                    key_type=mt_key)
-            rows, scored = target_rows(sample, pair_offsets, pad)
-            writer.add(rows, keys[scored], sample["target"][scored])
-    if writer is None or not writer.complete:
-        written = 0 if writer is None else writer.count
+            writer.add(batch_rows, keys[scored], sample["target"][scored])
+    if skipped:
+        logger.info(f"TRIME: {skipped} batches were already in the resumed datastore")
+    if not writer.complete:
         raise ValueError(
-            f"the datastore {path} is incomplete: {written:,} of {num_tokens:,} target tokens "
-            "were written, so some pairs were skipped (too long for the model, or "
+            f"the datastore {path} is incomplete: {writer.count:,} of {writer.num_tokens:,} target "
+            "tokens were written, so some pairs were skipped (too long for the model, or "
             "--skip-invalid-size-inputs-valid-test). A datastore needs every pair: drop that "
             "flag, or raise --max-source-positions / --max-target-positions. "
             f"{path}.partial is left and is refused by every reader.")

@@ -187,8 +187,7 @@ class TrimeTranslationTask(TranslationTask):
         from trime.extmem.datastore import Datastore
         from trime.extmem.fingerprints import dictionary_checksum
         from trime.extmem.retrieval import open_retriever
-        from trime.glue.query import last_ffn
-        from trime.mt.datastore import KIND
+        from trime.mt.datastore import KIND, key_dim
 
         settings = self.memory
         datastore = Datastore.open(settings.dstore, self.tgt_dict)
@@ -204,8 +203,7 @@ class TrimeTranslationTask(TranslationTask):
                              f"other dictionaries than this {self.cfg.source_lang}->"
                              f"{self.cfg.target_lang} data: {rebuild}")
         key_type = meta["key_type"]
-        dim = (last_ffn(model.decoder).in_features if key_type == "last-ffn-input"
-               else model.decoder.output_projection.in_features)
+        dim = key_dim(model, key_type)
         if dim != datastore.dim:
             raise ValueError(f"{datastore.path} holds keys of dimension {datastore.dim}, this "
                              f"model's {key_type} keys have {dim}: {rebuild}")
