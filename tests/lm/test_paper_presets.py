@@ -113,3 +113,18 @@ def test_dry_run_prints_the_commands(tmp_path):
     code, out = run("trime-repro", "table2", tmp_path, "--preset", "enwik8-38m", "--dry-run",
                     check=False)
     assert code != 0 and "--preset wt103-247m" in out
+
+
+def test_docs_paper_scale_shows_what_dry_run_prints():
+    import os
+    import re
+
+    from trime.repro.paper import PAPER_TABLES, dry_run_lines
+
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "paper-scale.md")).read()
+    blocks = re.findall(r"`trime-repro (table\d) (\S+) --preset (\S+) --gpus (\d+) --dry-run --work (\S+)`:"
+                        r"\n\n```\n(.*?)\n```", doc, re.S)
+    assert sorted(b[0] for b in blocks) == sorted(PAPER_TABLES)
+    for table, data, preset, gpus, work, printed in blocks:
+        assert PAPER_TABLES[table] == preset
+        assert printed == "\n".join(dry_run_lines(table, data, work, int(gpus))), table

@@ -25,10 +25,7 @@ from trime.errors import console_script, one_line
 def paper_plan(parser, args):
     """A paper-scale table (``trime.repro.paper``): the training commands of its models with the
     authors' hyperparameters on --gpus GPUs."""
-    import shlex
-
-    import trime
-    from trime.repro.paper import PAPER_MODELS, PAPER_TABLES, TABLE_MODELS, train_options
+    from trime.repro.paper import PAPER_TABLES, dry_run_lines
 
     preset = PAPER_TABLES.get(args.table)
     if preset is None or args.preset != preset:
@@ -39,23 +36,7 @@ def paper_plan(parser, args):
                      "end to end (datastores, tuning, evaluation) is not built yet")
     if args.gpus < 1:
         parser.error(f"--gpus must be >= 1, got {args.gpus}")
-    for variant in TABLE_MODELS[args.table]:
-        try:
-            plan = train_options(preset, variant, args.gpus)
-        except ValueError as error:
-            print(f"# {variant}: not with --gpus {args.gpus}: {error}")
-            continue
-        print(f"# {variant} (the authors' {plan['authors_run']} hyperparameters): {plan['gpus']} GPU(s) x "
-              f"{plan['segments_per_gpu']} segments x update-freq {plan['update_freq']} = "
-              f"{plan['tokens_per_update']:,} tokens per update")
-        if variant == "trime_ext":
-            model = PAPER_MODELS[preset]
-            print(shlex.join(["trime-bm25-batches", args.data, "--split", "train",
-                              "--tokens-per-sample", str(model.tokens_per_sample), "--k", "20",
-                              "--batch-size", str(plan["gpus"] * plan["segments_per_gpu"]),
-                              "-o", "bm25.json"]))
-        print(shlex.join(["fairseq-train", args.data, "--user-dir", trime.USER_DIR, *plan["options"],
-                          "--save-dir", f"{args.work}/models/{variant}"]))
+    print("\n".join(dry_run_lines(args.table, args.data, args.work, args.gpus)))
 
 
 def authors_main(argv):

@@ -14,10 +14,15 @@ string, where fairseq changed between their 0.9 and 0.12:
 """
 
 import math
+import shlex
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
 AUTHORS_GPUS = 4  # "trained on 4 GPUs" (their README)
+# the paper's speed of running the 247M model (Table 2: tokens/s on one RTX 3090, evaluation);
+# none is given for the others
+PAPER_TOKENS_PER_SECOND = {"wt103-247m": 3600}
+TRAINING_PASSES = 3  # a training token costs about 3 forward passes (backward ≈ 2)
 WIKITEXT103_TRAIN_TOKENS = 103_227_021  # published, one <eos> per line included
 ENWIK8_TRAIN_TOKENS = 90_000_000  # bytes (a newline byte becomes its line's <eos>)
 
@@ -130,3 +135,37 @@ def train_options(preset: str, variant: str, gpus: int, train_tokens: int = None
             "update_freq": update_freq,
             "tokens_per_update": gpus * per_gpu * update_freq * model.tokens_per_sample,
             "authors_run": model.run}
+
+
+def dry_run_lines(table: str, data: str, work: str, gpus: int):
+    """What ``trime-repro TABLE DATA --preset P --gpus N --dry-run`` prints: each trained row's
+    commands with the authors' hyperparameters, tokens trained and, where the paper gives a speed,
+    GPU-hours; for TrimeLM_ext the BM25 batches first."""
+    preset = PAPER_TABLES[table]
+    model = PAPER_MODELS[preset]
+    user_dir = '"$(trime-user-dir)"'
+    lines = []
+    for variant in TABLE_MODELS[table]:
+        try:
+            plan = train_options(preset, variant, gpus)
+        except ValueError as error:
+            lines.append(f"# {variant}: not with --gpus {gpus}: {error}")
+            continue
+        tokens = model.max_update * plan["tokens_per_update"]
+        rate = PAPER_TOKENS_PER_SECOND.get(preset)
+        cost = (f"; roughly {tokens * TRAINING_PASSES / rate / 3600:,.0f} RTX 3090 GPU-hours (the "
+                f"paper's {rate:,} tokens/s of evaluation, {TRAINING_PASSES} passes per training "
+                "token)" if rate else "; the paper gives no speed for this model")
+        lines.append(f"# {variant} (the authors' {plan['authors_run']} hyperparameters): "
+                     f"{plan['gpus']} GPU(s) x {plan['segments_per_gpu']} segments x update-freq "
+                     f"{plan['update_freq']} = {plan['tokens_per_update']:,} tokens per update; "
+                     f"{model.max_update:,} updates = {tokens / 1e9:.1f}B tokens{cost}")
+        if variant == "trime_ext":
+            lines.append(shlex.join(["trime-bm25-batches", data, "--split", "train",
+                                     "--tokens-per-sample", str(model.tokens_per_sample), "--k", "20",
+                                     "--batch-size", str(plan["gpus"] * plan["segments_per_gpu"]),
+                                     "-o", "bm25.json"]))
+        lines.append(" ".join(["fairseq-train", shlex.quote(data), "--user-dir", user_dir,
+                               shlex.join(plan["options"]),
+                               "--save-dir", shlex.quote(f"{work}/models/{variant}")]))
+    return lines
