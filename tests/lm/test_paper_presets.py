@@ -128,3 +128,15 @@ def test_docs_paper_scale_shows_what_dry_run_prints():
     for table, data, preset, gpus, work, printed in blocks:
         assert PAPER_TABLES[table] == preset
         assert printed == "\n".join(dry_run_lines(table, data, work, int(gpus))), table
+
+
+def test_a_corpus_that_does_not_fit_the_preset_is_refused(tmp_path):
+    from fairseq_utils import write_dictionary
+
+    write_dictionary(tmp_path / "small", num_words=36)  # not WikiText-103's 267,744 types
+    code, out = run("trime-repro", "table3", tmp_path / "small", "--preset", "wt103-150m",
+                    "--dry-run", check=False)
+    assert code != 0 and "40 types" in out and "trime-prepare-wikitext103" in out
+    write_dictionary(tmp_path / "bytes", num_words=204)  # enwik8's byte symbols: 208 with fairseq's 4
+    _, out = run("trime-repro", "table4", tmp_path / "bytes", "--preset", "enwik8-38m", "--dry-run")
+    assert out.count("fairseq-train") == 3

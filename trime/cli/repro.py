@@ -36,7 +36,10 @@ def paper_plan(parser, args):
                      "end to end (datastores, tuning, evaluation) is not built yet")
     if args.gpus < 1:
         parser.error(f"--gpus must be >= 1, got {args.gpus}")
-    print("\n".join(dry_run_lines(args.table, args.data, args.work, args.gpus)))
+    try:
+        print("\n".join(dry_run_lines(args.table, args.data, args.work, args.gpus)))
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def authors_main(argv):

@@ -27,6 +27,29 @@ WIKITEXT103_TRAIN_TOKENS = 103_227_021  # published, one <eos> per line included
 ENWIK8_TRAIN_TOKENS = 90_000_000  # bytes (a newline byte becomes its line's <eos>)
 
 
+# what a preset's corpus folder must hold: fairseq's dictionary size for WikiText-103 (the
+# models' embedding rows); byte symbols for enwik8 (208 with fairseq's 4 and its padding to 8)
+CORPUS_DICTIONARY = {"wt103-247m": ("wikitext-103", 267_744), "wt103-150m": ("wikitext-103", 267_744),
+                     "enwik8-38m": ("enwik8", 208)}
+
+
+def check_corpus(preset: str, data: str) -> None:
+    """Refuse a corpus folder that is not the preset's (a missing one is fine for --dry-run)."""
+    import os
+
+    path = os.path.join(data, "dict.txt")
+    if not os.path.isfile(path):
+        return
+    from fairseq.data import Dictionary
+
+    corpus, size = CORPUS_DICTIONARY[preset]
+    found = len(Dictionary.load(path))
+    prepare = "trime-prepare-wikitext103 OUT" if corpus == "wikitext-103" else "trime-prepare-enwik8 OUT"
+    if found != size:
+        raise ValueError(f"{data} has a dictionary of {found:,} types, the {corpus} models of "
+                         f"--preset {preset} have {size:,}: give OUT/data-bin of `{prepare}`")
+
+
 @dataclass(frozen=True)
 class PaperModel:
     """One column of the paper's Table 9, as the authors trained it."""
@@ -142,6 +165,7 @@ def dry_run_lines(table: str, data: str, work: str, gpus: int):
     commands with the authors' hyperparameters, tokens trained and, where the paper gives a speed,
     GPU-hours; for TrimeLM_ext the BM25 batches first."""
     preset = PAPER_TABLES[table]
+    check_corpus(preset, data)
     model = PAPER_MODELS[preset]
     user_dir = '"$(trime-user-dir)"'
     lines = []
