@@ -140,3 +140,27 @@ def test_a_corpus_that_does_not_fit_the_preset_is_refused(tmp_path):
     write_dictionary(tmp_path / "bytes", num_words=204)  # enwik8's byte symbols: 208 with fairseq's 4
     _, out = run("trime-repro", "table4", tmp_path / "bytes", "--preset", "enwik8-38m", "--dry-run")
     assert out.count("fairseq-train") == 3
+
+
+def test_table2_dry_run_saves_both_datastores_in_shards_with_their_disk(tmp_path):
+    import shlex
+
+    from fairseq import options
+
+    from trime.repro.paper import dry_run_lines
+
+    lines = dry_run_lines("table2", str(tmp_path), "runs/paper", 2)
+    headers = [line for line in lines if line.startswith("# datastore")]
+    assert len(headers) == 2 and all(f"{103_227_021 * 1024 * 2 / 1e9:,.0f} GB" in h for h in headers)
+    shards = [line for line in lines if line.startswith("CUDA_VISIBLE_DEVICES=")]
+    assert len(shards) == 4 and all(line.endswith(" &") for line in shards)
+    for line in shards:  # what each GPU runs parses as fairseq-eval-lm's arguments
+        words = shlex.split(line.replace('"$(trime-user-dir)"', USER_DIR[1]))[2:-1]
+        args = options.parse_args_and_arch(options.get_eval_lm_parser(), words)
+        assert args.num_shards == 2 and args.context_window == 2560 and args.gen_subset == "train"
+    merges = [line for line in lines if line.startswith("trime-merge-dstore")]
+    assert merges == ["trime-merge-dstore runs/paper/dstore-vanilla runs/paper/dstore-vanilla.0 "
+                      "runs/paper/dstore-vanilla.1",
+                      "trime-merge-dstore runs/paper/dstore-trime_ext runs/paper/dstore-trime_ext.0 "
+                      "runs/paper/dstore-trime_ext.1"]
+    assert [line.split()[3] for line in lines if line.startswith("trime-build-index")] == ["l2", "ip"]

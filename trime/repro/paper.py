@@ -70,6 +70,8 @@ class PaperModel:
     # TrimeLM_long's memory in their runs: consecutive segments on one GPU (trime_long_loss_same_device,
     # --keep-order: a GPU's whole batch) or one segment on each of 4 GPUs (trime_long_loss)
     long_across_workers: bool = False
+    key_dim: int = 0                # g(c): the input of the last FFN (decoder_embed_dim)
+    eval_context_window: int = 0    # their evaluation's context window (stride = L - it)
 
     @property
     def segments_per_update(self) -> int:
@@ -85,7 +87,8 @@ PAPER_MODELS = {
     "wt103-247m": PaperModel(
         "wiki103-247M-trime", "transformer_lm_wiki103", 3072, 3072, 6,
         ("--optimizer", "nag", "--weight-decay", "0.0"), WT103_247M_SCHEDULE, 286000, 9,
-        WIKITEXT103_TRAIN_TOKENS, clip_norm=0.1, long_across_workers=True),
+        WIKITEXT103_TRAIN_TOKENS, clip_norm=0.1, long_across_workers=True, key_dim=1024,
+        eval_context_window=2560),
     "wt103-150m": PaperModel(
         "wiki103-150M-trime", "transformer_lm_wiki103_150M", 150, 9000, 2, ADAM,
         ("--lr-scheduler", "inverse_sqrt", "--lr", "0.0005", "--warmup-updates", "8000",
@@ -99,6 +102,12 @@ PAPER_MODELS = {
 # the trained rows of each table: trime's training recipes (trime.repro.recipes.MODELS) and the
 # authors' run that is its reference
 PAPER_TABLES = {"table2": "wt103-247m", "table3": "wt103-150m", "table4": "enwik8-38m"}
+# the models whose training-set datastore a table searches (kNN-LM rows, TrimeLM_ext rows)
+TABLE_DATASTORES = {"table2": ("vanilla", "trime_ext")}
+INDEX_OPTIONS = ("--nlist", "4096", "--pq-m", "64", "--pq-bits", "8",
+                 "--train-size", "1000000")  # the paper's IVFPQ: 4,096 lists x 64-byte codes
+# kNN-LM searches by L2 distance (Khandelwal et al.), TrimeLM_ext by TRIME's inner product
+DATASTORE_METRIC = {"vanilla": "l2", "trime_ext": "ip"}
 TABLE_MODELS = {"table2": ("vanilla", "trime", "trime_long", "trime_ext"),
                 "table3": ("vanilla", "trime", "trime_long"), "table4": ("vanilla", "trime", "trime_long")}
 
@@ -192,4 +201,34 @@ def dry_run_lines(table: str, data: str, work: str, gpus: int):
         lines.append(" ".join(["fairseq-train", shlex.quote(data), "--user-dir", user_dir,
                                shlex.join(plan["options"]),
                                "--save-dir", shlex.quote(f"{work}/models/{variant}")]))
+    for variant in TABLE_DATASTORES.get(table, ()):
+        lines += datastore_lines(model, preset, variant, data, work, gpus)
+    return lines
+
+
+def datastore_lines(model: PaperModel, preset: str, variant: str, data: str, work: str, gpus: int):
+    """The training-set datastore of ``variant``'s model, saved with the evaluation's context
+    window in one shard per GPU, merged and indexed as the paper did; the disk it takes."""
+    tokens = model.train_tokens
+    keys_gb, values_gb = tokens * model.key_dim * 2 / 1e9, tokens * 4 / 1e9
+    index_gb = tokens * (64 + 8) / 1e9  # 64-byte codes and an 8-byte id per key
+    rate = PAPER_TOKENS_PER_SECOND.get(preset)
+    hours = f", roughly {tokens / rate / 3600:,.0f} GPU-hours at the paper's {rate:,} tokens/s" if rate else ""
+    store = f"{work}/dstore-{variant}"
+    lines = [f"# datastore of {variant} (train, {tokens:,} keys of {model.key_dim}): keys "
+             f"{keys_gb:,.0f} GB + values {values_gb:.1f} GB on disk (twice while the shards are "
+             f"merged); {DATASTORE_METRIC[variant]} index "
+             f"{index_gb:.1f} GB{hours}"]
+    for shard in range(gpus):
+        lines.append(" ".join([
+            f"CUDA_VISIBLE_DEVICES={shard}", "fairseq-eval-lm", shlex.quote(data), "--user-dir",
+            '"$(trime-user-dir)"', shlex.join([
+                "--task", "trime_lm", "--path", f"{work}/models/{variant}/checkpoint_best.pt",
+                "--gen-subset", "train", "--tokens-per-sample", str(model.tokens_per_sample),
+                "--context-window", str(model.eval_context_window), "--fp16", "--save-dstore",
+                f"{store}.{shard}", "--num-shards", str(gpus), "--shard-id", str(shard)]), "&"]))
+    lines.append("wait")
+    lines.append(shlex.join(["trime-merge-dstore", store, *[f"{store}.{i}" for i in range(gpus)]]))
+    lines.append(shlex.join(["trime-build-index", store, "--metric", DATASTORE_METRIC[variant],
+                             *INDEX_OPTIONS]))
     return lines
