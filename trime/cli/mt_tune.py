@@ -142,13 +142,21 @@ def main(argv=None):
     except BlockingIOError:
         parser.error(f"another trime-mt-tune is writing {args.out_dir}: wait for it to finish or stop "
                      "it (a rerun resumes where it stopped)")
+    try:
+        return _tune(parser, args, task_options, ks, lambdas, interp_temps, taus)
+    finally:
+        lock.close()  # released now, not when the collector gets to it (in-process callers)
+
+
+def _tune(parser, args, task_options, ks, lambdas, interp_temps, taus):
+    """Decode every point of the grids not decoded yet, then write the report (``main``)."""
     if "--scoring" not in task_options:
         task_options += ["--scoring", "sacrebleu"]
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         level=logging.INFO)
 
     import torch
-    from fairseq import checkpoint_utils, options, tasks, utils
+    from fairseq import checkpoint_utils, options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq.tasks.translation import TranslationTask
     from tqdm import tqdm
