@@ -62,16 +62,23 @@ def download(url: str, path: str, progress: bool = True, extra_bytes: int = 0) -
     return path
 
 
+def local_path(source: str, folder: str) -> str:
+    """Where ``obtain`` keeps ``source``: a local file where it is, a URL's file in ``folder``
+    under its own name."""
+    if "://" not in source:
+        return source
+    return os.path.join(folder, os.path.basename(urllib.request.url2pathname(
+        urllib.parse.urlparse(source).path)))
+
+
 def obtain(source: str, folder: str, progress: bool = True, extra_bytes: int = 0) -> str:
     """A local file as it is, or a URL (http(s)://, file://) downloaded into ``folder`` under its
     own name (resumed; kept, so a rerun does not download it again). Returns the local path."""
-    if "://" not in source:
+    path = local_path(source, folder)
+    if path == source:
         if not os.path.isfile(source):
             raise FileNotFoundError(f"no file {source}")
-        return source
-    path = os.path.join(folder, os.path.basename(urllib.request.url2pathname(
-        urllib.parse.urlparse(source).path)))
-    if not os.path.isfile(path):
+    elif not os.path.isfile(path):
         download(source, path, progress, extra_bytes)
     return path
 

@@ -111,12 +111,12 @@ def test_two_shards_one_interrupted_merge_into_the_whole_datastore(trained, tmp_
     sizes = np.array([len(p["target"][0]) for p in pairs])
     shard = pair_shard(sizes, 2, 1)
     with pytest.raises(ValueError, match="incomplete"):  # killed after two pairs
-        save_translation_datastore(str(tmp_path / "ds.1"), net, pairs[shard["pair_start"]:][:2], sizes,
+        save_translation_datastore(str(tmp_path / "ds.1"), net, pairs[shard["item_start"]:][:2], sizes,
                                    "final", *task_dictionaries, {"split": "valid"}, shard)
     assert (tmp_path / "ds.1.partial").is_dir()
     _, out = run("trime-mt-datastore", *common, "--save-dstore", tmp_path / "ds.1", "--num-shards", 2,
                  "--shard-id", 1)
-    saved = sizes[shard["pair_start"]:][:2].sum()
+    saved = sizes[shard["item_start"]:][:2].sum()
     assert "resuming the datastore" in out and f"{saved} of {shard['row_end'] - shard['row_start']} rows" in out
     run("trime-merge-dstore", tmp_path / "merged", tmp_path / "ds.0", tmp_path / "ds.1")
     merged, whole = (Datastore.open(str(tmp_path / n)) for n in ("merged", "whole"))

@@ -106,7 +106,7 @@ def main(argv=None):
         from trime.mt.datastore import pair_shard
 
         shard = pair_shard(dataset.tgt_sizes, args.num_shards, args.shard_id)
-        inside = [[i for i in batch if shard["pair_start"] <= i < shard["pair_stop"]]
+        inside = [[i for i in batch if shard["item_start"] <= i < shard["item_stop"]]
                   for batch in iterator.frozen_batches]
         iterator = iterators.EpochBatchIterator(dataset, dataset.collater,
                                                 [b for b in inside if b], num_workers=0)

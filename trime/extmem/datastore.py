@@ -186,18 +186,26 @@ class DatastoreWriter:
         logger.info(f"TRIME: datastore of {self.num_tokens} keys (d = {self.dim}) saved to {self.path}")
 
 
+def checked_memmap(path: str, dtype, shape, fix: str, offset: int = 0) -> np.ndarray:
+    """A headerless memmap of exactly ``shape`` after ``offset`` bytes; a missing file or one of
+    another size is refused with ``fix``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no file {path}: {fix}")
+    expected = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+    actual = os.path.getsize(path)
+    if actual != expected:
+        raise ValueError(f"{path} holds {actual:,} bytes, not the {expected:,} of "
+                         f"{' x '.join(f'{n:,}' for n in shape)} {np.dtype(dtype).name}: {fix}")
+    return np.memmap(path, dtype=dtype, mode="r", shape=tuple(shape), offset=offset)
+
+
 def _raw_keys(keys_file: str, num_tokens: int, dim: int, datastore: str, offset: int = 0):
     """The headerless fp16 [num_tokens, dim] key file another toolkit wrote, memory-mapped."""
-    expected = offset + num_tokens * dim * 2
-    if not os.path.isfile(keys_file):
-        raise FileNotFoundError(f"datastore {datastore} reads its keys from {keys_file}, which is "
-                                "gone: put it back, or import the datastore again (trime-import-"
-                                "dstore ... --keys copy makes a folder that needs no other file)")
-    if os.path.getsize(keys_file) != expected:
-        raise ValueError(f"{keys_file} holds {os.path.getsize(keys_file):,} bytes, {expected:,} "
-                         f"expected for {num_tokens:,} fp16 keys of dimension {dim}: it is not "
-                         f"the key file datastore {datastore} was made from. Import it again.")
-    return np.memmap(keys_file, dtype=np.float16, mode="r", shape=(num_tokens, dim), offset=offset)
+    return checked_memmap(
+        keys_file, np.float16, (num_tokens, dim),
+        f"datastore {datastore} reads its keys from it: if it moved or changed, it is not the key "
+        "file the datastore was made from; put it back, or import the datastore again "
+        "(trime-import-dstore ... --keys copy makes a folder that needs no other file)", offset)
 
 
 class Datastore:
@@ -271,6 +279,23 @@ class Datastore:
                              f"g(c) has dimension {dim}: it was built with another model. Rebuild it "
                              "with this checkpoint (fairseq-eval-lm --save-dstore).")
         return cls(path, meta, keys, values)
+
+
+def contiguous_shard(item_offsets, total_rows: int, num_shards: int, shard_id: int) -> dict:
+    """Shard ``shard_id`` of ``num_shards`` of a split of items (LM segments, translation pairs)
+    whose first rows are ``item_offsets``: items ``item_start`` .. ``item_stop - 1``, and the one
+    run of datastore rows ``row_start`` .. ``row_end - 1`` they hold (``meta["shard"]``)."""
+    items = len(item_offsets)
+    if not 0 <= shard_id < num_shards:
+        raise ValueError(f"--shard-id {shard_id} outside 0..{num_shards - 1} (--num-shards "
+                         f"{num_shards})")
+    if num_shards > items:
+        raise ValueError(f"--num-shards {num_shards} is more than the split's {items:,} items")
+    start, stop = items * shard_id // num_shards, items * (shard_id + 1) // num_shards
+    return {"index": shard_id, "count": num_shards, "item_start": int(start),
+            "item_stop": int(stop), "row_start": int(item_offsets[start]),
+            "row_end": int(item_offsets[stop]) if stop < items else int(total_rows),
+            "total_rows": int(total_rows)}
 
 
 # what the shards of one split must share to be merged

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trime.extmem.datastore import DatastoreWriter
+from trime.extmem.datastore import DatastoreWriter, checked_memmap
 from trime.extmem.index import index_paths
 
 logger = logging.getLogger(__name__)
@@ -61,18 +61,6 @@ class ForeignDatastore:
         return int(self.keys.shape[1])
 
 
-def _memmap(path: str, dtype, shape, fix: str) -> np.ndarray:
-    """A headerless memmap of exactly ``shape``; the file's size must agree."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no file {path}: {fix}")
-    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    actual = os.path.getsize(path)
-    if actual != expected:
-        raise ValueError(f"{path} holds {actual:,} bytes, not the {expected:,} of "
-                         f"{' x '.join(f'{n:,}' for n in shape)} {np.dtype(dtype).name}: {fix}")
-    return np.memmap(path, dtype=dtype, mode="r", shape=tuple(shape))
-
-
 def _size_hint(keys_file: str, values_file: str, dim: int, value_dtypes) -> str:
     """What the two files' sizes say (rows for each key / value dtype), for a wrong --dstore-size,
     --dim or --dstore-fp16."""
@@ -95,8 +83,8 @@ def open_knnlm(prefix: str, size: int, dim: int, fp16: bool) -> ForeignDatastore
     value_dtype = np.int16 if fp16 else np.int64
     fix = ("give knnlm's --dstore-size, --dim and --dstore-fp16 as the datastore was saved ("
            + _size_hint(keys_file, values_file, dim, (np.int16, np.int64)) + ")")
-    keys = _memmap(keys_file, np.float16 if fp16 else np.float32, (size, dim), fix)
-    values = _memmap(values_file, value_dtype, (size, 1), fix)[:, 0]
+    keys = checked_memmap(keys_file, np.float16 if fp16 else np.float32, (size, dim), fix)
+    values = checked_memmap(values_file, value_dtype, (size, 1), fix)[:, 0]
     return ForeignDatastore("knnlm", keys, values, keys_file, values_file, "lm")
 
 
@@ -105,8 +93,8 @@ def open_knn_mt(folder: str, size: int, dim: int, fp16: bool) -> ForeignDatastor
     keys_file, values_file = os.path.join(folder, "keys.npy"), os.path.join(folder, "vals.npy")
     fix = ("give --dstore-size, --dim and --dstore-fp16 as save_datastore.py was run ("
            + _size_hint(keys_file, values_file, dim, (np.int64, np.int64)) + ")")
-    keys = _memmap(keys_file, np.float16 if fp16 else np.float32, (size, dim), fix)
-    values = _memmap(values_file, np.int64, (size, 1), fix)[:, 0]
+    keys = checked_memmap(keys_file, np.float16 if fp16 else np.float32, (size, dim), fix)
+    values = checked_memmap(values_file, np.int64, (size, 1), fix)[:, 0]
     return ForeignDatastore("knn-mt", keys, values, keys_file, values_file, "translation")
 
 
@@ -134,7 +122,7 @@ def open_knn_box(folder: str) -> ForeignDatastore:
     arrays = {}
     for name in ("keys", "vals"):
         info = infos[name]
-        arrays[name] = _memmap(os.path.join(folder, name + ".npy"), _knn_box_dtype(info["dtype"]),
+        arrays[name] = checked_memmap(os.path.join(folder, name + ".npy"), _knn_box_dtype(info["dtype"]),
                                info["shape"], f"it does not match {config_file}")
     keys, values = arrays["keys"], arrays["vals"].reshape(len(arrays["vals"]))
     if keys.ndim != 2 or len(keys) != len(values):

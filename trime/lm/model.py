@@ -64,26 +64,25 @@ class TrimeLanguageModel(FairseqLanguageModel):
         settings = evaluation.settings if evaluation is not None else self.settings
         if evaluation is not None and "trime_query" in extra:
             evaluation.save_to_datastore(extra["trime_query"], sample)
-        targets_only = sample is not None and sample.get(TARGETS_ONLY)
-        if settings.eval_memory == "none" and targets_only and "trime_query" in extra:
-            # fairseq-eval-lm reads only the targets: their log-probabilities, in chunks of
-            # positions, broadcast over the vocabulary (no [tokens × V] tensor is made)
-            target_score, log_z = vocab.eval_target_scores(self.decoder, decoder_out, sample["target"])
-            target_log_probs = target_score - log_z
-            probs = target_log_probs[..., None].expand(*target_log_probs.shape,
-                                                       len(self.decoder.dictionary))
-        elif settings.eval_memory == "none" or "trime_query" not in extra:
-            probs = super().get_normalized_probs(net_output, log_probs=True, sample=sample).float()
-        elif evaluation is None:
+        plain = settings.eval_memory == "none" or "trime_query" not in extra
+        if not plain and evaluation is None:
             raise ValueError(f"--eval-memory {settings.eval_memory}: no evaluation started; "
                              "fairseq-eval-lm --task trime_lm starts one, API users call "
                              "model.start_evaluation(split, ...) before scoring")
-        elif targets_only:
+        if sample is not None and sample.get(TARGETS_ONLY) and "trime_query" in extra:
             # the consumer reads only each target's entry (fairseq-eval-lm): computed for the
-            # targets alone and broadcast over the vocabulary
-            target_log_probs = evaluation.scorer.target_log_probs(decoder_out, extra, sample)
+            # targets alone (without memory: in chunks of positions) and broadcast over the
+            # vocabulary, so no [tokens × V] tensor is made
+            if plain:
+                target_score, log_z = vocab.eval_target_scores(self.decoder, decoder_out,
+                                                               sample["target"])
+                target_log_probs = target_score - log_z
+            else:
+                target_log_probs = evaluation.scorer.target_log_probs(decoder_out, extra, sample)
             probs = target_log_probs[..., None].expand(*target_log_probs.shape,
                                                        len(self.decoder.dictionary))
+        elif plain:
+            probs = super().get_normalized_probs(net_output, log_probs=True, sample=sample).float()
         else:
             probs = evaluation.scorer.full_log_probs(decoder_out, extra, sample)
         self._refuse_non_finite(probs, sample, decoder_out.shape[:2])

@@ -222,7 +222,10 @@ class TrimeLMTask(LanguageModelingTask):
                                  "worker's rows into one folder: run one process per shard, each "
                                  "with its own --save-dstore DIR.I --num-shards N --shard-id I, "
                                  "then trime-merge-dstore DIR DIR.0 ... DIR.N-1")
-            shard = self.stream_shard(dataset, num_shards, shard_id)
+            from trime.extmem.datastore import contiguous_shard
+
+            shard = contiguous_shard(dataset.segment_starts, len(dataset.stream_tokens),
+                                     num_shards, shard_id)
             num_shards, shard_id = 1, 0  # the shard's segments, batched as a whole split
         batches = self.stream_batches(dataset, max_tokens, batch_size, max_positions, num_shards,
                                       shard_id, num_workers, data_buffer_size, context_window,
@@ -232,24 +235,6 @@ class TrimeLMTask(LanguageModelingTask):
             meta["shard"] = shard
         return _StartingEvaluation(batches, lambda: self.start_evaluation(dataset, meta=meta),
                                    lambda: self.with_progress(batches, dataset))
-
-    @staticmethod
-    def stream_shard(dataset, num_shards: int, shard_id: int) -> dict:
-        """Shard ``shard_id`` of ``num_shards`` of an evaluation split: its contiguous segments
-        and the stream rows they score (``--save-dstore`` with ``--num-shards``)."""
-        segments = len(dataset)
-        if not 0 <= shard_id < num_shards:
-            raise ValueError(f"--shard-id {shard_id} outside 0..{num_shards - 1} (--num-shards "
-                             f"{num_shards})")
-        if num_shards > segments:
-            raise ValueError(f"--num-shards {num_shards} is more than the split's {segments} "
-                             "segments")
-        start, stop = segments * shard_id // num_shards, segments * (shard_id + 1) // num_shards
-        total = len(dataset.stream_tokens)
-        starts = dataset.segment_starts
-        return {"index": shard_id, "count": num_shards, "segment_start": int(start),
-                "segment_stop": int(stop), "row_start": int(starts[start]),
-                "row_end": int(starts[stop]) if stop < segments else total, "total_rows": total}
 
     def with_progress(self, batches, dataset):
         """Iterate the evaluation ``batches`` of ``dataset``, logging progress every 30 s
@@ -299,14 +284,14 @@ class TrimeLMTask(LanguageModelingTask):
                        context_window=0, shard=None):
         """Evaluation batches always in stream order, with the offset and document of every
         position, so that long memory (``trime.core.fifo``) carries its FIFO from batch to
-        batch; ``shard`` (``stream_shard``): only its segments; starts nothing."""
+        batch; ``shard`` (``contiguous_shard`` of the segments): only its segments; starts nothing."""
         stream = dataset
         if context_window > 0:
             stream = LMContextWindowDataset(stream, self.args.tokens_per_sample, context_window,
                                             self.source_dictionary.pad())
         stream = EvalStreamDataset(stream, dataset)
         if shard is not None:
-            stream = StreamShard(stream, shard["segment_start"], shard["segment_stop"])
+            stream = StreamShard(stream, shard["item_start"], shard["item_stop"])
         return self.get_batch_iterator(
             dataset=stream, max_tokens=max_tokens, max_sentences=batch_size,
             max_positions=max_positions, ignore_invalid_inputs=True, num_shards=num_shards,

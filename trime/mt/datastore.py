@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from trime.extmem.datastore import DatastoreWriter
+from trime.extmem.datastore import DatastoreWriter, contiguous_shard
 from trime.extmem.fingerprints import dictionary_checksum, model_fingerprint
 from trime.mt.keys import features_and_keys
 
@@ -37,15 +37,8 @@ def target_rows(sample, pair_offsets: np.ndarray, pad: int):
 
 def pair_shard(target_sizes, num_shards: int, shard_id: int) -> dict:
     """Shard ``shard_id`` of ``num_shards``: contiguous pairs and the datastore rows they hold."""
-    pairs = len(target_sizes)
-    if not 0 <= shard_id < num_shards or num_shards > pairs:
-        raise ValueError(f"--shard-id {shard_id} of --num-shards {num_shards}: needs 0 <= id < "
-                         f"shards <= {pairs:,} pairs")
     offsets = np.concatenate([[0], np.cumsum(np.asarray(target_sizes, dtype=np.int64))])
-    start, stop = pairs * shard_id // num_shards, pairs * (shard_id + 1) // num_shards
-    return {"index": shard_id, "count": num_shards, "pair_start": int(start), "pair_stop": int(stop),
-            "row_start": int(offsets[start]), "row_end": int(offsets[stop]),
-            "total_rows": int(offsets[-1])}
+    return contiguous_shard(offsets[:-1], offsets[-1], num_shards, shard_id)
 
 
 def key_dim(model, mt_key: str) -> int:

@@ -222,12 +222,12 @@ def reproduce(name: str, data: str, work: str, out: str, runner, archive: Option
               echo=print) -> str:
     """Evaluate released model ``name`` on dev and test; writes OUT/table.{md,json}; returns the
     markdown. ``archive``: a local zip or URL (default: the authors' URL)."""
-    from trime.download import download, sha256 as file_sha256
+    from trime.download import local_path, obtain, sha256 as file_sha256
 
     model = RELEASED.get(name) or RELEASED_MT[name]
     source = archive or URL.format(name=name)
-    local = os.path.isfile(source)
-    zip_path = source if local else os.path.join(work, f"{name}.zip")
+    zip_path = local_path(source, work)
+    local = zip_path == source
     folder = os.path.join(work, name)
     dstore = os.path.join(work, f"{name}-dstore")
     if dry_run:
@@ -239,11 +239,13 @@ def reproduce(name: str, data: str, work: str, out: str, runner, archive: Option
 
     check_data(data, model, ["valid", "test"] + (["train"] if getattr(model, "knn", ()) else []))
     started = time.time()
-    if not local and not os.path.isdir(folder) and not os.path.isfile(zip_path):
-        echo(f"== download: {source} -> {zip_path}")
-        download(source, zip_path)
-    if sha256 and file_sha256(zip_path) != sha256.lower():
-        raise ValueError(f"{zip_path} has SHA-256 {file_sha256(zip_path)}, not the {sha256} "
+    if not os.path.isdir(folder):  # not unpacked yet: the zip is needed (downloaded if a URL)
+        if not local and not os.path.isfile(zip_path):
+            echo(f"== download: {source} -> {zip_path}")
+        obtain(source, work)
+    digest = file_sha256(zip_path) if os.path.isfile(zip_path) else None
+    if sha256 and digest != sha256.lower():
+        raise ValueError(f"{zip_path} has SHA-256 {digest or '(no file)'}, not the {sha256} "
                          "given: delete it and run again to download it anew")
     checkpoint = unpack(zip_path, folder)
     results = {}
@@ -252,7 +254,7 @@ def reproduce(name: str, data: str, work: str, out: str, runner, archive: Option
         if "split" in step:
             results.setdefault(step["row"], {})[step["split"]] = score(
                 runner.log_text(step["name"]), model.unit)
-    return write_report(name, model, results, runner, out, source, zip_path, started, device)
+    return write_report(name, model, results, runner, out, source, digest, started, device)
 
 
 def evaluation_steps(name: str, model, checkpoint: str, data: str, dstore: str, device: str,
@@ -285,9 +287,8 @@ def evaluation_steps(name: str, model, checkpoint: str, data: str, dstore: str, 
                     for split in splits]
 
 
-def write_report(name, model, results, runner, out: str, source, zip_path, started, device) -> str:
+def write_report(name, model, results, runner, out: str, source, zip_sha256, started, device) -> str:
     """OUT/table.json and table.md: trime's number beside the published one, row by row."""
-    from trime.download import sha256 as file_sha256
     from trime.repro.tables import commit_id, machine_description
 
     os.makedirs(out, exist_ok=True)
@@ -297,7 +298,7 @@ def write_report(name, model, results, runner, out: str, source, zip_path, start
                   for split, value in splits.items()}
             for row, splits in results.items()}
     report = {"model": name, "source": source if "://" in source else os.path.basename(source),
-              "zip_sha256": file_sha256(zip_path) if os.path.isfile(zip_path) else None,
+              "zip_sha256": zip_sha256,
               "commit": commit_id(), "machine": machine_description(device),
               "wall_seconds_this_invocation": round(time.time() - started, 1), "unit": unit,
               "rows": rows,
