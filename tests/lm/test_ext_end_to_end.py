@@ -303,6 +303,32 @@ def test_bm25_batching_uses_the_file_and_refuses_another_dataset(trained):
     with pytest.raises(ValueError, match="--batch-size 8"):
         task = task_for(L, batch_size=4)
         task.get_batch_iterator(task.dataset("train"), max_sentences=4)
+
+
+def test_bm25_batches_across_workers_split_one_file_batch_over_a_step(trained):
+    """With N workers and memory across workers, a step's in-batch memory is one batch of the file
+    (Algorithm 1 over every worker's segments, as the authors dealt N consecutive chain batches to
+    the N GPUs of a step): worker i trains on its i-th slice."""
+    from fairseq_utils import build
+
+    root = trained
+    batches = json.load(open(root / "bm25.json"))["batches"]  # of 8 segments
+    task, _, _ = build(root / "bin", ("--batching", "bm25", "--bm25-batches", str(root / "bm25.json"),
+                                      "--memory", "ext", "--batch-size", "4", "--tokens-per-sample",
+                                      str(L), "--doc-boundary", "empty-line"))
+    task.load_dataset("train")
+    per_worker = []
+    for shard in range(2):
+        itr = task.get_batch_iterator(task.dataset("train"), max_sentences=4, seed=1, epoch=1,
+                                      num_shards=2, shard_id=shard, disable_iterator_cache=True)
+        per_worker.append([s["id"].tolist() if len(s) else [] for s in itr.next_epoch_itr(shuffle=True)])
+    steps = [a + b for a, b in zip(*per_worker)]
+    assert len(per_worker[0]) == len(per_worker[1]) == len(batches)
+    assert sorted(map(sorted, steps)) == sorted(map(sorted, batches))
+    assert all(len(ids) <= 4 for worker in per_worker for ids in worker)
+    with pytest.raises(ValueError, match="steps of 6: rerun trime-bm25-batches with --batch-size 6"):
+        itr = task.get_batch_iterator(task.dataset("train"), max_sentences=3, seed=1, epoch=1,
+                                      num_shards=2, shard_id=0, disable_iterator_cache=True)
     with pytest.raises(ValueError, match="--bm25-batches is read with --batching bm25 only"):
         build(root / "bin", ("--bm25-batches", str(root / "bm25.json"), "--tokens-per-sample", str(L)))
     with pytest.raises(ValueError, match=rf"`trime-bm25-batches \S+ --split train --tokens-per-sample {L} "

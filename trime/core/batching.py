@@ -71,6 +71,13 @@ def shuffled_batches(groups: List[List[int]], groups_per_batch: int, seed: int,
     return batches
 
 
+def worker_slices(step: List[int], batch_size: int, num_shards: int) -> List[List[int]]:
+    """One step's segments as ``num_shards`` worker batches of ``batch_size``, in order (worker i
+    gets the i-th slice; a short last step leaves the last workers empty batches, which fairseq
+    runs as dummy batches)."""
+    return [list(step[i * batch_size:(i + 1) * batch_size]) for i in range(num_shards)]
+
+
 def check_consecutive_segments(m: int, batch_size: Optional[int]) -> None:
     """m must be >= 1 and divide the batch size (when one is given)."""
     if m < 1:

@@ -22,7 +22,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 
-from trime.core.batching import consecutive_batches, shuffled_batches
+from trime.core.batching import consecutive_batches, shuffled_batches, worker_slices
 from trime.core.documents import DOC_BOUNDARIES
 from trime.glue.options import EvalOptions, EvalSettings
 from trime.glue.query import last_ffn
@@ -321,12 +321,20 @@ class TrimeLMTask(LanguageModelingTask):
                 return consecutive_batches(segment_docs, m, batch_size, seed, epoch,
                                            num_shards=num_shards, grouped=grouped_shuffling)
         else:
-            bm25_batches = self._load_bm25_batches(dataset, batch_size)
+            # one batch of the file is the in-batch memory of one step: with N workers it is
+            # every worker's --batch-size segments together (the authors' fork deals N
+            # consecutive chain batches to the N GPUs of a step and shuffles them as a group)
+            bm25_batches = self._load_bm25_batches(dataset, batch_size, num_shards)
 
             def make_batches(dataset, epoch):
-                # Algorithm 1's batches stay together; their order is shuffled per (seed, epoch)
-                return shuffled_batches(bm25_batches, 1, seed, epoch)
+                # Algorithm 1's batches stay together; their order is shuffled per (seed, epoch);
+                # fairseq then deals batch j to worker j % N: a file batch's N slices go to the
+                # N workers of one step
+                return [part for group in shuffled_batches(bm25_batches, 1, seed, epoch)
+                        for part in worker_slices(group, batch_size, num_shards)]
 
+        if batching == "bm25":  # fairseq reshuffles the batches: in groups of N, one step each
+            grouped_shuffling = True
         dataset.set_epoch(epoch)
         epoch_iter = iterators.EpochBatchIterator(
             dataset=dataset, collate_fn=dataset.collater, batch_sampler=make_batches,
@@ -337,21 +345,26 @@ class TrimeLMTask(LanguageModelingTask):
         self.dataset_to_epoch_iter[dataset] = epoch_iter
         return epoch_iter
 
-    def _load_bm25_batches(self, dataset, batch_size):
+    def _load_bm25_batches(self, dataset, batch_size, num_shards=1):
         from trime.lm.bm25_batches import load_bm25_batches
 
         path = self.args.bm25_batches
+        step_size = batch_size * num_shards  # the segments of one step over all workers
         if not path:
             raise ValueError("--batching bm25 needs --bm25-batches FILE, made by `trime-bm25-batches "
                              f"DATA --tokens-per-sample {self.args.tokens_per_sample} "
-                             f"--batch-size {batch_size} -o FILE`")
+                             f"--batch-size {step_size} -o FILE`")
         batches = load_bm25_batches(path, len(dataset), self.args.tokens_per_sample, self.dictionary)
         file_batch_size = max(len(b) for b in batches)
-        if file_batch_size != batch_size:
+        if file_batch_size != step_size:
+            workers = f" on {num_shards} workers" if num_shards > 1 else ""
             raise ValueError(f"{path} holds batches of {file_batch_size} segments, but --batch-size "
-                             f"is {batch_size}: use --batch-size {file_batch_size} or rerun "
-                             f"trime-bm25-batches with --batch-size {batch_size}")
-        logger.info(f"TRIME: {len(batches)} BM25 batches of up to {batch_size} segments from {path}")
+                             f"{batch_size}{workers} makes steps of {step_size}: rerun "
+                             f"trime-bm25-batches with --batch-size {step_size}"
+                             + ("" if file_batch_size % num_shards else
+                                f" or use --batch-size {file_batch_size // num_shards}"))
+        logger.info(f"TRIME: {len(batches)} BM25 batches of up to {step_size} segments from {path}"
+                    + (f", each split over {num_shards} workers" if num_shards > 1 else ""))
         return [list(map(int, b)) for b in batches]
 
 
