@@ -4,6 +4,7 @@ translated by meaning to fairseq 0.12; the options parse with fairseq's own pars
 tokens per update stay the authors' for any number of GPUs."""
 
 import math
+import re
 
 import pytest
 
@@ -19,7 +20,14 @@ def _value(options, name):
     return options[options.index(name) + 1]
 
 
-@pytest.mark.parametrize("preset", sorted(PAPER_MODELS))
+AUTHORS_PRESETS = sorted(p for p, m in PAPER_MODELS.items() if m.run in LAYOUT["runs"])
+
+
+def test_every_preset_but_the_toy_is_an_authors_run():
+    assert sorted(PAPER_MODELS) == sorted(AUTHORS_PRESETS + ["paper-tiny"])
+
+
+@pytest.mark.parametrize("preset", AUTHORS_PRESETS)
 def test_the_authors_hyperparameters_translated_by_meaning(preset):
     model = PAPER_MODELS[preset]
     theirs = LAYOUT["runs"][model.run]
@@ -102,14 +110,21 @@ def test_the_options_parse_with_fairseqs_training_parser(variant, tmp_path):
     assert args.update_freq == [3] and args.distributed_world_size == 8 and args.fp16
 
 
+def _dry_run(*argv):
+    _, out = run("trime-repro", *map(str, argv), "--dry-run")
+    return out
+
+
 def test_dry_run_prints_the_commands(tmp_path):
-    _, out = run("trime-repro", "table2", tmp_path, "--preset", "wt103-247m", "--gpus", 8,
-                 "--dry-run", "--work", tmp_path / "w")
-    assert out.count("fairseq-train") == 4 and "trime-bm25-batches" in out
+    out = _dry_run("table2", tmp_path / "wt103", "--gpus", 8, "--work", tmp_path / "w")
+    trainings = [line for line in out.splitlines() if line.startswith("fairseq-train")]
+    assert len(trainings) == 4 and "trime-bm25-batches" in out
+    assert all("--fp16 --distributed-world-size 8" in line for line in trainings)
     assert "8 GPU(s) x 1 segments x update-freq 3 = 73,728 tokens per update" in out
     assert "--lr 1.0 --min-lr 0.0001 --stop-min-lr 1e-09" in out
-    code, out = run("trime-repro", "table2", tmp_path, "--preset", "wt103-247m", check=False)
-    assert code != 0 and "--dry-run" in out
+    assert out.splitlines()[1].startswith(f"trime-prepare-wikitext103 {tmp_path / 'wt103'}")
+    # TrimeLM_ext's BM25 batches hold a step's segments over the 8 GPUs (1 each)
+    assert "--batch-size 8 -o" in out and not (tmp_path / "w").exists()
     code, out = run("trime-repro", "table2", tmp_path, "--preset", "enwik8-38m", "--dry-run",
                     check=False)
     assert code != 0 and "--preset wt103-247m" in out
@@ -117,17 +132,15 @@ def test_dry_run_prints_the_commands(tmp_path):
 
 def test_docs_paper_scale_shows_what_dry_run_prints():
     import os
-    import re
+    import shlex
 
-    from trime.repro.paper import PAPER_TABLES, dry_run_lines
+    from trime.repro.paper import PAPER_TABLES
 
     doc = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "paper-scale.md")).read()
-    blocks = re.findall(r"`trime-repro (table\d) (\S+) --preset (\S+) --gpus (\d+) --dry-run --work (\S+)`:"
-                        r"\n\n```\n(.*?)\n```", doc, re.S)
-    assert sorted(b[0] for b in blocks) == sorted(PAPER_TABLES)
-    for table, data, preset, gpus, work, printed in blocks:
-        assert PAPER_TABLES[table] == preset
-        assert printed == "\n".join(dry_run_lines(table, data, work, int(gpus))), table
+    blocks = re.findall(r"`(trime-repro (table\d) [^`]*--dry-run[^`]*)`:\n\n```\n(.*?)\n```", doc, re.S)
+    assert sorted(b[1] for b in blocks) == sorted(PAPER_TABLES)
+    for command, table, printed in blocks:
+        assert printed == _dry_run(*shlex.split(command)[1:]).strip(), table
 
 
 def test_a_corpus_that_does_not_fit_the_preset_is_refused(tmp_path):
@@ -137,9 +150,11 @@ def test_a_corpus_that_does_not_fit_the_preset_is_refused(tmp_path):
     code, out = run("trime-repro", "table3", tmp_path / "small", "--preset", "wt103-150m",
                     "--dry-run", check=False)
     assert code != 0 and "40 types" in out and "trime-prepare-wikitext103" in out
-    write_dictionary(tmp_path / "bytes", num_words=204)  # enwik8's byte symbols: 208 with fairseq's 4
-    _, out = run("trime-repro", "table4", tmp_path / "bytes", "--preset", "enwik8-38m", "--dry-run")
-    assert out.count("fairseq-train") == 3
+    (tmp_path / "bytes").mkdir()  # enwik8's byte symbols: 204 + fairseq's 4 = 208
+    (tmp_path / "bytes" / "dict.txt").write_text("".join(f"{b} 1\n" for b in range(204)))
+    out = _dry_run("table4", tmp_path / "bytes", "--preset", "enwik8-38m")
+    assert sum(line.startswith("fairseq-train") for line in out.splitlines()) == 3
+    assert "trime-prepare-enwik8" not in out  # a binarised corpus: nothing to prepare
 
 
 def test_table2_dry_run_saves_both_datastores_in_shards_with_their_disk(tmp_path):
@@ -147,20 +162,61 @@ def test_table2_dry_run_saves_both_datastores_in_shards_with_their_disk(tmp_path
 
     from fairseq import options
 
-    from trime.repro.paper import dry_run_lines
-
-    lines = dry_run_lines("table2", str(tmp_path), "runs/paper", 2)
-    headers = [line for line in lines if line.startswith("# datastore")]
-    assert len(headers) == 2 and all(f"{103_227_021 * 1024 * 2 / 1e9:,.0f} GB" in h for h in headers)
+    lines = _dry_run("table2", tmp_path, "--gpus", 4, "--dstore-shards", 8, "--work",
+                     "runs/paper").splitlines()
+    headers = [line for line in lines if re.match(r"# dstore-\w+\.0:", line)]
+    assert len(headers) == 2 and all(f"keys {103_227_021 * 1024 * 2 / 1e9:,.1f} GB" in h for h in headers)
     shards = [line for line in lines if line.startswith("CUDA_VISIBLE_DEVICES=")]
-    assert len(shards) == 4 and all(line.endswith(" &") for line in shards)
+    assert len(shards) == 16 and all(line.endswith(" &") for line in shards)
+    assert [line.split()[0] for line in shards[:8]] == [f"CUDA_VISIBLE_DEVICES={i % 4}" for i in range(8)]
+    assert lines.count("wait") == 4  # two waves of 4 GPUs per datastore
     for line in shards:  # what each GPU runs parses as fairseq-eval-lm's arguments
         words = shlex.split(line.replace('"$(trime-user-dir)"', USER_DIR[1]))[2:-1]
         args = options.parse_args_and_arch(options.get_eval_lm_parser(), words)
-        assert args.num_shards == 2 and args.context_window == 2560 and args.gen_subset == "train"
+        assert args.num_shards == 8 and args.context_window == 2560 and args.gen_subset == "train"
     merges = [line for line in lines if line.startswith("trime-merge-dstore")]
-    assert merges == ["trime-merge-dstore runs/paper/dstore-vanilla runs/paper/dstore-vanilla.0 "
-                      "runs/paper/dstore-vanilla.1",
-                      "trime-merge-dstore runs/paper/dstore-trime_ext runs/paper/dstore-trime_ext.0 "
-                      "runs/paper/dstore-trime_ext.1"]
+    assert merges == [f"trime-merge-dstore runs/paper/wt103-247m/dstores/{name} " + " ".join(
+        f"runs/paper/wt103-247m/dstores/{name}.{i}" for i in range(8)) for name in ("vanilla", "trime_ext")]
     assert [line.split()[3] for line in lines if line.startswith("trime-build-index")] == ["l2", "ip"]
+
+
+def side_by_side(preset, gpus):
+    """Markdown rows of docs/paper-scale.md: a setting, the authors' value (their fork's parsed
+    script), trime-repro's options on ``gpus`` GPUs."""
+    model = PAPER_MODELS[preset]
+    theirs = LAYOUT["runs"][model.run]
+    ours = train_options(preset, "trime", gpus)["options"]
+
+    def opt(*names):
+        return " ".join(f"`{n} {ours[ours.index(n) + 1]}`" for n in names if n in ours)
+
+    rates = (f"`--max-lr {theirs['max_lr']} --lr {theirs['lr'][0]} --min-lr {theirs['min_lr']}`"
+             if theirs["lr_scheduler"] == "cosine" else f"`--lr {theirs['lr'][0]}`")
+    rows = [
+        ("model", f"`--arch {theirs['arch']}`", opt("--arch")),
+        ("segment length L", f"`--tokens-per-sample {theirs['tokens_per_sample']}`",
+         opt("--tokens-per-sample")),
+        ("batch", f"{AUTHORS_GPUS} GPUs × `--max-tokens {theirs['max_tokens']}` × "
+                  f"`--update-freq {theirs['update_freq'][0]}`",
+         f"{gpus} GPUs × " + opt("--batch-size", "--update-freq")),
+        ("optimizer", f"`--optimizer {theirs['optimizer']}` `--weight-decay {theirs['weight_decay']}`",
+         opt("--optimizer", "--weight-decay")),
+        ("schedule", f"`--lr-scheduler {theirs['lr_scheduler']}`", opt("--lr-scheduler")),
+        ("learning rates", rates, opt("--lr", "--min-lr", "--stop-min-lr")),
+        ("warm-up", f"`--warmup-updates {theirs['warmup_updates']}`", opt("--warmup-updates")),
+        ("updates", f"`--max-update {theirs['max_update']}`", opt("--max-update")),
+        ("clipping, dropout", f"`--clip-norm {theirs['clip_norm']}` `--dropout {theirs['dropout']}`",
+         opt("--clip-norm", "--dropout")),
+        ("CE warm-up", f"`--ce-warmup-epoch {theirs['ce_warmup_epoch']}`", opt("--ce-warmup-updates")),
+    ]
+    return [f"| {a} | {b} | {c} |" for a, b, c in rows]
+
+
+def test_docs_paper_scale_shows_the_authors_values_beside_ours():
+    import os
+
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "paper-scale.md")).read()
+    for preset, gpus in (("wt103-247m", 8), ("wt103-150m", 8), ("enwik8-38m", 4)):
+        header = (f"**{preset}** (theirs: `{PAPER_MODELS[preset].run}`; trime-repro on {gpus} GPUs):\n\n"
+                  "| setting | the authors' script | trime-repro |\n|---|---|---|\n")
+        assert header + "\n".join(side_by_side(preset, gpus)) + "\n" in doc, preset

@@ -22,24 +22,44 @@ from trime.cli.parsing import HelpFormatter
 from trime.errors import console_script, one_line
 
 
-def paper_plan(parser, args):
-    """A paper-scale table (``trime.repro.paper``): the training commands of its models with the
-    authors' hyperparameters on --gpus GPUs."""
-    from trime.repro.paper import PAPER_TABLES, dry_run_lines
+def paper_main(parser, args):
+    """A paper-scale table (Tables 2-5, ``trime.repro.paper_tables``): every step from the
+    corpus archive to the rows, with the authors' hyperparameters on --gpus GPUs; --dry-run prints
+    the steps with what each costs."""
+    import trime
+    from trime.repro.paper import PAPER_TABLES
+    from trime.repro.paper_recipes import paper_recipes
+    from trime.repro.runner import DryRun, Runner, StepMismatch
+    from trime.repro.orderings import write_orderings
+    from trime.repro.tables import TABLES, write_table
 
-    preset = PAPER_TABLES.get(args.table)
-    if preset is None or args.preset != preset:
-        parser.error(f"{args.table} is a paper-scale table with --preset {preset}" if preset else
-                     f"--preset {args.preset} is for {', '.join(t for t, p in PAPER_TABLES.items() if p == args.preset)}")
-    if not args.dry_run:
-        parser.error(f"{args.table} at paper scale prints its commands with --dry-run; running them "
-                     "end to end (datastores, tuning, evaluation) is not built yet")
+    preset = args.preset or PAPER_TABLES[args.table].preset
+    if preset not in (PAPER_TABLES[args.table].preset, "paper-tiny"):
+        parser.error(f"{args.table} is a paper-scale table: --preset {PAPER_TABLES[args.table].preset} "
+                     "(or paper-tiny, a toy of the same steps)")
+    if args.updates is not None or args.jobs != 1:
+        parser.error("--updates and --jobs are for the WikiText-2-sized presets; the paper presets "
+                     "train the authors' updates on --gpus GPUs")
     if args.gpus < 1:
         parser.error(f"--gpus must be >= 1, got {args.gpus}")
+    if (args.books or args.books_raw) and args.table != "table5":
+        parser.error("--books / --books-raw are for table5")
+    started = time.time()
+    work = os.path.join(args.work, preset)  # a preset's models serve each of its tables (2 and 5)
+    runner = DryRun(work, user_dir=trime.USER_DIR) if args.dry_run else \
+        Runner(work, in_process=args.in_process)
     try:
-        print("\n".join(dry_run_lines(args.table, args.data, args.work, args.gpus)))
-    except ValueError as error:
+        device = args.device or ("cpu" if preset == "paper-tiny" else "cuda")
+        recipes = paper_recipes(runner, args.table, args.data, preset, args.gpus, device,
+                                args.dstore_shards, args.archive, args.books, args.books_raw)
+        rows = TABLES[args.table].rows(recipes)
+    except (FileNotFoundError, StepMismatch) as error:
+        parser.exit(2, one_line(error, parser.prog) + "\n")
+    except ValueError as error:  # a corpus or a number of GPUs that does not fit the preset
         parser.error(str(error))
+    if not args.dry_run:
+        print(write_table(args.table, rows, recipes, os.path.join(args.out, args.table), started))
+        write_orderings(args.out)
 
 
 def authors_main(argv):
@@ -100,25 +120,45 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="trime-repro", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=HelpFormatter)
-    parser.add_argument("table", choices=sorted(TABLES) + sorted(PAPER_TABLES),
+    parser.add_argument("table", choices=sorted(TABLES),
                         help="the paper table (or figure3: perplexity vs long-memory size) to reproduce")
     parser.add_argument("data", help="corpus folder with train / valid / test as SPLIT.txt or "
-                                     "wiki.SPLIT.tokens (e.g. WikiText-2)")
+                                     "wiki.SPLIT.tokens (e.g. WikiText-2); tables 2-5: a binarised "
+                                     "corpus (with dict.txt), or the folder to prepare it in "
+                                     "(trime-prepare-wikitext103 / -enwik8 run first)")
     parser.add_argument("--work", default="runs/repro",
                         help="folder of checkpoints, datastores, logs and step records (reused by "
                              "every table: a model trained for one table serves the others)")
     parser.add_argument("--out", default="results", help="results/<table>/ is written here")
-    parser.add_argument("--gpus", type=int, default=1,
-                        help="paper presets: GPUs of one node; the update frequency keeps the "
-                             "authors' tokens per update for any number")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the steps' commands, run nothing")
-    parser.add_argument("--preset", choices=sorted(PRESETS) + sorted(PAPER_MODELS), default="cpu",
-                        help="budget: cpu = the paper's 7M model, L = 512, 1,600 updates per model "
-                             "(about 45 min each on 2 CPU cores); tiny = a toy model for tests")
+    parser.add_argument("--preset", choices=sorted(PRESETS) + sorted(PAPER_MODELS), default=None,
+                        help="budget: cpu = the paper's 7M model, L = 512, 1,600 updates per "
+                             "model (about 45 min each on 2 CPU cores; tables 7, 10-15 and figure3 "
+                             "use it unless told); tiny = a toy model for tests. Tables 2-5 use "
+                             "their own: wt103-247m (2, 5), wt103-150m (3), enwik8-38m (4); "
+                             "paper-tiny = a toy of their steps")
+    paper = parser.add_argument_group("paper-scale tables (table2-table5; docs/paper-scale.md)")
+    paper.add_argument("--gpus", type=int, default=1,
+                       help="GPUs of one node; the update frequency keeps the authors' tokens per "
+                            "update for any number")
+    paper.add_argument("--dstore-shards", type=int, default=None,
+                       help="shards of each training-set datastore, saved one per GPU at a time "
+                            "and each resumable (default: --gpus)")
+    paper.add_argument("--archive", default=None, metavar="PATH_OR_URL",
+                       help="the corpus archive when DATA is not prepared yet (default: the "
+                            "official one, downloaded)")
+    paper.add_argument("--books", default=None,
+                       help="table5: BooksCorpus binarised with the WikiText-103 dictionary "
+                            "(OUT of trime-prepare-books, or a new folder with --books-raw)")
+    paper.add_argument("--books-raw", default=None,
+                       help="table5: your BooksCorpus copy (a folder of .txt books; not "
+                            "redistributable) to prepare --books from")
+    paper.add_argument("--dry-run", action="store_true",
+                       help="print every step's command with the disk, memory and GPU-hours it "
+                            "needs; run nothing")
     parser.add_argument("--updates", type=int, default=None, help="override the preset's updates")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="where every step trains and evaluates")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="where every step trains and evaluates (default: cuda for the paper "
+                             "presets, cpu for the others)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="models trained at once, each with cores / jobs threads (on 2 cores, "
                              "--jobs 2 trains two 7M models about 1.2x faster than one after the other)")
@@ -126,12 +166,17 @@ def main(argv=None):
                         help="run the steps' console scripts in this process (fast start-up for "
                              "tiny configs; long runs are better isolated in subprocesses)")
     args = parser.parse_args(argv)
-    if args.table in PAPER_TABLES or args.preset in PAPER_MODELS:
-        return paper_plan(parser, args)
-    if args.dry_run:
-        parser.error("--dry-run is for the paper presets (table2-table4 with --preset "
-                     f"{'/'.join(sorted(PAPER_MODELS))}) in this version")
-    budget = with_overrides(PRESETS[args.preset], updates=args.updates, device=args.device)
+    if args.table in PAPER_TABLES:
+        return paper_main(parser, args)
+    if args.preset in PAPER_MODELS:
+        parser.error(f"--preset {args.preset} is for the paper-scale tables "
+                     f"({', '.join(sorted(PAPER_TABLES))})")
+    paper_only = [f"--{name.replace('_', '-')}" for name in ("dry_run", "archive", "books", "books_raw",
+                                                              "dstore_shards")
+                  if getattr(args, name) not in (None, False)] + (["--gpus"] if args.gpus != 1 else [])
+    if paper_only:
+        parser.error(f"{' '.join(paper_only)}: for the paper-scale tables (table2-table5) only")
+    budget = with_overrides(PRESETS[args.preset or "cpu"], updates=args.updates, device=args.device or "cpu")
     if budget.updates < 1:
         parser.error("--updates must be >= 1")
     if args.jobs < 1 or (args.in_process and args.jobs > 1):
@@ -140,7 +185,7 @@ def main(argv=None):
     runner = Runner(args.work, in_process=args.in_process, jobs=args.jobs)
     try:
         recipes = Recipes(runner, args.data, budget)
-        rows = TABLES[args.table](recipes)
+        rows = TABLES[args.table].rows(recipes)
     except (FileNotFoundError, StepMismatch) as error:
         parser.exit(2, one_line(error, parser.prog) + "\n")  # the data, not the usage, is wrong
     print(write_table(args.table, rows, recipes, os.path.join(args.out, args.table), started))

@@ -14,7 +14,6 @@ string, where fairseq changed between their 0.9 and 0.12:
 """
 
 import math
-import shlex
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
@@ -25,29 +24,6 @@ PAPER_TOKENS_PER_SECOND = {"wt103-247m": 3600}
 TRAINING_PASSES = 3  # a training token costs about 3 forward passes (backward ≈ 2)
 WIKITEXT103_TRAIN_TOKENS = 103_227_021  # published, one <eos> per line included
 ENWIK8_TRAIN_TOKENS = 90_000_000  # bytes (a newline byte becomes its line's <eos>)
-
-
-# what a preset's corpus folder must hold: fairseq's dictionary size for WikiText-103 (the
-# models' embedding rows); byte symbols for enwik8 (208 with fairseq's 4 and its padding to 8)
-CORPUS_DICTIONARY = {"wt103-247m": ("wikitext-103", 267_744), "wt103-150m": ("wikitext-103", 267_744),
-                     "enwik8-38m": ("enwik8", 208)}
-
-
-def check_corpus(preset: str, data: str) -> None:
-    """Refuse a corpus folder that is not the preset's (a missing one is fine for --dry-run)."""
-    import os
-
-    path = os.path.join(data, "dict.txt")
-    if not os.path.isfile(path):
-        return
-    from fairseq.data import Dictionary
-
-    corpus, size = CORPUS_DICTIONARY[preset]
-    found = len(Dictionary.load(path))
-    prepare = "trime-prepare-wikitext103 OUT" if corpus == "wikitext-103" else "trime-prepare-enwik8 OUT"
-    if found != size:
-        raise ValueError(f"{data} has a dictionary of {found:,} types, the {corpus} models of "
-                         f"--preset {preset} have {size:,}: give OUT/data-bin of `{prepare}`")
 
 
 @dataclass(frozen=True)
@@ -72,6 +48,10 @@ class PaperModel:
     long_across_workers: bool = False
     key_dim: int = 0                # g(c): the input of the last FFN (decoder_embed_dim)
     eval_context_window: int = 0    # their evaluation's context window (stride = L - it)
+    eval_break_mode_complete: bool = False  # their 247M evaluation: --sample-break-mode complete
+    layers: int = 0                 # for the memory estimates of --dry-run
+    heads: int = 0
+    params: int = 0                 # the paper's parameter count
 
     @property
     def segments_per_update(self) -> int:
@@ -88,28 +68,82 @@ PAPER_MODELS = {
         "wiki103-247M-trime", "transformer_lm_wiki103", 3072, 3072, 6,
         ("--optimizer", "nag", "--weight-decay", "0.0"), WT103_247M_SCHEDULE, 286000, 9,
         WIKITEXT103_TRAIN_TOKENS, clip_norm=0.1, long_across_workers=True, key_dim=1024,
-        eval_context_window=2560),
+        eval_context_window=2560, eval_break_mode_complete=True, layers=16, heads=8,
+        params=247_000_000),
     "wt103-150m": PaperModel(
         "wiki103-150M-trime", "transformer_lm_wiki103_150M", 150, 9000, 2, ADAM,
         ("--lr-scheduler", "inverse_sqrt", "--lr", "0.0005", "--warmup-updates", "8000",
          "--warmup-init-lr", "1e-07"), 200000, 3, WIKITEXT103_TRAIN_TOKENS,
-        model=("--adaptive-softmax-factor", "1", "--adaptive-input-factor", "1")),
+        model=("--adaptive-softmax-factor", "1", "--adaptive-input-factor", "1"), key_dim=410,
+        eval_context_window=86, layers=16, heads=10, params=150_000_000),
     "enwik8-38m": PaperModel(
         "enwik8-38M-trime", "transformer_lm_enwik8", 512, 12288, 1, ADAM,
         ("--lr-scheduler", "cosine", "--lr", "0.00025", "--min-lr", "0.0", "--warmup-updates", "0"),
-        400000, 3, ENWIK8_TRAIN_TOKENS),
+        400000, 3, ENWIK8_TRAIN_TOKENS, key_dim=512, eval_context_window=432, layers=12, heads=8,
+        params=38_000_000),
+    # a toy of the same code paths (the tests' mock tables 2-5; any corpus, minutes on a CPU)
+    "paper-tiny": PaperModel(
+        "(toy)", "transformer_lm", 32, 64, 1, ADAM,
+        ("--lr-scheduler", "inverse_sqrt", "--lr", "0.005", "--warmup-updates", "2"), 8, 0, 0,
+        model=("--decoder-layers", "2", "--decoder-embed-dim", "16", "--decoder-ffn-embed-dim", "32",
+               "--decoder-input-dim", "16", "--decoder-output-dim", "16",
+               "--decoder-attention-heads", "2"),
+        dropout=0.1, key_dim=16, eval_context_window=16, layers=2, heads=2, params=30_000),
 }
-# the trained rows of each table: trime's training recipes (trime.repro.recipes.MODELS) and the
-# authors' run that is its reference
-PAPER_TABLES = {"table2": "wt103-247m", "table3": "wt103-150m", "table4": "enwik8-38m"}
-# the models whose training-set datastore a table searches (kNN-LM rows, TrimeLM_ext rows)
-TABLE_DATASTORES = {"table2": ("vanilla", "trime_ext")}
 INDEX_OPTIONS = ("--nlist", "4096", "--pq-m", "64", "--pq-bits", "8",
                  "--train-size", "1000000")  # the paper's IVFPQ: 4,096 lists x 64-byte codes
-# kNN-LM searches by L2 distance (Khandelwal et al.), TrimeLM_ext by TRIME's inner product
-DATASTORE_METRIC = {"vanilla": "l2", "trime_ext": "ip"}
-TABLE_MODELS = {"table2": ("vanilla", "trime", "trime_long", "trime_ext"),
-                "table3": ("vanilla", "trime", "trime_long"), "table4": ("vanilla", "trime", "trime_long")}
+KNN_OPTIONS = ("--knn-k", "1024", "--knn-nprobe", "32")  # Appendix D: K = 1,024, nprobe 32
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """A paper-scale table: the models it trains (or reuses), its corpus, its long memory S."""
+
+    preset: str
+    corpus: str                 # wikitext-103 or enwik8, as trime-prepare-* makes them
+    long_memory_size: int       # S of its long-memory rows (Table 3: 15,000; 4: 24,576; 5: 49,152)
+    unit: str = "ppl"
+
+
+PAPER_TABLES = {"table2": PaperTable("wt103-247m", "wikitext-103", 12288),
+                "table3": PaperTable("wt103-150m", "wikitext-103", 15000),
+                "table4": PaperTable("enwik8-38m", "enwik8", 24576, unit="bpc"),
+                "table5": PaperTable("wt103-247m", "wikitext-103", 49152)}
+# the paper-tiny preset's corpora: enwik8's held-out splits and the books' shares, in a toy's size
+TOY_PREPARE = {"enwik8": ("--held-out-bytes", "2000")}
+BOOKS_TOY_TOKENS = {"train": 300, "valid": 100, "test": 100}
+PREPARE = {"wikitext-103": "trime-prepare-wikitext103", "enwik8": "trime-prepare-enwik8"}
+# fairseq's dictionary of each corpus (the models' embedding rows): WikiText-103's 267,744 types;
+# enwik8's byte symbols, 208 with fairseq's 4 and its padding to a multiple of 8
+CORPUS_DICTIONARY = {"wikitext-103": 267_744, "enwik8": 208}
+# published token counts (one <eos> per line included), for --dry-run before the corpus exists
+SPLIT_TOKENS = {"wikitext-103": {"train": WIKITEXT103_TRAIN_TOKENS, "valid": 217_646, "test": 245_569},
+                "enwik8": {"train": ENWIK8_TRAIN_TOKENS, "valid": 5_000_000, "test": 5_000_000},
+                "books": {"train": 100_000_000, "valid": 250_000, "test": 250_000}}
+
+
+def check_corpus(table: str, preset: str, data_bin: str) -> None:
+    """Refuse a binarised corpus that is not the table's (the preset's dictionary size; byte
+    symbols for enwik8). A folder not made yet is fine (--dry-run, or prepared first)."""
+    import os
+
+    path = os.path.join(data_bin, "dict.txt")
+    if not os.path.isfile(path):
+        return
+    from fairseq.data import Dictionary
+
+    corpus = PAPER_TABLES[table].corpus
+    dictionary = Dictionary.load(path)
+    prepare = f"{PREPARE[corpus]} OUT"
+    if corpus == "enwik8":
+        words = dictionary.symbols[dictionary.nspecial:]
+        if not all(w.isdigit() and int(w) < 256 for w in words if not w.startswith("madeupword")):
+            raise ValueError(f"{data_bin} is not a byte-level corpus (symbols other than 0-255 in "
+                             f"dict.txt): {table} needs OUT/data-bin of `{prepare}`")
+    size = CORPUS_DICTIONARY[corpus]
+    if preset != "paper-tiny" and len(dictionary) != size:
+        raise ValueError(f"{data_bin} has a dictionary of {len(dictionary):,} types, the {corpus} "
+                         f"models of --preset {preset} have {size:,}: give OUT/data-bin of `{prepare}`")
 
 
 def batch_for_gpus(model: PaperModel, gpus: int) -> Tuple[int, int]:
@@ -169,66 +203,107 @@ def train_options(preset: str, variant: str, gpus: int, train_tokens: int = None
             "authors_run": model.run}
 
 
-def dry_run_lines(table: str, data: str, work: str, gpus: int):
-    """What ``trime-repro TABLE DATA --preset P --gpus N --dry-run`` prints: each trained row's
-    commands with the authors' hyperparameters, tokens trained and, where the paper gives a speed,
-    GPU-hours; for TrimeLM_ext the BM25 batches first."""
-    preset = PAPER_TABLES[table]
-    check_corpus(preset, data)
+def paper_budget(table: str, preset: str, gpus: int, device: str, dstore_shards: int = None):
+    """The ``trime.repro.recipes.Budget`` of a paper table: the preset's model and per-GPU batch,
+    its evaluation (context window, S, K, nprobe, the IVFPQ index) and dev grids around the
+    authors' tuned values (τ 1.03-1.25; λ 0.3 and their interpolation temperature ≈ 0.33)."""
+    from trime.repro.recipes import Budget
+
     model = PAPER_MODELS[preset]
-    user_dir = '"$(trime-user-dir)"'
-    lines = []
-    for variant in TABLE_MODELS[table]:
-        try:
-            plan = train_options(preset, variant, gpus)
-        except ValueError as error:
-            lines.append(f"# {variant}: not with --gpus {gpus}: {error}")
-            continue
-        tokens = model.max_update * plan["tokens_per_update"]
-        rate = PAPER_TOKENS_PER_SECOND.get(preset)
-        cost = (f"; roughly {tokens * TRAINING_PASSES / rate / 3600:,.0f} RTX 3090 GPU-hours (the "
-                f"paper's {rate:,} tokens/s of evaluation, {TRAINING_PASSES} passes per training "
-                "token)" if rate else "; the paper gives no speed for this model")
-        lines.append(f"# {variant} (the authors' {plan['authors_run']} hyperparameters): "
-                     f"{plan['gpus']} GPU(s) x {plan['segments_per_gpu']} segments x update-freq "
-                     f"{plan['update_freq']} = {plan['tokens_per_update']:,} tokens per update; "
-                     f"{model.max_update:,} updates = {tokens / 1e9:.1f}B tokens{cost}")
-        if variant == "trime_ext":
-            lines.append(shlex.join(["trime-bm25-batches", data, "--split", "train",
-                                     "--tokens-per-sample", str(model.tokens_per_sample), "--k", "20",
-                                     "--batch-size", str(plan["gpus"] * plan["segments_per_gpu"]),
-                                     "-o", "bm25.json"]))
-        lines.append(" ".join(["fairseq-train", shlex.quote(data), "--user-dir", user_dir,
-                               shlex.join(plan["options"]),
-                               "--save-dir", shlex.quote(f"{work}/models/{variant}")]))
-    for variant in TABLE_DATASTORES.get(table, ()):
-        lines += datastore_lines(model, preset, variant, data, work, gpus)
-    return lines
+    per_gpu, _ = batch_for_gpus(model, gpus)
+    tiny = preset == "paper-tiny"
+    return Budget(
+        model=("--arch", model.arch, *model.model), tokens_per_sample=model.tokens_per_sample,
+        batch_size=per_gpu, updates=model.max_update,
+        long_memory_size=64 if tiny else PAPER_TABLES[table].long_memory_size,
+        doc_boundary="none" if PAPER_TABLES[table].corpus == "enwik8" else "title",
+        eval_batch_size=4 if tiny else 1, device=device,
+        knn=("--knn-k", "8", "--knn-nprobe", "4") if tiny else KNN_OPTIONS,
+        index=(("--index-type", "ivfpq", "--nlist", "8", "--pq-m", "4", "--train-size", "4096")
+               if tiny else INDEX_OPTIONS),
+        taus=(1.0,) if tiny else (0.9, 1.0, 1.1, 1.2, 1.3),
+        interp_temps=(1.0,) if tiny else (0.25, 0.5, 1, 2),
+        lambdas=(0, 0.3) if tiny else (0.1, 0.2, 0.3, 0.4, 0.5),
+        cache_lambdas=(0, 0.2) if tiny else (0, 0.05, 0.1, 0.2, 0.3),
+        cache_thetas=(0.3,) if tiny else (0.03, 0.1, 0.3, 1), max_widen=0 if tiny else 1,
+        paper=preset, gpus=gpus, dstore_shards=dstore_shards or gpus,
+        context_window=model.eval_context_window,
+        break_mode="complete" if model.eval_break_mode_complete else "")
 
 
-def datastore_lines(model: PaperModel, preset: str, variant: str, data: str, work: str, gpus: int):
-    """The training-set datastore of ``variant``'s model, saved with the evaluation's context
-    window in one shard per GPU, merged and indexed as the paper did; the disk it takes."""
-    tokens = model.train_tokens
-    keys_gb, values_gb = tokens * model.key_dim * 2 / 1e9, tokens * 4 / 1e9
-    index_gb = tokens * (64 + 8) / 1e9  # 64-byte codes and an 8-byte id per key
-    rate = PAPER_TOKENS_PER_SECOND.get(preset)
-    hours = f", roughly {tokens / rate / 3600:,.0f} GPU-hours at the paper's {rate:,} tokens/s" if rate else ""
-    store = f"{work}/dstore-{variant}"
-    lines = [f"# datastore of {variant} (train, {tokens:,} keys of {model.key_dim}): keys "
-             f"{keys_gb:,.0f} GB + values {values_gb:.1f} GB on disk (twice while the shards are "
-             f"merged); {DATASTORE_METRIC[variant]} index "
-             f"{index_gb:.1f} GB{hours}"]
-    for shard in range(gpus):
-        lines.append(" ".join([
-            f"CUDA_VISIBLE_DEVICES={shard}", "fairseq-eval-lm", shlex.quote(data), "--user-dir",
-            '"$(trime-user-dir)"', shlex.join([
-                "--task", "trime_lm", "--path", f"{work}/models/{variant}/checkpoint_best.pt",
-                "--gen-subset", "train", "--tokens-per-sample", str(model.tokens_per_sample),
-                "--context-window", str(model.eval_context_window), "--fp16", "--save-dstore",
-                f"{store}.{shard}", "--num-shards", str(gpus), "--shard-id", str(shard)]), "&"]))
-    lines.append("wait")
-    lines.append(shlex.join(["trime-merge-dstore", store, *[f"{store}.{i}" for i in range(gpus)]]))
-    lines.append(shlex.join(["trime-build-index", store, "--metric", DATASTORE_METRIC[variant],
-                             *INDEX_OPTIONS]))
-    return lines
+# -- what each step costs, for --dry-run (rough: the paper's speeds, standard memory formulas) --
+
+# the paper's speeds of the 247M model on one RTX 3090 (Table 2): the LM (with local / long
+# memory), with the IVFPQ datastore (FAISS on 32 CPUs), with exact distances (†)
+PAPER_SPEEDS = {"wt103-247m": {"lm": 3600, "ext": 300, "exact": 50}}
+
+
+def _gb(size: float) -> str:
+    return f"{size / 1e9:,.1f} GB"
+
+
+def _activations(model: PaperModel, segments: int, grad: bool) -> float:
+    """Bytes of a transformer's fp16 activations for ``segments`` of L tokens (Korthikanti et al.
+    2022: 34·s·b·h + 5·a·s²·b per layer with backward; about a tenth without)."""
+    s, h = model.tokens_per_sample, model.key_dim
+    per_layer = segments * (34 * s * h + 5 * model.heads * s * s)
+    return model.layers * per_layer if grad else 2 * per_layer
+
+
+def _hours(tokens: float, rate: float) -> str:
+    hours = tokens / rate / 3600
+    time = f"{hours:,.0f} GPU-hours" if hours >= 10 else f"{hours:.1f} GPU-hours" if hours >= 1 \
+        else f"{hours * 60:.0f} GPU-minutes"
+    return f"roughly {time} (the paper's {rate:,} tokens/s on an RTX 3090)"
+
+
+def training_note(preset: str, plan: Dict) -> str:
+    model = PAPER_MODELS[preset]
+    tokens = model.max_update * plan["tokens_per_update"]
+    rate = PAPER_SPEEDS.get(preset, {}).get("lm")
+    cost = (_hours(tokens * TRAINING_PASSES, rate) + f" x {TRAINING_PASSES} passes per training "
+            "token" if rate else "the paper gives no speed for this model")
+    gpu = model.params * 16 + _activations(model, plan["segments_per_gpu"], grad=True)
+    return (f"the authors' {plan['authors_run']} hyperparameters: {plan['gpus']} GPU(s) x "
+            f"{plan['segments_per_gpu']} segments x update-freq {plan['update_freq']} = "
+            f"{plan['tokens_per_update']:,} tokens per update; {model.max_update:,} updates = "
+            f"{tokens / 1e9:.1f}B tokens; {cost}; GPU memory about {_gb(gpu)} each (weights, "
+            "gradients and optimizer state at 16 bytes a parameter, fp16 activations)")
+
+
+def eval_note(preset: str, tokens: int, memory: str, long_memory_size: int, exact=False,
+              index_bytes: int = 0, what: str = "") -> str:
+    """GPU-hours and memory of one pass over ``tokens`` (an evaluation, a tuning pass or a
+    datastore shard)."""
+    from trime.glue.vocab import EVAL_CHUNK_ELEMENTS
+
+    model = PAPER_MODELS[preset]
+    speeds = PAPER_SPEEDS.get(preset, {})
+    rate = speeds.get("exact" if exact else "ext" if "ext" in memory else "lm")
+    cost = _hours(tokens, rate) if rate else "the paper gives no speed for this model"
+    gpu = (model.params * 2 + _activations(model, 1, grad=False) + EVAL_CHUNK_ELEMENTS * 4
+           + ((long_memory_size or 0) * model.key_dim * 2 if "long" in memory else 0))
+    host = f"; host memory about {_gb(index_bytes)} for the index" if index_bytes else ""
+    return (f"{what}{tokens:,} tokens; {cost}; GPU memory about {_gb(gpu)} (fp16 weights, one "
+            f"segment, a vocabulary chunk of {EVAL_CHUNK_ELEMENTS:,} scores"
+            + (", the long memory's keys" if "long" in memory else "") + f"){host}")
+
+
+def datastore_note(preset: str, tokens: int, shards: int) -> str:
+    model = PAPER_MODELS[preset]
+    keys, values = tokens * model.key_dim * 2, tokens * 4
+    return (f"{shards} shard(s) of {tokens:,} keys of {model.key_dim} in all: keys {_gb(keys)} + "
+            f"values {_gb(values)} on disk (twice while the shards are merged); "
+            + eval_note(preset, -(-tokens // shards), "local", 0, what="each shard "))
+
+
+def index_bytes(tokens: int) -> int:
+    return tokens * (64 + 8)  # a 64-byte code and an 8-byte id per key
+
+
+def index_note(preset: str, tokens: int) -> str:
+    model = PAPER_MODELS[preset]
+    sample = 1_000_000 * model.key_dim * 4
+    return (f"IVFPQ over {tokens:,} keys: {_gb(index_bytes(tokens))} on disk and in host memory "
+            f"while filled, plus {_gb(sample)} for the 1M-key training sample; on GPU with "
+            "faiss-gpu (pip install trime[gpu]), resumable (--checkpoint-keys)")

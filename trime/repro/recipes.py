@@ -49,6 +49,13 @@ class Budget:
     segment_lengths: Tuple[int, ...] = (150, 512, 3072)  # Table 12's L ...
     tokens_per_update: int = 6144                        # ... at this many tokens per update
     curve_sizes: Tuple[int, ...] = (0, 1024, 2048, 4096, 8192, 12288)  # Figure 3's memory sizes S
+    # paper scale (trime.repro.paper.paper_budget): the authors' training of this preset on
+    # ``gpus`` GPUs, datastores in ``dstore_shards`` shards, their evaluation windows
+    paper: str = ""
+    gpus: int = 1
+    dstore_shards: int = 1
+    context_window: int = 0
+    break_mode: str = ""
 
     def describe(self) -> Dict:
         return asdict(self)
@@ -119,6 +126,25 @@ class Recipes:
         budget = replace(self.budget, tokens_per_sample=tokens_per_sample, batch_size=batch)
         return Recipes(self.runner, self.data_dir, budget, suffix=f"_L{tokens_per_sample}")
 
+    def window(self) -> List[str]:
+        """How an evaluation cuts the split into scored inputs (the training L by default)."""
+        b = self.budget
+        return ["--tokens-per-sample", str(b.tokens_per_sample)] + (
+            ["--context-window", str(b.context_window)] if b.context_window else [])
+
+    def break_mode(self) -> List[str]:
+        """The task's --sample-break-mode of an evaluation (a datastore keeps every train token,
+        as theirs did)."""
+        return ["--sample-break-mode", self.budget.break_mode] if self.budget.break_mode else []
+
+    def eval_device(self) -> Tuple[str, ...]:
+        """fairseq-eval-lm's device options."""
+        return self.device
+
+    def note(self, kind: str, **details):
+        """What a step costs, for a dry run (paper scale only)."""
+        return None
+
     # -- data and training -----------------------------------------------------------
 
     def preprocess(self):
@@ -176,7 +202,8 @@ class Recipes:
         path = self.runner.path(f"bm25{self.suffix}.json")
         self.runner.run(f"bm25-batches{self.suffix}", [
             "trime-bm25-batches", self.bin, "--tokens-per-sample", b.tokens_per_sample,
-            "--k", b.bm25_k, "--batch-size", b.batch_size, "-o", path], done_if=[path])
+            # one batch of the file is one step's in-batch memory, over every GPU's segments
+            "--k", b.bm25_k, "--batch-size", b.batch_size * b.gpus, "-o", path], done_if=[path])
         return path
 
     # -- external memory ---------------------------------------------------------------
@@ -189,7 +216,7 @@ class Recipes:
         path = self.runner.path("dstores", model_name)
         self.runner.run(f"dstore-{model_name}", [
             "fairseq-eval-lm", self.bin, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
-            "--path", checkpoint, "--gen-subset", "train", "--tokens-per-sample", b.tokens_per_sample,
+            "--path", checkpoint, "--gen-subset", "train", *self.window(),
             "--batch-size", b.eval_batch_size, "--doc-boundary", b.doc_boundary, "--num-workers", "0",
             "--save-dstore", path, *self.device], done_if=[os.path.join(path, "meta.json")])
         index = os.path.join(path, f"index.{metric}.faiss")
@@ -221,14 +248,18 @@ class Recipes:
         for attempt in range(b.max_widen + 1):
             tag = "" if attempt == 0 else f"-widened{attempt}"
             out = self.runner.path("tune", row + tag)
-            self.runner.run(f"tune-{row}{tag}", [
+            self.runner.run(f"tune-{row}{tag}", note=self.note("tune", memory=memory_options), argv=[
                 "trime-tune", self.bin, "--path", checkpoint, "--gen-subset", "valid",
-                "--tokens-per-sample", b.tokens_per_sample, "--batch-size", b.eval_batch_size,
+                *self.window(), "--batch-size", b.eval_batch_size,
                 *self.device, "--scoring", scoring,
                 *[a for name, values in grids.items()
                   for a in (f"--{name.replace('_', '-')}", ",".join(f"{v:g}" for v in values))],
-                "--out-dir", out, "--", "--doc-boundary", b.doc_boundary, *memory_options],
+                "--out-dir", out, "--", "--doc-boundary", b.doc_boundary, *self.break_mode(),
+                *memory_options],
                 done_if=[os.path.join(out, "best.json")])
+            if self.runner.dry_run:  # the test command reads the values trime-tune writes
+                return {"best": {"perplexity": math.nan}, "options": {}, "grids": grids,
+                        "on_edge": [], "args_file": os.path.join(out, "best.args")}
             with open(os.path.join(out, "best.json")) as f:
                 best = json.load(f)
             edges = edges_of(grids, best["best"])
@@ -244,11 +275,13 @@ class Recipes:
         """Perplexity of ``checkpoint`` on ``split`` with fairseq-eval-lm and these options."""
         b = self.budget
         name = f"eval-{row}{self.suffix}-{split}"
-        self.runner.run(name, [
+        self.runner.run(name, note=self.note("eval", split=split, memory=options), argv=[
             "fairseq-eval-lm", self.bin, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
-            "--path", checkpoint, "--gen-subset", split, "--tokens-per-sample", b.tokens_per_sample,
+            "--path", checkpoint, "--gen-subset", split, *self.window(), *self.break_mode(),
             "--batch-size", b.eval_batch_size, "--doc-boundary", b.doc_boundary, "--num-workers", "0",
-            *self.device, *options])
+            *self.eval_device(), *options])
+        if self.runner.dry_run:
+            return math.nan
         losses = LOSS.findall(self.runner.log_text(name))
         if not losses:
             raise RuntimeError(f"no 'Loss (base 2)' line in the log of step {name}")
@@ -273,6 +306,8 @@ class Recipes:
         return {int(row["memory_size"]): float(row["perplexity"]) for row in rows}
 
     def options_of(self, best: Dict) -> List[str]:
+        if "args_file" in best:  # a dry run: the shell reads them from trime-tune's best.args
+            return [f"$(cat {best['args_file']})"]
         return [str(a) for option, value in best["options"].items() for a in (option, value)]
 
 
@@ -284,5 +319,7 @@ def train_all(models) -> List[str]:
     """Train models of one or more budgets (``(recipes, checkpoint() arguments)`` pairs, e.g.
     Table 12's segment lengths), the runner's ``jobs`` at a time; their checkpoints in order."""
     steps = [recipes.training(**arguments) for recipes, arguments in models]
-    models[0][0].runner.run_many([(name, argv) for name, argv, _ in steps])
+    models[0][0].runner.run_many([
+        (name, argv, {"note": recipes.note("train", model=arguments["model"])})
+        for (recipes, arguments), (name, argv, _) in zip(models, steps)])
     return [checkpoint for _, _, checkpoint in steps]

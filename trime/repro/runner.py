@@ -39,6 +39,14 @@ def run_in_process(argv, log) -> int:
         # from this long-lived process, the worker of the previous command does not exit when its
         # iterator is collected, and torch waits 5 s for it every time. Load in this process.
         argv = [*argv, "--num-workers", "0"]
+    if argv[0] == "fairseq-train":
+        # fairseq keeps the best validation loss so far on the function save_checkpoint (.best),
+        # for the life of the process: a second training here would compare with the first's
+        # and never write its own checkpoint_best.pt
+        from fairseq import checkpoint_utils
+
+        if hasattr(checkpoint_utils.save_checkpoint, "best"):
+            del checkpoint_utils.save_checkpoint.best
     root = logging.getLogger()
     level, handler, saved_argv = root.level, logging.FileHandler(log), sys.argv
     # the format fairseq's console scripts give their log lines (e.g. "... | train | epoch 001 | loss")
@@ -81,6 +89,8 @@ class Runner:
             2-thread training, the matrices of a 7M model being too small to use 2 threads well).
     """
 
+    dry_run = False  # DryRun: print the steps instead
+
     def __init__(self, work: str, echo=print, in_process: bool = False, jobs: int = 1):
         if jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -96,26 +106,33 @@ class Runner:
     def path(self, *parts) -> str:
         return os.path.join(self.work, *parts)
 
-    def run_many(self, steps) -> list:
-        """Run (name, argv) steps, ``jobs`` at a time; the records in order. A failed step
-        does not stop the others; the first failure is raised once all have ended."""
-        if self.jobs == 1 or len(steps) < 2:
-            return [self.run(name, argv) for name, argv in steps]
+    def run_many(self, steps, jobs: int = None) -> list:
+        """Run steps, ``jobs`` (default: the runner's) at a time; the records in order. A step is
+        (name, argv) or (name, argv, dict of ``run``'s other arguments). A failed step does not
+        stop the others; the first failure is raised once all have ended."""
+        steps = [(step[0], step[1], step[2] if len(step) > 2 else {}) for step in steps]
+        jobs = self.jobs if jobs is None else jobs
+        if jobs == 1 or len(steps) < 2 or self.in_process:
+            return [self.run(name, argv, **options) for name, argv, options in steps]
         from concurrent.futures import ThreadPoolExecutor
 
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
-        with ThreadPoolExecutor(self.jobs) as pool:
-            futures = [pool.submit(self.run, name, argv, threads=threads) for name, argv in steps]
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ThreadPoolExecutor(jobs) as pool:
+            futures = [pool.submit(self.run, name, argv, **dict(dict(threads=threads), **options))
+                       for name, argv, options in steps]
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             raise errors[0]
         return [f.result() for f in futures]
 
-    def run(self, name: str, argv, done_if=(), threads: int = None) -> dict:
+    def run(self, name: str, argv, done_if=(), threads: int = None, note: str = None,
+            env: dict = None) -> dict:
         """Run ``argv`` (a console script and its arguments) as step ``name`` unless its record
         says it finished with this very command. ``done_if``: files whose existence means the
         step finished (e.g. a datastore renamed into place just before an interruption).
-        Returns the record: command, done, seconds, log."""
+        ``note``: what the step costs (disk, memory, GPU-hours), printed by a dry run; ``env``:
+        variables of its subprocess (e.g. CUDA_VISIBLE_DEVICES). Returns the record: command,
+        done, seconds, log."""
         argv = [str(a) for a in argv]
         record_path = self.path("steps", f"{name}.json")
         record = {"command": argv, "done": False}
@@ -144,11 +161,13 @@ class Runner:
         if self.in_process:
             code = run_in_process(argv, log)
         else:
-            env = None if threads is None else dict(
-                os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+            variables = dict(env or {})
+            if threads is not None:
+                variables.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
             with open(log, "w") as out:
                 code = subprocess.run([console_script(argv[0]), *argv[1:]], stdout=out,
-                                      stderr=subprocess.STDOUT, env=env).returncode
+                                      stderr=subprocess.STDOUT,
+                                      env=dict(os.environ, **variables) if variables else None).returncode
         if code != 0:
             with open(log) as f:
                 tail = f.read()[-3000:]
@@ -162,3 +181,49 @@ class Runner:
         with open(self.records[name]["log"] if "log" in self.records[name]
                   else self.path("logs", f"{name}.log")) as f:
             return f.read()
+
+
+class DryRun(Runner):
+    """The steps a run would take, printed as shell lines (each step's note as a comment before
+    it), nothing run or written; paths are the work folder as given. Steps that a real run would
+    read the outputs of (tuning, scores) are the callers' to stand in for (``dry_run``)."""
+
+    dry_run = True
+
+    def __init__(self, work: str, echo=print, user_dir: str = None):
+        self.work, self.echo, self.in_process, self.jobs = work, echo, False, 1
+        self.user_dir = user_dir
+        self.records, self.lines = {}, []
+
+    def _shell(self, argv) -> str:
+        return " ".join('"$(trime-user-dir)"' if word == self.user_dir else
+                        word if word.startswith("$(cat ") else shlex.quote(word) for word in argv)
+
+    def run(self, name: str, argv, done_if=(), threads: int = None, note: str = None,
+            env: dict = None) -> dict:
+        argv = [str(a) for a in argv]
+        self._print(f"# {name}" + (f": {note}" if note else ""))
+        prefix = "".join(f"{k}={v} " for k, v in (env or {}).items())
+        self._print(prefix + self._shell(argv) + (" &" if self._in_wave else ""))
+        self.records[name] = {"command": argv, "done": False, "dry_run": True}
+        return self.records[name]
+
+    _in_wave = False
+
+    def run_many(self, steps, jobs: int = None) -> list:
+        """Steps a real run starts side by side (``jobs`` > 1): each line ends with ``&``, then
+        ``wait``."""
+        jobs = self.jobs if jobs is None else jobs
+        self._in_wave = jobs > 1 and len(steps) > 1
+        try:
+            records = [self.run(step[0], step[1], **(step[2] if len(step) > 2 else {}))
+                       for step in steps]
+        finally:
+            if self._in_wave:
+                self._print("wait")
+            self._in_wave = False
+        return records
+
+    def _print(self, line: str):
+        self.lines.append(line)
+        self.echo(line)

@@ -1,8 +1,11 @@
-"""The paper's tables as reproductions: rows, and the files written to results/<table>/.
+"""The paper's tables as reproductions: one registered ``Table`` each (``TABLES``).
 
-Each table function runs (or skips, when done) every step its rows need and returns the
-rows; ``write_table`` writes ``table.md`` and ``table.json`` (rows, dev/test perplexities,
-tuned options, the exact command and wall time of every step, commit, machine, budget).
+A table's ``rows`` function runs (or skips, when done) every step its rows need and returns the
+rows; its ``render`` turns them into markdown lines and its ``plot`` (if any) into a PNG.
+``write_table`` writes ``table.md`` and ``table.json`` (rows, dev/test perplexities, tuned
+options, the exact command and wall time of every step, commit, machine, budget). The
+WikiText-2-sized tables (7, 10-15, Figure 3) are here; the paper-scale ones (2-5) in
+``trime.repro.paper_tables``.
 """
 
 import json
@@ -13,7 +16,9 @@ import subprocess
 import time
 
 import trime
+from trime.repro.paper_tables import PAPER_SCALE_TABLES
 from trime.repro.recipes import train_all
+from trime.repro.rows import Table, memory_options as _memory, tuned_row as _tuned_row
 
 # paper Table 10 (7M models, WikiText-103): dev / test perplexity
 PAPER_TABLE10 = {"Transformer": (82.68, 83.66), "+ continuous cache": (67.45, 68.08),
@@ -45,28 +50,6 @@ PAPER_TABLE14 = {"Transformer": (3.35, 4.11, 13.63, 30.46, 240.39, 18.04),
                  "TrimeLM": (3.47, 4.15, 13.57, 28.05, 198.33, 17.10),
                  "TrimeLM_long": (3.43, 4.13, 13.62, 27.89, 194.89, 17.01),
                  "TrimeLM_ext": (3.15, 3.84, 12.50, 25.41, 171.61, 15.51)}
-
-
-def _memory(recipes, memory, dstore=None, sim=None):
-    """--task trime_lm options for an evaluation memory."""
-    options = ["--eval-memory", memory]
-    if "long" in memory:
-        options += ["--long-memory-size", recipes.budget.long_memory_size]
-    if "ext" in memory:
-        options += ["--dstore", dstore, *recipes.budget.knn] + (["--knn-sim", sim] if sim else [])
-    return [str(o) for o in options]
-
-
-def _tuned_row(recipes, row, checkpoint, scoring, memory_options, test=True):
-    """Tune on dev (trime-tune's best point is the dev perplexity: its grid points equal
-    fairseq-eval-lm at those values, tested), then score test with fairseq-eval-lm there."""
-    best = recipes.tune(row, checkpoint, scoring, memory_options)
-    options = [*memory_options, "--eval-scoring", scoring, *recipes.options_of(best)]
-    result = {"options": options, "tuned_on_dev": best["options"], "grids": best["grids"],
-              "optimum_on_grid_edge": best["on_edge"], "valid": best["best"]["perplexity"]}
-    if test:
-        result["test"] = recipes.evaluate(row, checkpoint, "test", options)
-    return result
 
 
 def table10(recipes):
@@ -286,9 +269,101 @@ def plot_table14(rows, png) -> bool:
     return True
 
 
-TABLES = {"table10": table10, "table7": table7, "table11": table11, "table12": table12,
-          "table13": table13, "table14": table14, "table15": table15, "figure3": figure3}
-PLOTS = {"table14": plot_table14, "table15": plot_table15, "figure3": plot_figure3}
+def _tuned_text(row) -> str:
+    return " ".join(f"{k} {v:g}" for k, v in row.get("tuned_on_dev", {}).items())
+
+
+def render_table10(rows):
+    lines = ["| model | dev ppl | test ppl | paper dev | paper test | tuned on dev |",
+             "|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['valid']:.2f} | {row['test']:.2f} | {row['paper_dev']} | "
+                     f"{row['paper_test']} | {_tuned_text(row)} |")
+    return lines
+
+
+def render_table13(rows):
+    ks = sorted({k for row in rows.values() for k in row["accuracy"]})
+    lines = ["| model | " + " | ".join(f"top-{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{row['accuracy'][k]:.1f}% (paper {row['paper'].get(k, '-')}%)" for k in ks) + " |")
+    return lines
+
+
+def render_table14(rows):
+    lines = ["| model | " + " | ".join(BUCKETS) + " | avg |", "|---" * (len(BUCKETS) + 2) + "|"]
+    for name, row in rows.items():
+        cells = [f"{row['buckets'][b]:.2f}" if row["tokens"][b] else "-" for b in BUCKETS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['average']:.2f} |")
+    return lines + ["", "Paper (247M, WikiText-103): " + "; ".join(
+        f"{name} " + " / ".join(f"{v:g}" for v in row["paper"].values()) for name, row in rows.items())]
+
+
+def render_table11(rows):
+    lines = ["| model | dev ppl | paper dev | targets in the batch's other segments: all / rare "
+             "| tuned on dev |", "|---|---|---|---|---|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['valid']:.2f} | {row['paper_dev']} | "
+                     f"{row['in_batch_targets']:.1%} / {row['in_batch_rare_targets']:.1%} | "
+                     f"{_tuned_text(row)} |")
+    return lines + ["", "Rare: train count <= 100. The detached model is trained on the BM25 batches."]
+
+
+def render_table12(rows):
+    lengths = list(next(iter(rows.values())))
+    lines = ["| model | " + " | ".join(f"L = {length}" for length in lengths) + " |",
+             "|---" * (len(lengths) + 1) + "|"]
+    for name, cells in rows.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{cells[length]['valid']:.2f}" + (f" (paper {cells[length]['paper_dev']})"
+                                               if cells[length]["paper_dev"] else "")
+            for length in lengths) + " |")
+    return lines + ["", "Batch sizes (segments per update): " + ", ".join(
+        f"L = {length}: {cells['batch_size']}" for length, cells in next(iter(rows.values())).items())]
+
+
+def render_figure3(rows):
+    sizes = list(next(iter(rows.values()))["perplexity"])
+    lines = ["| model | " + " | ".join(f"S = {size}" for size in sizes) + " | tuned on dev |",
+             "|---" * (len(sizes) + 2) + "|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row['perplexity'][size]:.2f}" for size in sizes)
+                     + f" | {_tuned_text(row)} |")
+    return lines + ["", "The plot: figure3.png."]
+
+
+def render_table15(rows):
+    lines = ["| model | dev ppl | paper dev | tuned on dev |", "|---|---|---|---|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['valid']:.2f} | {row['paper_dev']} | {_tuned_text(row)} |")
+    return lines
+
+
+def render_table7(rows):
+    memories = ["local", "local,long", "local,ext", "local,long,ext"]
+    lines = ["| model | " + " | ".join(memories) + " |", "|---" * (len(memories) + 1) + "|"]
+    for name, cells in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{cells[m]['valid']:.2f}" + (
+            f" (paper {cells[m]['paper_dev']})" if cells[m]["paper_dev"] else "")
+            for m in memories) + " |")
+    return lines
+
+
+def tokens_per_update(budget) -> str:
+    return f"about {budget.tokens_per_update}"
+
+
+TABLES = {table.name: table for table in (
+    Table("table10", table10, render_table10),
+    Table("table7", table7, render_table7),
+    Table("table11", table11, render_table11),
+    Table("table12", table12, render_table12, batch=tokens_per_update),
+    Table("table13", table13, render_table13),
+    Table("table14", table14, render_table14, plot=plot_table14),
+    Table("table15", table15, render_table15, plot=plot_table15),
+    Table("figure3", figure3, render_figure3, plot=plot_figure3),
+    *PAPER_SCALE_TABLES)}
 
 
 def commit_id() -> str:
@@ -309,7 +384,8 @@ def machine_description(device) -> str:
 
 
 def write_table(table: str, rows, recipes, out_dir: str, started: float) -> str:
-    """results/<table>/table.json and table.md; returns the markdown."""
+    """results/<table>/table.json and table.md (and the table's plot); returns the markdown."""
+    entry = TABLES[table]
     os.makedirs(out_dir, exist_ok=True)
     steps = {name: {"command": r["command"], "seconds": r.get("seconds")}
              for name, r in recipes.runner.records.items()}
@@ -319,77 +395,15 @@ def write_table(table: str, rows, recipes, out_dir: str, started: float) -> str:
               "steps": steps}
     with open(os.path.join(out_dir, "table.json"), "w") as f:
         json.dump(report, f, indent=1)
-    if table == "table10":
-        lines = ["| model | dev ppl | test ppl | paper dev | paper test | tuned on dev |",
-                 "|---|---|---|---|---|---|"]
-        for name, row in rows.items():
-            tuned = " ".join(f"{k} {v:g}" for k, v in row.get("tuned_on_dev", {}).items())
-            lines.append(f"| {name} | {row['valid']:.2f} | {row['test']:.2f} | {row['paper_dev']} | "
-                         f"{row['paper_test']} | {tuned} |")
-    elif table == "table13":
-        ks = sorted({k for row in rows.values() for k in row["accuracy"]})
-        lines = ["| model | " + " | ".join(f"top-{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
-        for name, row in rows.items():
-            lines.append(f"| {name} | " + " | ".join(
-                f"{row['accuracy'][k]:.1f}% (paper {row['paper'].get(k, '-')}%)" for k in ks) + " |")
-    elif table == "table14":
-        lines = ["| model | " + " | ".join(BUCKETS) + " | avg |", "|---" * (len(BUCKETS) + 2) + "|"]
-        for name, row in rows.items():
-            cells = [f"{row['buckets'][b]:.2f}" if row["tokens"][b] else "-" for b in BUCKETS]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['average']:.2f} |")
-        lines += ["", "Paper (247M, WikiText-103): " + "; ".join(
-            f"{name} " + " / ".join(f"{v:g}" for v in row["paper"].values()) for name, row in rows.items())]
-    elif table == "table11":
-        lines = ["| model | dev ppl | paper dev | targets in the batch's other segments: all / rare "
-                 "| tuned on dev |", "|---|---|---|---|---|"]
-        for name, row in rows.items():
-            tuned = " ".join(f"{k} {v:g}" for k, v in row["tuned_on_dev"].items())
-            lines.append(f"| {name} | {row['valid']:.2f} | {row['paper_dev']} | "
-                         f"{row['in_batch_targets']:.1%} / {row['in_batch_rare_targets']:.1%} | {tuned} |")
-        lines += ["", "Rare: train count <= 100. The detached model is trained on the BM25 batches."]
-    elif table == "table12":
-        lengths = list(next(iter(rows.values())))
-        lines = ["| model | " + " | ".join(f"L = {length}" for length in lengths) + " |",
-                 "|---" * (len(lengths) + 1) + "|"]
-        for name, cells in rows.items():
-            lines.append(f"| {name} | " + " | ".join(
-                f"{cells[length]['valid']:.2f}" + (f" (paper {cells[length]['paper_dev']})"
-                                                   if cells[length]["paper_dev"] else "")
-                for length in lengths) + " |")
-        lines += ["", "Batch sizes (segments per update): " + ", ".join(
-            f"L = {length}: {cells['batch_size']}" for length, cells in next(iter(rows.values())).items())]
-    elif table == "figure3":
-        sizes = list(next(iter(rows.values()))["perplexity"])
-        lines = ["| model | " + " | ".join(f"S = {size}" for size in sizes) + " | tuned on dev |",
-                 "|---" * (len(sizes) + 2) + "|"]
-        for name, row in rows.items():
-            tuned = " ".join(f"{k} {v:g}" for k, v in row["tuned_on_dev"].items())
-            lines.append(f"| {name} | " + " | ".join(f"{row['perplexity'][size]:.2f}" for size in sizes)
-                         + f" | {tuned} |")
-        lines += ["", "The plot: figure3.png."]
-    elif table == "table15":
-        lines = ["| model | dev ppl | paper dev | tuned on dev |", "|---|---|---|---|"]
-        for name, row in rows.items():
-            tuned = " ".join(f"{k} {v:g}" for k, v in row["tuned_on_dev"].items())
-            lines.append(f"| {name} | {row['valid']:.2f} | {row['paper_dev']} | {tuned} |")
-    else:
-        memories = ["local", "local,long", "local,ext", "local,long,ext"]
-        lines = ["| model | " + " | ".join(memories) + " |", "|---" * (len(memories) + 1) + "|"]
-        for name, cells in rows.items():
-            lines.append(f"| {name} | " + " | ".join(f"{cells[m]['valid']:.2f}" + (
-                f" (paper {cells[m]['paper_dev']})" if cells[m]["paper_dev"] else "")
-                for m in memories) + " |")
     seconds = sum(s["seconds"] or 0 for s in steps.values())
-    batch = (f"about {recipes.budget.tokens_per_update}" if table == "table12" else
-             f"{recipes.budget.batch_size} × {recipes.budget.tokens_per_sample}")
     markdown = "\n".join([
         f"# {table}: reproduction", "",
         f"`trime-repro {table}` at commit `{report['commit']}` on {report['machine']}; budget: "
-        f"{recipes.budget.updates} updates of {batch} tokens per model; "
+        f"{recipes.budget.updates} updates of {entry.batch(recipes.budget)} tokens per model; "
         f"{seconds:.0f} s of steps in all "
-        "(every command and its wall time: table.json).", "", *lines, ""])
+        "(every command and its wall time: table.json).", "", *entry.render(rows), ""])
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(markdown)
-    if table in PLOTS:
-        PLOTS[table](rows, os.path.join(out_dir, f"{table}.png"))
+    if entry.plot is not None:
+        entry.plot(rows, os.path.join(out_dir, f"{table}.png"))
     return markdown

@@ -1,0 +1,218 @@
+"""The steps of a paper-scale table (Tables 2-5): the same ``Recipes`` as the WikiText-2-sized
+tables, with the corpus prepared from its archive, the authors' training on ``--gpus`` GPUs
+(``trime.repro.paper.train_options``), training-set datastores saved in shards (one per GPU at a
+time) then merged and indexed with the paper's IVFPQ, and evaluation with their context windows.
+Every step states what it costs (``note``), which ``--dry-run`` prints.
+"""
+
+import os
+from typing import List, Optional, Tuple
+
+import trime
+from trime.repro import paper
+from trime.repro.recipes import Recipes
+
+
+def split_tokens(data_bin: str, split: str) -> Optional[int]:
+    """Tokens of a binarised split (one <eos> per line included), or None before it exists."""
+    path = os.path.join(data_bin, f"{split}.idx")
+    if not os.path.isfile(path):
+        return None
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    dataset = MMapIndexedDataset(os.path.join(data_bin, split))
+    total = int(dataset.sizes.sum())  # sizes reads the dataset's mmap: keep it open till summed
+    del dataset
+    return total
+
+
+class PaperRecipes(Recipes):
+    """Recipes of one paper table under its paper budget (``paper.paper_budget``).
+
+    Args:
+        runner: a ``Runner`` (or ``DryRun``).
+        table: table2 ... table5.
+        corpus: the binarised corpus (a folder with dict.txt), or the folder
+            ``trime-prepare-wikitext103`` / ``trime-prepare-enwik8`` makes (its data-bin/; the
+            preparation is the first step).
+        budget: the paper budget.
+        archive: the corpus archive (a path or URL) for the preparation step (default: theirs).
+        corpus_name: the corpus's name in the sizes of --dry-run (wikitext-103, enwik8, books).
+        tag: appended to the datastore and step names of another corpus (Table 5's books).
+        books: Table 5's BooksCorpus, binarised with this corpus's dictionary (a folder with
+            dict.txt), or the folder ``trime-prepare-books`` makes from ``books_raw``.
+        books_raw: your BooksCorpus copy (a folder of .txt books), to prepare ``books`` from.
+    """
+
+    def __init__(self, runner, table: str, corpus: str, budget, archive: str = None,
+                 corpus_name: str = None, tag: str = "", books: str = None, books_raw: str = None):
+        self.runner, self.budget, self.table, self.archive = runner, budget, table, archive
+        self.books_dir, self.books_raw = books, books_raw
+        self.data_dir, self.suffix, self.tag = corpus, "", tag
+        self.corpus_name = corpus_name or paper.PAPER_TABLES[table].corpus
+        prepared = os.path.isfile(os.path.join(corpus, "dict.txt"))
+        self.bin = corpus if prepared else os.path.join(corpus, "data-bin")
+        self.prepare = not prepared  # trime-prepare-* makes data-bin/ in it
+        self.splits = {"data-bin": self.bin}
+        self.device = ("--cpu",) if budget.device == "cpu" else ()
+        self.model = paper.PAPER_MODELS[budget.paper]
+
+    def on_corpus(self, corpus: str, corpus_name: str, tag: str) -> "PaperRecipes":
+        """The same models, datastores and evaluation on another binarised corpus (Table 5)."""
+        return PaperRecipes(self.runner, self.table, corpus, self.budget, corpus_name=corpus_name,
+                            tag=tag)
+
+    def books(self) -> "PaperRecipes":
+        """Table 5's BooksCorpus recipes: prepared from --books-raw with this corpus's dictionary
+        first (the paper's 100M / 250K / 250K tokens; the toy preset: a few hundred)."""
+        if not self.books_dir:
+            raise FileNotFoundError(
+                f"{self.table} scores the WikiText-103 models on BooksCorpus: give --books DIR "
+                "(OUT of trime-prepare-books, or a new folder with --books-raw YOUR_COPY to make it)")
+        books = PaperRecipes(self.runner, self.table, self.books_dir, self.budget,
+                             corpus_name="books", tag="-books")
+        if not books.prepare or os.path.exists(os.path.join(books.bin, "preprocess.done")):
+            self.runner.echo(f"== prepare-books: {books.bin} is prepared, skipped")
+        else:
+            if not self.books_raw and not self.runner.dry_run:
+                raise FileNotFoundError(
+                    f"--books {self.books_dir} is not prepared yet: add --books-raw YOUR_COPY (a "
+                    "folder of .txt books; BooksCorpus is not redistributable)")
+            shares = paper.BOOKS_TOY_TOKENS if self.budget.paper == "paper-tiny" else \
+                paper.SPLIT_TOKENS["books"]
+            self.runner.run("prepare-books", [
+                "trime-prepare-books", self.books_dir, "--raw", self.books_raw or "YOUR_BOOKSCORPUS",
+                "--dict", os.path.join(self.bin, "dict.txt"),
+                *[a for split, tokens in shares.items() for a in (f"--{split}-tokens", tokens)]],
+                done_if=[os.path.join(books.bin, "preprocess.done")],
+                note="split your BooksCorpus copy by whole books, tokenise like WikiText-103, "
+                     "binarise with its dictionary")
+        return books
+
+    def tokens(self, split: str) -> int:
+        counted = None if self.runner.dry_run and not os.path.isdir(self.bin) else \
+            split_tokens(self.bin, split)
+        return counted or paper.SPLIT_TOKENS[self.corpus_name][split]
+
+    # -- data and training -----------------------------------------------------------
+
+    def preprocess(self):
+        """The corpus from its archive (download, checksum, split, binarise; skipped when done),
+        then the check that it is the preset's."""
+        if self.prepare and os.path.exists(os.path.join(self.bin, "preprocess.done")):
+            # prepared (whichever archive it came from, which may be gone by now)
+            self.runner.echo(f"== prepare: {self.bin} is prepared, skipped")
+        elif self.prepare:
+            argv = [paper.PREPARE[self.corpus_name], self.data_dir] + (
+                ["--archive", self.archive] if self.archive else []) + (
+                list(paper.TOY_PREPARE.get(self.corpus_name, ())) if self.budget.paper == "paper-tiny"
+                else [])
+            self.runner.run("prepare", argv, done_if=[os.path.join(self.bin, "preprocess.done")],
+                            note="download and binarise the corpus (each finished step skipped "
+                                 "on a rerun)")
+        if not self.runner.dry_run or os.path.isdir(self.bin):
+            paper.check_corpus(self.table, self.budget.paper, self.bin)
+
+    def training(self, model: str, drop: float = None, batching: str = None, detach=False):
+        if (drop, batching, detach) != (None, None, False):
+            raise ValueError("paper presets train the paper's four models only")
+        b = self.budget
+        plan = paper.train_options(b.paper, model, b.gpus, self.tokens("train"))
+        options = list(plan["options"])
+        if "--bm25-batches" in options:
+            options[options.index("--bm25-batches") + 1] = self.bm25_batches()
+        if b.device == "cpu":  # the tests' toy: no fp16 on a CPU
+            options.remove("--fp16")
+        save_dir = self.runner.path("models", model)
+        interval = max(1, min(2000, b.updates // 10))
+        return f"train-{model}", [
+            "fairseq-train", self.bin, "--user-dir", trime.USER_DIR, *options,
+            "--doc-boundary", b.doc_boundary, "--seed", "1", "--no-epoch-checkpoints",
+            "--save-interval-updates", interval, "--keep-interval-updates", "1",
+            "--log-format", "simple", "--log-interval", "100", "--save-dir", save_dir,
+            *self.device], os.path.join(save_dir, "checkpoint_best.pt")
+
+    # -- external memory ---------------------------------------------------------------
+
+    def datastore(self, checkpoint: str, metric: str) -> str:
+        """The training split's datastore of this model, saved with the evaluation's context
+        window in ``dstore_shards`` shards (one per GPU at a time: CUDA_VISIBLE_DEVICES), merged
+        (trime-merge-dstore), then indexed with the paper's IVFPQ for ``metric``."""
+        b = self.budget
+        name = os.path.basename(os.path.dirname(checkpoint)) + self.tag
+        path = self.runner.path("dstores", name)
+        shards = b.dstore_shards
+        save = ["fairseq-eval-lm", self.bin, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
+                "--path", checkpoint, "--gen-subset", "train", *self.window(), "--batch-size",
+                b.eval_batch_size, "--doc-boundary", b.doc_boundary, "--num-workers", "0",
+                *self.eval_device()]
+        merged = os.path.join(path, "meta.json")
+        if shards == 1:
+            self.runner.run(f"dstore-{name}", [*save, "--save-dstore", path], done_if=[merged],
+                            note=self.note("dstore", shards=1))
+        else:
+            steps = []
+            for shard in range(shards):
+                env = {"CUDA_VISIBLE_DEVICES": str(shard % b.gpus)} if b.device == "cuda" else None
+                steps.append((f"dstore-{name}.{shard}", [
+                    *save, "--save-dstore", f"{path}.{shard}", "--num-shards", shards,
+                    "--shard-id", shard], dict(
+                        env=env, done_if=[os.path.join(f"{path}.{shard}", "meta.json")],
+                        note=self.note("dstore", shards=shards) if shard == 0 else None)))
+            for wave in range(0, shards, b.gpus):  # one shard per GPU at a time
+                if not os.path.exists(merged):
+                    self.runner.run_many(steps[wave:wave + b.gpus],
+                                         jobs=b.gpus if b.device == "cuda" else 1)
+            self.runner.run(f"merge-{name}", [
+                "trime-merge-dstore", path, *[f"{path}.{shard}" for shard in range(shards)]],
+                done_if=[merged], note=f"merge {shards} shards without holding the keys in memory; "
+                                      "the shard folders can be deleted after")
+        index = os.path.join(path, f"index.{metric}.faiss")
+        self.runner.run(f"index-{name}-{metric}", [
+            "trime-build-index", path, "--metric", metric, *b.index], done_if=[index],
+            note=self.note("index"))
+        return path
+
+    # -- evaluation ----------------------------------------------------------------------
+
+    def eval_device(self) -> Tuple[str, ...]:
+        return self.device if self.budget.device == "cpu" else ("--fp16",)  # as the authors
+
+    def note(self, kind: str, **details) -> Optional[str]:
+        preset, tokens = self.budget.paper, self.tokens
+        if kind == "train":
+            return paper.training_note(preset, paper.train_options(
+                preset, details["model"], self.budget.gpus, tokens("train")))
+        if kind == "dstore":
+            return paper.datastore_note(preset, tokens("train"), details["shards"])
+        if kind == "index":
+            return paper.index_note(preset, tokens("train"))
+        options = details["memory"]
+        memory = options[options.index("--eval-memory") + 1] if "--eval-memory" in options else ""
+        index = paper.index_bytes(self.dstore_tokens(options)) if "--dstore" in options else 0
+        return paper.eval_note(preset, tokens(details.get("split", "valid")), memory,
+                               self._long_memory(options), "--knn-exact-scores" in options, index,
+                               what=("one pass over dev for the whole grid: " if kind == "tune"
+                                     else ""))
+
+    def dstore_tokens(self, memory: List[str]) -> int:
+        """Keys of the datastore an evaluation searches (its corpus's train split)."""
+        dstore = memory[memory.index("--dstore") + 1]
+        return paper.SPLIT_TOKENS["books" if dstore.endswith("-books") else
+                                  paper.PAPER_TABLES[self.table].corpus]["train"]
+
+    @staticmethod
+    def _long_memory(memory: List[str]) -> int:
+        return int(memory[memory.index("--long-memory-size") + 1]) if "--long-memory-size" in memory else 0
+
+
+def paper_recipes(runner, table: str, corpus: str, preset: str, gpus: int, device: str,
+                  dstore_shards: int = None, archive: str = None, books: str = None,
+                  books_raw: str = None) -> PaperRecipes:
+    """The recipes of ``table`` at ``preset`` on ``gpus`` GPUs."""
+    budget = paper.paper_budget(table, preset, gpus, device, dstore_shards)
+    if budget.dstore_shards % gpus:
+        raise ValueError(f"--dstore-shards {budget.dstore_shards} is not a multiple of --gpus {gpus} "
+                         "(one shard per GPU at a time)")
+    return PaperRecipes(runner, table, corpus, budget, archive=archive, books=books,
+                        books_raw=books_raw)
