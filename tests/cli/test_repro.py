@@ -180,6 +180,42 @@ def test_a_rerun_skips_every_step(reproduced, capsys):
     assert _table(root, "table10")["rows"] == before
 
 
+@pytest.mark.parametrize("table", ["table10", "table7", "table11", "table12", "table13", "table14",
+                                   "table15", "figure3"])
+def test_a_dry_run_prints_the_commands_the_run_recorded(reproduced, capsys, table):
+    """--dry-run walks the same steps: each printed command (tuned values read by the shell from
+    trime-tune's best.args) is the one the run recorded, and nothing is run or written."""
+    import re
+    import shlex
+
+    import trime
+    from trime.cli.repro import main
+
+    root, common = reproduced
+    steps = sorted((root / "work" / "steps").iterdir())
+    main([table, *common, "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted((root / "work" / "steps").iterdir()) == steps
+    names = [line[2:] for line in lines if line.startswith("# ")]
+    commands = [line for line in lines if line and not line.startswith("#")]
+    assert len(names) == len(commands) > 0
+    for name, command in zip(names, commands):
+        command = command.replace('"$(trime-user-dir)"', shlex.quote(trime.USER_DIR))
+        command = re.sub(r"\$\(cat (\S+)\)", lambda m: open(shlex.split(m.group(1))[0]).read().strip(),
+                         command)
+        with open(root / "work" / "steps" / f"{name}.json") as f:
+            recorded = json.load(f)["command"]
+        assert list(map(_number, shlex.split(command))) == list(map(_number, recorded)), name
+
+
+def _number(word):
+    """A command word, numbers compared by value (best.args writes 1 where the run wrote 1.0)."""
+    try:
+        return float(word)
+    except ValueError:
+        return word
+
+
 def test_other_options_are_refused_not_mixed(reproduced, capsys):
     from trime.cli.repro import main
 

@@ -113,7 +113,8 @@ def main(argv=None):
         return authors_main(argv[1:])
     from trime.repro.paper import PAPER_MODELS, PAPER_TABLES
     from trime.repro.recipes import PRESETS, Recipes, with_overrides
-    from trime.repro.runner import Runner, StepMismatch
+    import trime
+    from trime.repro.runner import DryRun, Runner, StepMismatch
     from trime.repro.orderings import write_orderings
     from trime.repro.tables import TABLES, write_table
 
@@ -152,9 +153,9 @@ def main(argv=None):
     paper.add_argument("--books-raw", default=None,
                        help="table5: your BooksCorpus copy (a folder of .txt books; not "
                             "redistributable) to prepare --books from")
-    paper.add_argument("--dry-run", action="store_true",
-                       help="print every step's command with the disk, memory and GPU-hours it "
-                            "needs; run nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print every step's command (tables 2-5: with the disk, memory and "
+                             "GPU-hours it needs); run nothing")
     parser.add_argument("--updates", type=int, default=None, help="override the preset's updates")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="where every step trains and evaluates (default: cuda for the paper "
@@ -171,7 +172,7 @@ def main(argv=None):
     if args.preset in PAPER_MODELS:
         parser.error(f"--preset {args.preset} is for the paper-scale tables "
                      f"({', '.join(sorted(PAPER_TABLES))})")
-    paper_only = [f"--{name.replace('_', '-')}" for name in ("dry_run", "archive", "books", "books_raw",
+    paper_only = [f"--{name.replace('_', '-')}" for name in ("archive", "books", "books_raw",
                                                               "dstore_shards")
                   if getattr(args, name) not in (None, False)] + (["--gpus"] if args.gpus != 1 else [])
     if paper_only:
@@ -182,12 +183,15 @@ def main(argv=None):
     if args.jobs < 1 or (args.in_process and args.jobs > 1):
         parser.error("--jobs must be >= 1, and 1 with --in-process (in-process steps share sys.argv)")
     started = time.time()
-    runner = Runner(args.work, in_process=args.in_process, jobs=args.jobs)
+    runner = DryRun(args.work, user_dir=trime.USER_DIR) if args.dry_run else \
+        Runner(args.work, in_process=args.in_process, jobs=args.jobs)
     try:
         recipes = Recipes(runner, args.data, budget)
         rows = TABLES[args.table].rows(recipes)
     except (FileNotFoundError, StepMismatch) as error:
         parser.exit(2, one_line(error, parser.prog) + "\n")  # the data, not the usage, is wrong
+    if args.dry_run:
+        return
     print(write_table(args.table, rows, recipes, os.path.join(args.out, args.table), started))
     write_orderings(args.out)  # the paper's orderings over every table written so far
 

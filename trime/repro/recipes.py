@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shlex
 from dataclasses import asdict, dataclass, replace
 from typing import Dict, List, Tuple
 
@@ -301,13 +302,15 @@ class Recipes:
             ",".join(str(size) for size in b.curve_sizes), "--tokens-per-sample", b.tokens_per_sample,
             "--batch-size", b.eval_batch_size, "--doc-boundary", b.doc_boundary, "--scorings", scoring,
             *options, *self.device, "--out-dir", out], done_if=[os.path.join(out, "curve.csv")])
+        if self.runner.dry_run:
+            return {size: math.nan for size in b.curve_sizes}
         with open(os.path.join(out, "curve.csv")) as f:
             rows = list(csv.DictReader(f))
         return {int(row["memory_size"]): float(row["perplexity"]) for row in rows}
 
     def options_of(self, best: Dict) -> List[str]:
         if "args_file" in best:  # a dry run: the shell reads them from trime-tune's best.args
-            return [f"$(cat {best['args_file']})"]
+            return [f"$(cat {shlex.quote(best['args_file'])})"]
         return [str(a) for option, value in best["options"].items() for a in (option, value)]
 
 
