@@ -237,6 +237,39 @@ def test_interrupted_build_is_never_loaded(tmp_path):
         writer.add(torch.tensor([10]), keys[:1], values[:1])
 
 
+def test_a_datastore_that_does_not_fit_on_the_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 10**6, 10**6))
+    with pytest.raises(OSError, match=r"a datastore of 100,000 rows needs 0\.\d+ GiB .* free some "
+                                      "space or choose another folder"):
+        DatastoreWriter(str(tmp_path / "d"), 100_000, D, {}, progress=False)
+    assert os.listdir(tmp_path) == []  # nothing started, so nothing half-written
+    monkeypatch.undo()
+    DatastoreWriter(str(tmp_path / "d"), 100_000, D, {}, progress=False)  # fits
+
+
+def test_a_split_that_does_not_fit_on_the_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    import collections
+    import shutil
+    import zipfile
+
+    from console import run
+
+    with zipfile.ZipFile(tmp_path / "enwik8.zip", "w") as archive:
+        archive.writestr("enwik8", bytes(range(256)) * 200)
+    usage = collections.namedtuple("usage", "total used free")
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 10**4, 10**4))
+    code, output = run("trime-prepare-enwik8", tmp_path / "out", "--archive", tmp_path / "enwik8.zip",
+                       "--held-out-bytes", 5000, check=False)
+    assert code != 0 and "free some space or choose another folder" in output
+    assert not os.path.exists(tmp_path / "out" / "raw" / "train.txt")
+    monkeypatch.setattr(shutil, "disk_usage", real)
+
+
 def test_existing_datastore_is_not_overwritten(store):
     datastore, keys, values = store
     with pytest.raises(FileExistsError, match="already exists"):

@@ -96,6 +96,15 @@ class DatastoreWriter:
                     f"rows, model or dictionary): remove it, or write to another folder")
             mode = "r+"
         else:
+            # the memmaps are sparse files that fill as rows arrive: a disk that runs out on the
+            # way ends the process in the middle of a write, so check that the whole fits first
+            from trime.download import check_free_space
+
+            row_bytes = (0 if keys_file is not None else 2 * self.dim) + 4 + 1
+            parent = os.path.dirname(os.path.abspath(self.partial))
+            os.makedirs(parent, exist_ok=True)
+            check_free_space(parent, self.num_tokens * row_bytes,
+                             f"a datastore of {self.num_tokens:,} rows")
             os.makedirs(self.partial)
             with open(os.path.join(self.partial, WRITER_FILE), "w") as f:
                 json.dump(identity, f)
