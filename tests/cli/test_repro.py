@@ -188,7 +188,6 @@ def test_a_dry_run_prints_the_commands_the_run_recorded(reproduced, capsys, tabl
     import re
     import shlex
 
-    import trime
     from trime.cli.repro import main
 
     root, common = reproduced
@@ -200,9 +199,10 @@ def test_a_dry_run_prints_the_commands_the_run_recorded(reproduced, capsys, tabl
     commands = [line for line in lines if line and not line.startswith("#")]
     assert len(names) == len(commands) > 0
     for name, command in zip(names, commands):
-        command = command.replace('"$(trime-user-dir)"', shlex.quote(trime.USER_DIR))
         command = re.sub(r"\$\(cat (\S+)\)", lambda m: open(shlex.split(m.group(1))[0]).read().strip(),
-                         command)
+                         command)  # the values trime-tune chose
+        # the record keeps the work folder and the user dir as placeholders (Runner.portable)
+        command = command.replace('"$(trime-user-dir)"', "{user_dir}").replace(str(root / "work"), "{work}")
         with open(root / "work" / "steps" / f"{name}.json") as f:
             recorded = json.load(f)["command"]
         assert list(map(_number, shlex.split(command))) == list(map(_number, recorded)), name

@@ -112,6 +112,7 @@ def main(argv=None):
     if argv[:1] == ["authors"]:
         return authors_main(argv[1:])
     from trime.repro.paper import PAPER_MODELS, PAPER_TABLES
+    from trime.repro.paper_tables import CPU_ANALOGS
     from trime.repro.recipes import PRESETS, Recipes, with_overrides
     import trime
     from trime.repro.runner import DryRun, Runner, StepMismatch
@@ -148,11 +149,12 @@ def main(argv=None):
                        help="the corpus archive when DATA is not prepared yet (default: the "
                             "official one, downloaded)")
     paper.add_argument("--books", default=None,
-                       help="table5: BooksCorpus binarised with the WikiText-103 dictionary "
-                            "(OUT of trime-prepare-books, or a new folder with --books-raw)")
+                       help="table5: the books binarised with the corpus's dictionary (OUT of "
+                            "trime-prepare-books, or a new folder with --books-raw)")
     paper.add_argument("--books-raw", default=None,
-                       help="table5: your BooksCorpus copy (a folder of .txt books; not "
-                            "redistributable) to prepare --books from")
+                       help="table5: a folder of .txt books (your BooksCorpus copy, not "
+                            "redistributable; with --preset cpu: e.g. the Gutenberg books) to "
+                            "prepare --books from")
     parser.add_argument("--dry-run", action="store_true",
                         help="print every step's command (tables 2-5: with the disk, memory and "
                              "GPU-hours it needs); run nothing")
@@ -167,16 +169,18 @@ def main(argv=None):
                         help="run the steps' console scripts in this process (fast start-up for "
                              "tiny configs; long runs are better isolated in subprocesses)")
     args = parser.parse_args(argv)
-    if args.table in PAPER_TABLES:
+    cpu_analog = args.table in CPU_ANALOGS and args.preset in PRESETS
+    if args.table in PAPER_TABLES and not cpu_analog:
         return paper_main(parser, args)
     if args.preset in PAPER_MODELS:
         parser.error(f"--preset {args.preset} is for the paper-scale tables "
                      f"({', '.join(sorted(PAPER_TABLES))})")
-    paper_only = [f"--{name.replace('_', '-')}" for name in ("archive", "books", "books_raw",
-                                                              "dstore_shards")
+    paper_only = [f"--{name.replace('_', '-')}" for name in ("archive", "dstore_shards")
                   if getattr(args, name) not in (None, False)] + (["--gpus"] if args.gpus != 1 else [])
     if paper_only:
         parser.error(f"{' '.join(paper_only)}: for the paper-scale tables (table2-table5) only")
+    if (args.books or args.books_raw) and args.table != "table5":
+        parser.error("--books / --books-raw are for table5")
     budget = with_overrides(PRESETS[args.preset or "cpu"], updates=args.updates, device=args.device or "cpu")
     if budget.updates < 1:
         parser.error("--updates must be >= 1")
@@ -186,7 +190,7 @@ def main(argv=None):
     runner = DryRun(args.work, user_dir=trime.USER_DIR) if args.dry_run else \
         Runner(args.work, in_process=args.in_process, jobs=args.jobs)
     try:
-        recipes = Recipes(runner, args.data, budget)
+        recipes = Recipes(runner, args.data, budget, books=args.books, books_raw=args.books_raw)
         rows = TABLES[args.table].rows(recipes)
     except (FileNotFoundError, StepMismatch) as error:
         parser.exit(2, one_line(error, parser.prog) + "\n")  # the data, not the usage, is wrong

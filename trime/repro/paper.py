@@ -226,6 +226,8 @@ def paper_budget(table: str, preset: str, gpus: int, device: str, dstore_shards:
         lambdas=(0, 0.3) if tiny else (0.1, 0.2, 0.3, 0.4, 0.5),
         cache_lambdas=(0, 0.2) if tiny else (0, 0.05, 0.1, 0.2, 0.3),
         cache_thetas=(0.3,) if tiny else (0.03, 0.1, 0.3, 1), max_widen=0 if tiny else 1,
+        books_tokens=tuple(BOOKS_TOY_TOKENS.values()) if tiny else
+        tuple(SPLIT_TOKENS["books"][split] for split in ("train", "valid", "test")),
         paper=preset, gpus=gpus, dstore_shards=dstore_shards or gpus,
         context_window=model.eval_context_window,
         break_mode="complete" if model.eval_break_mode_complete else "")

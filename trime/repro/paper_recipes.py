@@ -39,9 +39,7 @@ class PaperRecipes(Recipes):
         archive: the corpus archive (a path or URL) for the preparation step (default: theirs).
         corpus_name: the corpus's name in the sizes of --dry-run (wikitext-103, enwik8, books).
         tag: appended to the datastore and step names of another corpus (Table 5's books).
-        books: Table 5's BooksCorpus, binarised with this corpus's dictionary (a folder with
-            dict.txt), or the folder ``trime-prepare-books`` makes from ``books_raw``.
-        books_raw: your BooksCorpus copy (a folder of .txt books), to prepare ``books`` from.
+        books, books_raw: Table 5's books (``Recipes.books``).
     """
 
     def __init__(self, runner, table: str, corpus: str, budget, archive: str = None,
@@ -58,36 +56,10 @@ class PaperRecipes(Recipes):
         self.model = paper.PAPER_MODELS[budget.paper]
 
     def on_corpus(self, corpus: str, corpus_name: str, tag: str) -> "PaperRecipes":
-        """The same models, datastores and evaluation on another binarised corpus (Table 5)."""
+        """The same models, datastores and evaluation on another corpus (Table 5's books): a
+        binarised folder, or one that trime-prepare-books makes data-bin/ in."""
         return PaperRecipes(self.runner, self.table, corpus, self.budget, corpus_name=corpus_name,
                             tag=tag)
-
-    def books(self) -> "PaperRecipes":
-        """Table 5's BooksCorpus recipes: prepared from --books-raw with this corpus's dictionary
-        first (the paper's 100M / 250K / 250K tokens; the toy preset: a few hundred)."""
-        if not self.books_dir:
-            raise FileNotFoundError(
-                f"{self.table} scores the WikiText-103 models on BooksCorpus: give --books DIR "
-                "(OUT of trime-prepare-books, or a new folder with --books-raw YOUR_COPY to make it)")
-        books = PaperRecipes(self.runner, self.table, self.books_dir, self.budget,
-                             corpus_name="books", tag="-books")
-        if not books.prepare or os.path.exists(os.path.join(books.bin, "preprocess.done")):
-            self.runner.echo(f"== prepare-books: {books.bin} is prepared, skipped")
-        else:
-            if not self.books_raw and not self.runner.dry_run:
-                raise FileNotFoundError(
-                    f"--books {self.books_dir} is not prepared yet: add --books-raw YOUR_COPY (a "
-                    "folder of .txt books; BooksCorpus is not redistributable)")
-            shares = paper.BOOKS_TOY_TOKENS if self.budget.paper == "paper-tiny" else \
-                paper.SPLIT_TOKENS["books"]
-            self.runner.run("prepare-books", [
-                "trime-prepare-books", self.books_dir, "--raw", self.books_raw or "YOUR_BOOKSCORPUS",
-                "--dict", os.path.join(self.bin, "dict.txt"),
-                *[a for split, tokens in shares.items() for a in (f"--{split}-tokens", tokens)]],
-                done_if=[os.path.join(books.bin, "preprocess.done")],
-                note="split your BooksCorpus copy by whole books, tokenise like WikiText-103, "
-                     "binarise with its dictionary")
-        return books
 
     def tokens(self, split: str) -> int:
         counted = None if self.runner.dry_run and not os.path.isdir(self.bin) else \

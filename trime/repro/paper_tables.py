@@ -8,7 +8,7 @@ byte (log2 of the per-byte perplexity); Table 5 scores Table 2's models on Books
 
 import math
 
-from trime.repro.rows import Table, memory_options, tuned_row
+from trime.repro.rows import Table, memory_options, segments_per_update, tuned_row
 
 # paper Tables 2-5: row -> (dev, test)
 PAPER_TABLE2 = {"Transformer": (18.04, 18.70), "+ continuous cache": (17.65, 18.26),
@@ -25,6 +25,10 @@ PAPER_TABLE5 = {"Transformer": (62.72, 53.98), "TrimeLM": (59.39, 49.25),
                 "TrimeLM_long": (49.21, 39.50), "kNN-LM + continuous cache (Wiki)": (53.27, 43.24),
                 "TrimeLM_ext (Wiki)": (47.00, 37.70), "kNN-LM + continuous cache (Books)": (42.12, 32.87),
                 "TrimeLM_ext (Books)": (36.97, 27.84)}
+TABLE5_LONG_MEMORY = 49152  # Table 5: "a long-term memory of a size 49,152"
+# the paper-scale tables that also run with the WikiText-2-sized presets (cpu, tiny): Table 5 with
+# Table 10's models on books (e.g. the Gutenberg selection) binarised with WikiText-2's dictionary
+CPU_ANALOGS = ("table5",)
 PAPER_VALUES = {"table2": PAPER_TABLE2, "table3": PAPER_TABLE3, "table4": PAPER_TABLE4,
                 "table5": PAPER_TABLE5}
 TRAINED = {"table2": ("vanilla", "trime", "trime_long", "trime_ext"),
@@ -110,20 +114,21 @@ def table5(recipes):
     cache; tuned on the books' dev, scored on their test."""
     models = _trained(recipes, "table2")
     books = recipes.books()
+    long = TABLE5_LONG_MEMORY
     rows = {"Transformer": _plain_row(books, "table5-transformer", models["vanilla"]),
             "TrimeLM": tuned_row(books, "table5-trimelm", models["trime"], "trime",
                                  memory_options(books, "local")),
             "TrimeLM_long": tuned_row(books, "table5-trimelm-long", models["trime_long"], "trime",
-                                      memory_options(books, "local,long"))}
+                                      memory_options(books, "local,long", long_memory_size=long))}
     for corpus, source in (("Wiki", recipes), ("Books", books)):
         vanilla_dstore = source.datastore(models["vanilla"], "l2")
         ext_dstore = source.datastore(models["trime_ext"], "ip")
         rows[f"kNN-LM + continuous cache ({corpus})"] = tuned_row(
             books, f"table5-knnlm-cache-{corpus.lower()}", models["vanilla"], "knnlm",
-            memory_options(books, "local,long,ext", vanilla_dstore, "l2"))
+            memory_options(books, "local,long,ext", vanilla_dstore, "l2", long_memory_size=long))
         rows[f"TrimeLM_ext ({corpus})"] = tuned_row(
             books, f"table5-trimelm-ext-{corpus.lower()}", models["trime_ext"], "trime",
-            memory_options(books, "local,long,ext", ext_dstore))
+            memory_options(books, "local,long,ext", ext_dstore, long_memory_size=long))
     return _with_paper("table5", rows)
 
 
@@ -143,6 +148,8 @@ def render(rows):
 def tokens_per_update(budget) -> str:
     from trime.repro.paper import PAPER_MODELS, batch_for_gpus
 
+    if not budget.paper:  # a CPU analog (Table 5 with Table 10's models)
+        return segments_per_update(budget)
     per_gpu, update_freq = batch_for_gpus(PAPER_MODELS[budget.paper], budget.gpus)
     return (f"{budget.gpus} GPU(s) × {per_gpu} × update-freq {update_freq} × "
             f"{budget.tokens_per_sample}")

@@ -7,6 +7,7 @@ toy model for tests. Hyperparameters are tuned on the dev split only, with ``tri
 a grid whose optimum sits on an edge of a temperature grid is widened and tuned again.
 """
 
+import copy
 import csv
 import json
 import math
@@ -47,6 +48,7 @@ class Budget:
     cache_lambdas: Tuple[float, ...] = (0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7)
     cache_thetas: Tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1)
     max_widen: int = 2                    # times a temperature grid is widened past an edge
+    books_tokens: Tuple[int, int, int] = (100_000_000, 250_000, 250_000)  # Table 5: train/dev/test
     segment_lengths: Tuple[int, ...] = (150, 512, 3072)  # Table 12's L ...
     tokens_per_update: int = 6144                        # ... at this many tokens per update
     curve_sizes: Tuple[int, ...] = (0, 1024, 2048, 4096, 8192, 12288)  # Figure 3's memory sizes S
@@ -73,7 +75,10 @@ TINY = ("--arch", "transformer_lm", "--decoder-layers", "2", "--decoder-embed-di
         "--decoder-attention-heads", "2", "--dropout", "0.1")
 
 PRESETS = {
-    "cpu": Budget(model=SEVEN_M, tokens_per_sample=512, batch_size=8, updates=1600),
+    # Table 5 on books with cpu: the Gutenberg selection (about 2.3M tokens) dealt to 200K test,
+    # 100K dev and 1.5M for the Books datastore
+    "cpu": Budget(model=SEVEN_M, tokens_per_sample=512, batch_size=8, updates=1600,
+                  books_tokens=(1_500_000, 100_000, 200_000)),
     "tiny": Budget(model=TINY, tokens_per_sample=32, batch_size=4, updates=12, lr=5e-3,
                    consecutive_segments=2, bm25_k=3, long_memory_size=64,
                    doc_boundary="empty-line", eval_batch_size=4,
@@ -81,6 +86,7 @@ PRESETS = {
                    index=("--index-type", "ivfpq", "--nlist", "8", "--pq-m", "4", "--train-size", "4096"),
                    taus=(1,), interp_temps=(1,), lambdas=(0, 0.3), cache_lambdas=(0, 0.2),
                    cache_thetas=(0.3,), max_widen=0, segment_lengths=(16, 32, 64),
+                   books_tokens=(300, 100, 100),
                    tokens_per_update=128, curve_sizes=(0, 32, 64)),
 }
 
@@ -113,12 +119,51 @@ def find_splits(data_dir: str) -> Dict[str, str]:
 class Recipes:
     """The steps of a reproduction under one budget, run by a ``Runner``."""
 
-    def __init__(self, runner, data_dir: str, budget: Budget, suffix: str = ""):
+    def __init__(self, runner, data_dir: str, budget: Budget, suffix: str = "", books: str = None,
+                 books_raw: str = None):
         self.runner, self.budget, self.data_dir = runner, budget, data_dir
         self.splits = find_splits(data_dir)
         self.bin = runner.path("bin")
         self.device = () if budget.device == "cuda" else ("--cpu",)
         self.suffix = suffix  # of every model, datastore and row name: variants of the budget
+        self.tag = ""  # of the datastores of another corpus (on_corpus)
+        self.books_dir, self.books_raw = books, books_raw  # Table 5 (books)
+
+    def on_corpus(self, corpus: str, corpus_name: str, tag: str) -> "Recipes":
+        """The same models and evaluation on another corpus (Table 5's books), binarised with
+        this one's dictionary in ``corpus``/data-bin (trime-prepare-books); its datastores are
+        named with ``tag``."""
+        other = copy.copy(self)
+        binarised = os.path.isfile(os.path.join(corpus, "dict.txt"))
+        other.bin = corpus if binarised else os.path.join(corpus, "data-bin")
+        other.tag, other.splits, other.prepare = tag, {corpus_name: corpus}, not binarised
+        return other
+
+    def books(self) -> "Recipes":
+        """Table 5's books: the same recipes on them, prepared first from --books-raw with this
+        corpus's dictionary (whole books dealt to test, valid, then train: the budget's
+        books_tokens shares)."""
+        if not self.books_dir:
+            raise FileNotFoundError(
+                "table5 scores the models on books: give --books DIR (OUT of trime-prepare-books, "
+                "or a new folder with --books-raw YOUR_COPY to make it)")
+        books = self.on_corpus(self.books_dir, "books", "-books")
+        if not books.prepare or os.path.exists(os.path.join(books.bin, "preprocess.done")):
+            self.runner.echo(f"== prepare-books: {books.bin} is prepared, skipped")
+            return books
+        if not self.books_raw and not self.runner.dry_run:
+            raise FileNotFoundError(
+                f"--books {self.books_dir} is not prepared yet: add --books-raw YOUR_COPY (a "
+                "folder of .txt books; BooksCorpus is not redistributable)")
+        train, valid, test = self.budget.books_tokens
+        self.runner.run("prepare-books", [
+            "trime-prepare-books", self.books_dir, "--raw", self.books_raw or "YOUR_BOOKSCORPUS",
+            "--dict", os.path.join(self.bin, "dict.txt"), "--train-tokens", train,
+            "--valid-tokens", valid, "--test-tokens", test],
+            done_if=[os.path.join(books.bin, "preprocess.done")],
+            note="split the books whole, tokenise them like WikiText-103, binarise them with "
+                 "this corpus's dictionary")
+        return books
 
     def at_length(self, tokens_per_sample: int, tokens_per_update: int) -> "Recipes":
         """The same recipes for segments of L = ``tokens_per_sample`` tokens, B = round(tokens
@@ -213,7 +258,7 @@ class Recipes:
         """The datastore of the train split with this model's keys, indexed for ``metric``
         (named after the model: models/NAME/checkpoint_last.pt -> dstores/NAME)."""
         b = self.budget
-        model_name = os.path.basename(os.path.dirname(checkpoint))
+        model_name = os.path.basename(os.path.dirname(checkpoint)) + self.tag
         path = self.runner.path("dstores", model_name)
         self.runner.run(f"dstore-{model_name}", [
             "fairseq-eval-lm", self.bin, "--user-dir", trime.USER_DIR, "--task", "trime_lm",

@@ -11,6 +11,9 @@ import sys
 import time
 
 
+WORK_WORD, USER_DIR_WORD = "{work}", "{user_dir}"  # in step records (Runner.portable)
+
+
 class StepMismatch(ValueError):
     """A step was started with other options than it is asked to run with now."""
 
@@ -106,6 +109,30 @@ class Runner:
     def path(self, *parts) -> str:
         return os.path.join(self.work, *parts)
 
+    def portable(self, argv) -> list:
+        """A command as its record keeps it: the work folder as ``{work}`` and trime's user dir
+        as ``{user_dir}``, so that a moved work folder or checkout still resumes and results/
+        holds no path of this machine (older records with absolute paths read the same)."""
+        import trime
+
+        words, after_user_dir = [], False
+        for word in argv:
+            if after_user_dir or word == trime.USER_DIR:
+                word = USER_DIR_WORD
+            elif word == self.work or word.startswith(self.work + os.sep):
+                word = WORK_WORD + word[len(self.work):]
+            words.append(word)
+            after_user_dir = word == "--user-dir"
+        return words
+
+    def local(self, argv) -> list:
+        """A recorded command with this machine's paths put back (a step's ``portable`` words)."""
+        import trime
+
+        return [trime.USER_DIR if word == USER_DIR_WORD else
+                self.work + word[len(WORK_WORD):] if word.startswith(WORK_WORD) else word
+                for word in argv]
+
     def run_many(self, steps, jobs: int = None) -> list:
         """Run steps, ``jobs`` (default: the runner's) at a time; the records in order. A step is
         (name, argv) or (name, argv, dict of ``run``'s other arguments). A failed step does not
@@ -135,17 +162,22 @@ class Runner:
         done, seconds, log."""
         argv = [str(a) for a in argv]
         record_path = self.path("steps", f"{name}.json")
-        record = {"command": argv, "done": False}
+        record = {"command": self.portable(argv), "done": False}
         if os.path.exists(record_path):
             with open(record_path) as f:
                 previous = json.load(f)
-            if previous["command"] != argv:
+            if self.portable(previous["command"]) != record["command"]:
                 raise StepMismatch(
                     f"step {name!r} in {self.work} was run with other options:\n  before: "
-                    f"{shlex.join(previous['command'])}\n  now:    {shlex.join(argv)}\nIts "
-                    f"outputs (e.g. a checkpoint) belong to the old options: use another --work "
-                    f"folder, or delete {record_path} and the step's outputs to redo it.")
-            record = previous
+                    f"{shlex.join(previous['command'])}\n  now:    {shlex.join(record['command'])}"
+                    f"\nIts outputs (e.g. a checkpoint) belong to the old options: use another "
+                    f"--work folder, or delete {record_path} and the step's outputs to redo it.")
+            record = dict(previous, command=record["command"])
+        if record["done"] and done_if and not all(os.path.exists(p) for p in done_if):
+            # its outputs were removed since (e.g. a datastore not kept with the records): redo it
+            self.echo(f"== {name}: done before, but {', '.join(p for p in done_if if not os.path.exists(p))}"
+                      " is gone: run again")
+            record = dict(record, done=False)
         if not record["done"] and done_if and all(os.path.exists(p) for p in done_if):
             record.update(done=True, seconds=record.get("seconds", 0.0))
             _write_json(record_path, record)
