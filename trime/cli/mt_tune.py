@@ -194,16 +194,23 @@ def _tune(parser, args, task_options, ks, lambdas, interp_temps, taus):
                         else cfg.scoring.sacrebleu_tokenizer,
                         lowercase=cfg.scoring.sacrebleu_lowercase)
 
-    setup = {"data": os.path.abspath(args.data), "path": os.path.abspath(args.path),
+    # paths relative to --out-dir: the folder can move with its data and model, and no path of
+    # this machine is written down
+    out_dir = os.path.abspath(args.out_dir)
+    setup = {"data": os.path.relpath(os.path.abspath(args.data), out_dir),
+             "path": os.path.relpath(os.path.abspath(args.path), out_dir),
              "direction": [args.source_lang, args.target_lang], "subset": args.gen_subset,
              "scoring": args.scoring, "task_options": task_options, "references": args.references}
     os.makedirs(os.path.join(args.out_dir, "hyp"), exist_ok=True)
     setup_path = os.path.join(args.out_dir, "setup.json")
     if os.path.isfile(setup_path):
         with open(setup_path) as f:
-            if json.load(f) != setup:
-                parser.error(f"{args.out_dir} holds points decoded with other options "
-                             f"({setup_path}): use another --out-dir, or remove it")
+            previous = json.load(f)
+        for key in ("data", "path"):  # an older setup.json holds absolute paths: the same place
+            previous[key] = os.path.relpath(os.path.join(out_dir, previous[key]), out_dir)
+        if previous != setup:
+            parser.error(f"{args.out_dir} holds points decoded with other options "
+                         f"({setup_path}): use another --out-dir, or remove it")
     else:
         with open(setup_path, "w") as f:
             json.dump(setup, f, indent=2)

@@ -1,0 +1,58 @@
+"""Results that travel: results/ names no path of the machine that made it, and a work folder (or
+checkout) that moved still resumes: step records keep {work} and {user_dir} (Runner.portable)."""
+
+import json
+import os
+import re
+import shutil
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+# an absolute path where a word starts; fairseq's printed configs hold its default plasma path,
+# which is not a path of this machine
+ABSOLUTE = re.compile(r"(?:^|[\s\"'=(:,`\[])(/(?:work|home|root|Users|mnt|tmp|var|opt|srv)/[^\s\"',)]*)")
+ALLOWED = {"/tmp/plasma"}
+TEXT = (".json", ".md", ".log", ".csv", ".sh", ".args", ".txt", ".jsonl")
+
+
+def test_results_hold_no_absolute_path():
+    found = []
+    for folder, _, names in os.walk(os.path.join(ROOT, "results")):
+        for name in names:
+            if not name.endswith(TEXT):
+                continue
+            path = os.path.join(folder, name)
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for number, line in enumerate(f, 1):
+                    found += [f"{os.path.relpath(path, ROOT)}:{number}: {match}"
+                              for match in ABSOLUTE.findall(line) if match not in ALLOWED]
+    assert not found, "absolute paths in results/:\n" + "\n".join(found[:20])
+
+
+def test_the_check_finds_an_absolute_path():
+    assert ABSOLUTE.findall('"--save-dir", "/work/runs/x/models"') == ["/work/runs/x/models"]
+    assert ABSOLUTE.findall("data=.m30k/work/dstore") == []  # relative: not one
+
+
+def test_a_moved_work_folder_resumes(tmp_path):
+    import trime
+    from trime.repro.runner import Runner
+
+    def command(runner):  # a step that names trime's user dir and a file of its work folder
+        return ["python", "-c", "pass", "--user-dir", trime.USER_DIR, runner.path("models", "m")]
+
+    first = Runner(str(tmp_path / "a"), echo=lambda line: None)
+    first.run("step", command(first))
+    with open(tmp_path / "a" / "steps" / "step.json") as f:
+        assert json.load(f)["command"] == ["python", "-c", "pass", "--user-dir", "{user_dir}",
+                                           "{work}/models/m"]
+    shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
+    lines = []
+    moved = Runner(str(tmp_path / "b"), echo=lines.append)
+    moved.run("step", command(moved))
+    assert lines == ["== step: done (0 s), skipped"]
+    # a record written before (absolute paths, another checkout's user dir) reads the same
+    with open(tmp_path / "b" / "steps" / "step.json", "w") as f:
+        json.dump({"command": ["python", "-c", "pass", "--user-dir", "/elsewhere/trime",
+                               str(tmp_path / "b" / "models" / "m")], "done": True, "seconds": 1.0}, f)
+    moved.run("step", command(moved))
+    assert lines[-1] == "== step: done (1 s), skipped"
