@@ -5,7 +5,10 @@
 #   bash scripts/iwslt14/run.sh iwslt14/bin [WORK]  # WORK defaults to runs/iwslt14
 # Every step is skipped when its output exists (fairseq-train resumes from checkpoint_last.pt), so an
 # interrupted run continues where it stopped. Overrides for smaller runs (environment):
-#   ARCH (the model), MAX_EPOCH (50), MAX_TOKENS (4096), CE_WARMUP_UPDATES (5500, about 5 epochs on one
+#   ARCH (the model), MAX_EPOCH (50), MAX_TOKENS (4096), TRIME_MAX_TOKENS (MAX_TOKENS: TrimeMT_ext's own,
+#   e.g. 8192 to match vanilla's target tokens per update with the plain chain), BM25_OPTIONS (of
+#   trime-bm25-batches, e.g. "--length-buckets 1" for one chain over all pairs), MODELS ("vanilla trime":
+#   the models trained, tuned and tested; the table is written when both are), CE_WARMUP_UPDATES (5500, about 5 epochs on one
 #   GPU; the authors' 5 epochs on 4 GPUs), TRAIN_EXTRA, DEVICE ("" = GPU if any; --cpu), KS, LAMBDAS,
 #   TEMPS, TAUS, TRIME_LAMBDAS, TRIME_TEMPS (the tuning grids), INDEX ("--index-type flat" for tiny data),
 #   CHECKPOINT (checkpoint_best.pt; checkpoint_last.pt with --disable-validation in TRAIN_EXTRA),
@@ -16,6 +19,9 @@ WORK=${2:-runs/iwslt14}
 ARCH=${ARCH:---arch transformer_iwslt_de_en --share-decoder-input-output-embed --decoder-normalize-before}
 MAX_EPOCH=${MAX_EPOCH:-50}
 MAX_TOKENS=${MAX_TOKENS:-4096}
+TRIME_MAX_TOKENS=${TRIME_MAX_TOKENS:-$MAX_TOKENS}
+BM25_OPTIONS=${BM25_OPTIONS:-}
+MODELS=${MODELS:-vanilla trime}
 CE_WARMUP_UPDATES=${CE_WARMUP_UPDATES:-5500}
 TRAIN_EXTRA=${TRAIN_EXTRA:-}
 DEVICE=${DEVICE:-}
@@ -39,9 +45,12 @@ COMMON="$DATA --user-dir $USER_DIR --task trime_translation -s de -t en $ARCH
   --eval-bleu --eval-bleu-args {\"beam\":5,\"max_len_a\":1.2,\"max_len_b\":10} --eval-bleu-detok moses
   --eval-bleu-remove-bpe --best-checkpoint-metric bleu --maximize-best-checkpoint-metric
   --no-epoch-checkpoints --log-format simple --log-interval 100 $DEVICE $TRAIN_EXTRA"
-[ -f "$WORK/bm25_order.json" ] || trime-bm25-batches "$DATA" -s de -t en -o "$WORK/bm25_order.json"
-train() {  # NAME OPTIONS...: skipped once the run reached --max-epoch (train.done)
+# shellcheck disable=SC2086
+[ -f "$WORK/bm25_order.json" ] || trime-bm25-batches "$DATA" -s de -t en $BM25_OPTIONS -o "$WORK/bm25_order.json"
+wanted() { [[ " $MODELS " == *" $1 "* ]]; }
+train() {  # NAME OPTIONS...: skipped once the run reached --max-epoch (train.done), or not in MODELS
   local name=$1; shift
+  wanted "$name" || return 0
   [ -f "$WORK/$name/train.done" ] && return
   echo "== training $name"
   # shellcheck disable=SC2086
@@ -52,9 +61,9 @@ train() {  # NAME OPTIONS...: skipped once the run reached --max-epoch (train.do
 train vanilla --criterion label_smoothed_cross_entropy --label-smoothing 0.1
 train trime --criterion trime_mt_loss --label-smoothing 0.0 --batching bm25 \
   --bm25-batches "$WORK/bm25_order.json" --memory-temp 10 --memory-topk 8 \
-  --ce-warmup-updates "$CE_WARMUP_UPDATES"
+  --ce-warmup-updates "$CE_WARMUP_UPDATES" --max-tokens "$TRIME_MAX_TOKENS"
 
-for model in vanilla trime; do  # datastores of the training set, each with its model's keys
+for model in $MODELS; do  # datastores of the training set, each with its model's keys
   metric=$([ $model = vanilla ] && echo l2 || echo ip)
   [ -d "$WORK/dstore-$model" ] || trime-mt-datastore "$DATA" --path "$WORK/$model/$CHECKPOINT" \
     -s de -t en --subset train --save-dstore "$WORK/dstore-$model" ${DEVICE:+--cpu}
@@ -70,20 +79,25 @@ tune() {  # NAME MODEL SCORING SUBSET GRID... -- TASK_OPTIONS
   [ -f "$WORK/$name/best.json" ] || { echo "trime-mt-tune $name did not finish" >&2; exit 1; }
 }
 best() { python -c "import json,sys; b=json.load(open(sys.argv[1]))['best']; print(b[sys.argv[2]] if b[sys.argv[2]] is not None else '')" "$@"; }
-echo "== tuning on valid"
-tune tune-knnmt vanilla knnlm valid --knn-ks "$KS" --lambdas "$LAMBDAS" --interp-temps "$TEMPS" \
-  -- --eval-memory ext --dstore "$WORK/dstore-vanilla" --knn-sim l2 $DECODE
-tune tune-trime trime trime valid --knn-ks "$KS" --taus "$TAUS" --lambdas "$TRIME_LAMBDAS" \
-  --interp-temps "$TRIME_TEMPS" -- --eval-memory ext --dstore "$WORK/dstore-trime" --knn-sim ip $DECODE
-echo "== test with the values chosen on valid"
-K=$(best "$WORK/tune-knnmt/best.json" knn_k); L=$(best "$WORK/tune-knnmt/best.json" knn_lambda)
-T=$(best "$WORK/tune-knnmt/best.json" knn_temp)
-tune test-knnmt vanilla knnlm test --knn-ks "${K:-8}" --lambdas "${L:-0}" --interp-temps "${T:-10}" \
-  -- --eval-memory ext --dstore "$WORK/dstore-vanilla" --knn-sim l2 $DECODE
-K=$(best "$WORK/tune-trime/best.json" knn_k); TAU=$(best "$WORK/tune-trime/best.json" memory_temp)
-L=$(best "$WORK/tune-trime/best.json" knn_lambda); T=$(best "$WORK/tune-trime/best.json" knn_temp)
-tune test-trime trime trime test --knn-ks "${K:-8}" --taus "${TAU:-10}" --lambdas "${L:-0}" \
-  --interp-temps "${T:-1}" -- --eval-memory ext --dstore "$WORK/dstore-trime" --knn-sim ip $DECODE
+if wanted vanilla; then
+  echo "== kNN-MT: tuning on valid, then test with the values chosen"
+  tune tune-knnmt vanilla knnlm valid --knn-ks "$KS" --lambdas "$LAMBDAS" --interp-temps "$TEMPS" \
+    -- --eval-memory ext --dstore "$WORK/dstore-vanilla" --knn-sim l2 $DECODE
+  K=$(best "$WORK/tune-knnmt/best.json" knn_k); L=$(best "$WORK/tune-knnmt/best.json" knn_lambda)
+  T=$(best "$WORK/tune-knnmt/best.json" knn_temp)
+  tune test-knnmt vanilla knnlm test --knn-ks "${K:-8}" --lambdas "${L:-0}" --interp-temps "${T:-10}" \
+    -- --eval-memory ext --dstore "$WORK/dstore-vanilla" --knn-sim l2 $DECODE
+fi
+if wanted trime; then
+  echo "== TrimeMT_ext: tuning on valid, then test with the values chosen"
+  tune tune-trime trime trime valid --knn-ks "$KS" --taus "$TAUS" --lambdas "$TRIME_LAMBDAS" \
+    --interp-temps "$TRIME_TEMPS" -- --eval-memory ext --dstore "$WORK/dstore-trime" --knn-sim ip $DECODE
+  K=$(best "$WORK/tune-trime/best.json" knn_k); TAU=$(best "$WORK/tune-trime/best.json" memory_temp)
+  L=$(best "$WORK/tune-trime/best.json" knn_lambda); T=$(best "$WORK/tune-trime/best.json" knn_temp)
+  tune test-trime trime trime test --knn-ks "${K:-8}" --taus "${TAU:-10}" --lambdas "${L:-0}" \
+    --interp-temps "${T:-1}" -- --eval-memory ext --dstore "$WORK/dstore-trime" --knn-sim ip $DECODE
+fi
+[ -f "$WORK/test-knnmt/best.json" ] && [ -f "$WORK/test-trime/best.json" ] || exit 0  # MODELS: one model
 python - "$WORK" <<'PY'
 import json, os, sys
 work = sys.argv[1]

@@ -184,3 +184,20 @@ def test_in_batch_target_coverage_matches_word_by_word_count():
     # a batch of one segment has no in-batch memory; identical segments cover everything
     assert in_batch_target_coverage(segments, [[1]])["all"] == 0
     assert in_batch_target_coverage([segments[0], segments[0]], [[0, 1]])["all"] == 1
+
+
+def test_length_buckets_split_by_size_rank_into_equal_counts():
+    import numpy as np
+
+    from trime.core.batching import length_buckets, padding_fraction
+
+    sizes = np.array([5, 1, 9, 3, 7, 2, 8, 4, 6])
+    buckets = length_buckets(sizes, 3)
+    assert [sorted(sizes[b].tolist()) for b in buckets] == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert sorted(i for b in buckets for i in b) == list(range(9))
+    assert length_buckets(sizes, 1)[0].tolist() == list(range(9))  # one bucket: the ids as they are
+    assert len(length_buckets(sizes, 20)) == 9  # no empty bucket
+    with pytest.raises(ValueError, match=">= 1"):
+        length_buckets(sizes, 0)
+    # padding: positions of the padded batches that hold no token
+    assert padding_fraction([[1, 2], [3]], sizes) == pytest.approx(1 - (1 + 9 + 3) / (2 * 9 + 3))

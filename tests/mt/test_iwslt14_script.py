@@ -40,3 +40,13 @@ def test_table6_script_runs_end_to_end_and_resumes(tmp_path):
     second = subprocess.run(command, env=env, capture_output=True, text=True)
     assert second.returncode == 0 and "== training" not in second.stdout
     assert (tmp_path / "work" / "table6.md").read_text() == table
+    # one model at its own --max-tokens (the equal-tokens control), the BM25 order as one chain
+    only = dict(env, MODELS="trime", TRIME_MAX_TOKENS="1024", BM25_OPTIONS="--length-buckets 1")
+    third = subprocess.run([*command[:-1], str(tmp_path / "work-trime")], env=only,
+                           capture_output=True, text=True)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    work = tmp_path / "work-trime"
+    assert (work / "trime" / "train.done").exists() and not (work / "vanilla").exists()
+    assert "'max_tokens': 1024" in (work / "trime.log").read_text()
+    assert (work / "test-trime" / "best.json").exists() and not (work / "table6.md").exists()
+    assert '"length_buckets": 1' in (work / "bm25_order.json").read_text()

@@ -33,7 +33,7 @@ def data(tmp_path_factory):
         "--validpref", valid, "--destdir", root / "bin", "--workers", "1")
     order_file = root / "order.json"
     run("trime-bm25-batches", root / "bin", "-s", "de", "-t", "en", "--k", "3",
-        "--report-max-tokens", "24", "-o", order_file)
+        "--report-max-tokens", "24", "--length-buckets", "1", "-o", order_file)
     return root, order_file
 
 
@@ -54,6 +54,38 @@ def test_the_chain_runs_over_the_target_sentences(data):
     coverage = content["in_batch_coverage"]
     assert coverage["max_tokens"] == 24
     assert coverage["bm25"]["rare"] > coverage["length_sorted"]["rare"] + 0.15
+
+
+def test_length_buckets_pack_pairs_of_similar_length_with_less_padding(tmp_path):
+    """Algorithm 1 chained inside buckets of similar length: every pair exactly once, and the
+    --max-tokens batches carry less padding than one chain over all pairs (printed and
+    recorded), with in-batch coverage still above fairseq's length-sorted batches."""
+    rng = random.Random(2)
+    topics = [[f"t{topic}w{i}" for i in range(8)] for topic in range(6)]
+    with open(tmp_path / "train.de", "w") as de, open(tmp_path / "train.en", "w") as en:
+        for pair in range(120):
+            words = topics[pair % 6]
+            length = rng.choice([2, 3, 4, 12, 14, 16, 30, 34])
+            en.write(" ".join(rng.choice(words) for _ in range(length)) + "\n")
+            de.write(" ".join(rng.choice(words) for _ in range(length)) + "\n")
+    run("fairseq-preprocess", "--source-lang", "de", "--target-lang", "en", "--trainpref",
+        tmp_path / "train", "--destdir", tmp_path / "bin", "--workers", "1")
+    reports = {}
+    for buckets in (1, 4):
+        out = tmp_path / f"order{buckets}.json"
+        _, log = run("trime-bm25-batches", tmp_path / "bin", "-s", "de", "-t", "en", "--k", "5",
+                     "--report-max-tokens", "200", "--length-buckets", buckets, "-o", out)
+        content = json.loads(out.read_text())
+        assert sorted(content["order"]) == list(range(120))  # every pair exactly once
+        reports[buckets] = content["in_batch_coverage"]
+        assert "padding" in log
+    one, bucketed = reports[1]["bm25"], reports[4]["bm25"]
+    assert bucketed["padding"] < one["padding"] - 0.15
+    assert reports[4]["bm25_one_chain"] == one  # the report shows the plain chain beside
+    assert bucketed["all"] > reports[4]["length_sorted"]["all"]
+    code, log = run("trime-bm25-batches", tmp_path / "bin", "--tokens-per-sample", 8, "--batch-size",
+                    2, "--length-buckets", 4, "-o", tmp_path / "x.json", check=False)
+    assert code != 0 and "--length-buckets and --report-max-tokens are for translation" in log
 
 
 def _task(root, extra):

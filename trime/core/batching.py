@@ -138,6 +138,24 @@ def bm25_chain(neighbours: Sequence[Sequence[int]], seed: int) -> List[int]:
     return order
 
 
+def length_buckets(sizes: np.ndarray, num_buckets: int) -> List[np.ndarray]:
+    """The ids of ``sizes`` in ``num_buckets`` buckets of (nearly) equal count, by size rank
+    (stable), each in id order (one bucket: all ids, as they are): Algorithm 1 chained inside
+    each bucket gives batches of similar-length pairs."""
+    if num_buckets < 1:
+        raise ValueError(f"buckets must be >= 1, got {num_buckets}")
+    return [np.sort(ids) for ids in np.array_split(np.argsort(sizes, kind="mergesort"), num_buckets)
+            if len(ids)]
+
+
+def padding_fraction(batches: Sequence[Sequence[int]], sizes: np.ndarray) -> float:
+    """Share of a padded batch's positions that are padding: 1 - Σ sizes / Σ (batch length ×
+    its longest size), what fairseq's --max-tokens pays for mixing lengths in a batch."""
+    used = sum(int(sizes[list(b)].sum()) for b in batches if len(b))
+    padded = sum(len(b) * int(sizes[list(b)].max()) for b in batches if len(b))
+    return 1 - used / padded if padded else 0.0
+
+
 def chain_batches(order: Sequence[int], batch_size: int) -> List[List[int]]:
     """Cut Algorithm 1's order into batches of batch_size consecutive entries (the last
     may be shorter)."""
