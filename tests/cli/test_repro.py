@@ -216,6 +216,35 @@ def _number(word):
         return word
 
 
+def test_table5_scores_table10s_models_on_books(reproduced, tmp_path):
+    """The CPU analog of Table 5: Table 10's models (not trained again) on held-out books prepared
+    with the corpus's dictionary, with Wiki and Books datastores; tuned on the books' dev."""
+    import random
+
+    from trime.cli.repro import main
+
+    root, common = reproduced
+    raw = tmp_path / "raw-books"
+    raw.mkdir()
+    rng = random.Random(0)
+    words = [line.split()[0] for line in open(root / "work" / "bin" / "dict.txt")][:40]
+    for book in range(8):
+        (raw / f"book{book}.txt").write_text("\n\n".join(
+            " ".join(rng.choice(words) for _ in range(15)) + "." for _ in range(8)))
+    steps_before = set(os.listdir(root / "work" / "steps"))
+    main(["table5", *common, "--books", str(tmp_path / "books"), "--books-raw", str(raw)])
+    new_steps = set(os.listdir(root / "work" / "steps")) - steps_before
+    assert not any(step.startswith("train-") for step in new_steps)  # Table 10's models
+    assert {"prepare-books.json", "dstore-vanilla-books.json", "index-trime_ext-books-ip.json"} <= new_steps
+    rows = _table(root, "table5")["rows"]
+    assert list(rows) == ["Transformer", "TrimeLM", "TrimeLM_long", "kNN-LM + continuous cache (Wiki)",
+                          "TrimeLM_ext (Wiki)", "kNN-LM + continuous cache (Books)", "TrimeLM_ext (Books)"]
+    assert all(math.isfinite(row["test"]) and row["test"] > 1 for row in rows.values())
+    assert "dstores/vanilla-books" in " ".join(rows["kNN-LM + continuous cache (Books)"]["options"])
+    orderings = json.load(open(root / "results" / "orderings.json"))
+    assert any(claim["table"] == "table5" for claim in orderings)
+
+
 def test_other_options_are_refused_not_mixed(reproduced, capsys):
     from trime.cli.repro import main
 

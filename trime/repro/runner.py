@@ -125,13 +125,17 @@ class Runner:
             after_user_dir = word == "--user-dir"
         return words
 
-    def local(self, argv) -> list:
-        """A recorded command with this machine's paths put back (a step's ``portable`` words)."""
-        import trime
-
-        return [trime.USER_DIR if word == USER_DIR_WORD else
-                self.work + word[len(WORK_WORD):] if word.startswith(WORK_WORD) else word
-                for word in argv]
+    def portable_value(self, value):
+        """``value`` (nested lists, tuples and dicts) with every path in the work folder written
+        as ``{work}/...`` (a table's rows name datastores and checkpoints)."""
+        if isinstance(value, str):
+            return WORK_WORD + value[len(self.work):] if (
+                value == self.work or value.startswith(self.work + os.sep)) else value
+        if isinstance(value, dict):
+            return {key: self.portable_value(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.portable_value(item) for item in value]
+        return value
 
     def run_many(self, steps, jobs: int = None) -> list:
         """Run steps, ``jobs`` (default: the runner's) at a time; the records in order. A step is

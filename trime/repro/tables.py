@@ -402,8 +402,8 @@ def write_table(table: str, rows, recipes, out_dir: str, started: float) -> str:
              for name, r in recipes.runner.records.items()}
     report = {"table": table, "commit": commit_id(), "machine": machine_description(recipes.budget.device),
               "budget": recipes.budget.describe(), "data": recipes.splits,
-              "wall_seconds_this_invocation": round(time.time() - started, 1), "rows": rows,
-              "steps": steps}
+              "wall_seconds_this_invocation": round(time.time() - started, 1),
+              "rows": recipes.runner.portable_value(rows), "steps": steps}
     with open(os.path.join(out_dir, "table.json"), "w") as f:
         json.dump(report, f, indent=1)
     seconds = sum(s["seconds"] or 0 for s in steps.values())
