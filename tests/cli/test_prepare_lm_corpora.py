@@ -66,6 +66,33 @@ def test_prepare_enwik8_from_a_file_url(tmp_path):
     assert os.path.getmtime(out / "data-bin" / "train.bin") == stamp
 
 
+def test_prepare_enwik8_holds_out_whole_books_as_bytes(tmp_path):
+    """--books: a folder of books as the byte stream, valid and test held out whole, written by the
+    same prep_enwik8 rule; bad choices are refused."""
+    books = tmp_path / "books"
+    books.mkdir()
+    texts = {f"book{i}.txt": (f"Book {i}\n\nCaf\xe9 line {i}.\n" * (30 + i)).encode("latin-1")
+             for i in range(5)}
+    for name, data in texts.items():
+        (books / name).write_bytes(data)
+    out = tmp_path / "out"
+    run("trime-prepare-enwik8", out, "--books", books, "--valid-books", "book3.txt",
+        "--test-books", "book1.txt,book4.txt")
+    expected = {"train": texts["book0.txt"] + texts["book2.txt"], "valid": texts["book3.txt"],
+                "test": texts["book1.txt"] + texts["book4.txt"]}
+    for split, part in expected.items():
+        assert (out / "raw" / f"{split}.txt").read_bytes() == prep_enwik8_rule(part), split
+    assert (out / "data-bin" / "train.bin").exists()
+    for argv, message in (
+            (["--books", books, "--valid-books", "nope.txt", "--test-books", "book1.txt"], "no book nope.txt"),
+            (["--books", books, "--valid-books", "book1.txt", "--test-books", "book1.txt"], "both valid and test"),
+            (["--books", books, "--valid-books", "book1.txt"], "needs --valid-books and --test-books"),
+            (["--books", books, "--valid-books", "a", "--test-books", "b", "--held-out-bytes", 9], "drop --archive"),
+            (["--test-books", "book1.txt"], "go with --books")):
+        code, log = run("trime-prepare-enwik8", tmp_path / "bad", *argv, check=False)
+        assert code != 0 and message in log, message
+
+
 @pytest.mark.e2e
 def test_prepare_wikitext103_from_a_file_url(tmp_path):
     lines = {split: [f" = Title {split} = ", " the cat sat on the mat <unk> . ", ""] * n

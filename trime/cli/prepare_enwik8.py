@@ -2,6 +2,7 @@
 
     trime-prepare-enwik8 OUT                          # downloads enwik8.zip into OUT first
     trime-prepare-enwik8 OUT --archive enwik8.zip     # an archive you already have
+    trime-prepare-enwik8 OUT --books DIR --valid-books a.txt --test-books b.txt   # books as bytes
 
 The split (Transformer-XL / AWD-LSTM's ``prep_enwik8.py``): the last 5,000,000 bytes are test,
 the 5,000,000 before them valid, the rest train. Each byte is written as its decimal value,
@@ -10,6 +11,11 @@ line): OUT/raw/{train,valid,test}.txt, byte for byte as that script writes them,
 bytes beside (``.txt.raw``). Then ``fairseq-preprocess --only-source`` into OUT/data-bin (the
 dictionary of train's byte values: 204 symbols + fairseq's 4). Every finished step is skipped on
 a rerun; a cut download resumes.
+
+With ``--books DIR`` the bytes are a folder of books instead (e.g. the Gutenberg selection, a
+character-level analog of enwik8): whole books are held out for valid and test (their bytes one
+after the other, in the order named), the others, sorted by name, are train; written and
+binarised the same way.
 """
 
 import argparse
@@ -57,6 +63,29 @@ def write_symbols(data: bytes, path: str, chunk: int = 1 << 20, progress=None) -
     os.replace(path + ".partial", path)
 
 
+def book_bytes(folder: str, valid: list, test: list) -> dict:
+    """{split: bytes} of a folder of books: ``valid`` and ``test`` (file names) held out whole,
+    the other files (sorted by name) train."""
+    names = sorted(name for name in os.listdir(folder) if os.path.isfile(os.path.join(folder, name))
+                   and not name.startswith("."))
+    missing = [name for name in valid + test if name not in names]
+    if missing:
+        raise ValueError(f"no book {', '.join(missing)} in {folder} (it has {', '.join(names[:8])}"
+                         f"{', ...' if len(names) > 8 else ''})")
+    if set(valid) & set(test):
+        raise ValueError(f"a book is both valid and test: {', '.join(sorted(set(valid) & set(test)))}")
+    chosen = {"valid": valid, "test": test,
+              "train": [name for name in names if name not in valid + test]}
+    if not chosen["train"]:
+        raise ValueError(f"every book of {folder} is held out: nothing to train on")
+
+    def read(name):
+        with open(os.path.join(folder, name), "rb") as f:
+            return f.read()
+
+    return {split: b"".join(read(name) for name in chosen[split]) for split in SPLITS}
+
+
 def read_enwik8(archive: str) -> bytes:
     from trime.download import open_zip
 
@@ -78,30 +107,55 @@ def main(argv=None):
         prog="trime-prepare-enwik8", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=HelpFormatter)
     parser.add_argument("out", help="output folder: enwik8.zip (when downloaded), raw/, data-bin/")
-    parser.add_argument("--archive", default=URL, metavar="PATH_OR_URL",
-                        help="enwik8.zip: a local file, or a URL (http(s):// or file://) to "
-                             "download into OUT")
-    parser.add_argument("--held-out-bytes", type=int, default=HELD_OUT_BYTES,
-                        help="bytes of valid and of test (the standard split: 5,000,000 each)")
+    parser.add_argument("--archive", default=None, metavar="PATH_OR_URL",
+                        help=f"enwik8.zip: a local file, or a URL (http(s):// or file://) to "
+                             f"download into OUT (default: {URL})")
+    parser.add_argument("--held-out-bytes", type=int, default=None,
+                        help=f"bytes of valid and of test (default: the standard split, "
+                             f"{HELD_OUT_BYTES:,} each)")
+    parser.add_argument("--books", default=None, metavar="DIR",
+                        help="a folder of books (files) to use as the bytes instead of enwik8")
+    parser.add_argument("--valid-books", default=None, metavar="NAMES",
+                        help="with --books: the books (file names, comma-separated) held out for valid")
+    parser.add_argument("--test-books", default=None, metavar="NAMES",
+                        help="with --books: the books held out for test")
     parser.add_argument("--workers", type=int, default=2, help="fairseq-preprocess workers")
     args = parser.parse_args(argv)
-    if args.held_out_bytes < 1:
-        parser.error(f"--held-out-bytes must be >= 1, got {args.held_out_bytes}")
+    if args.books:
+        if args.archive or args.held_out_bytes:
+            parser.error("--books replaces enwik8: drop --archive / --held-out-bytes (books are "
+                         "held out whole: --valid-books, --test-books)")
+        if not (args.valid_books and args.test_books):
+            parser.error("--books needs --valid-books and --test-books (file names in it)")
+        if not os.path.isdir(args.books):
+            parser.error(f"--books {args.books}: no such folder")
+    elif args.valid_books or args.test_books:
+        parser.error("--valid-books / --test-books go with --books")
+    held_out = HELD_OUT_BYTES if args.held_out_bytes is None else args.held_out_bytes
+    if held_out < 1:
+        parser.error(f"--held-out-bytes must be >= 1, got {held_out}")
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         level=logging.INFO)
     os.makedirs(args.out, exist_ok=True)
     raw = os.path.join(args.out, "raw")
     files = {split: os.path.join(raw, f"{split}.txt") for split in SPLITS}
     if not all(os.path.exists(path) and os.path.exists(path + ".raw") for path in files.values()):
-        # the zip (~36 MB) and then ~4 bytes of text per byte of enwik8 (~290 MB) + the raw bytes
-        archive = obtain(args.archive, args.out, extra_bytes=4 * ENWIK8_BYTES)
-        data = read_enwik8(archive)
-        if len(data) != ENWIK8_BYTES:
-            logger.warning(f"{archive}: enwik8 has {len(data):,} bytes, not {ENWIK8_BYTES:,}: not "
-                           "the standard file (split as asked all the same)")
-        parts = split_bytes(data, args.held_out_bytes)
+        if args.books:
+            try:
+                parts = book_bytes(args.books, args.valid_books.split(","), args.test_books.split(","))
+            except ValueError as error:
+                parser.error(str(error))
+            data = b"".join(parts.values())
+        else:
+            # the zip (~36 MB) and then ~4 bytes of text per byte of enwik8 (~290 MB) + the raw bytes
+            archive = obtain(args.archive or URL, args.out, extra_bytes=4 * ENWIK8_BYTES)
+            data = read_enwik8(archive)
+            if len(data) != ENWIK8_BYTES:
+                logger.warning(f"{archive}: enwik8 has {len(data):,} bytes, not {ENWIK8_BYTES:,}: "
+                               "not the standard file (split as asked all the same)")
+            parts = split_bytes(data, held_out)
         os.makedirs(raw, exist_ok=True)
-        check_free_space(raw, 4 * len(data), "writing enwik8's splits")
+        check_free_space(raw, 4 * len(data), "writing the splits")
         with tqdm(total=len(data), unit="B", unit_scale=True, desc="bytes to symbols") as bar:
             for split, part in parts.items():
                 with open(files[split] + ".raw.partial", "wb") as f:
