@@ -245,6 +245,31 @@ def test_table5_scores_table10s_models_on_books(reproduced, tmp_path):
     assert any(claim["table"] == "table5" for claim in orderings)
 
 
+def test_table4_on_bytes_chooses_the_long_memory_on_dev(tmp_path):
+    """The CPU analog of Table 4: books as bytes (trime-prepare-enwik8 --books), Transformer, + cache,
+    TrimeLM, TrimeLM_long in bits per byte, TrimeLM_long's S chosen on dev from the budget's sizes."""
+    from console import run
+    from trime.cli.repro import main
+
+    books = tmp_path / "books"
+    books.mkdir()
+    for i in range(4):
+        (books / f"b{i}.txt").write_text("".join(f"line {j} of book {i}, some words here.\n"
+                                                 + ("\n" if j % 5 == 4 else "") for j in range(60)))
+    run("trime-prepare-enwik8", tmp_path / "bytes", "--books", books, "--valid-books", "b1.txt",
+        "--test-books", "b2.txt")
+    main(["table4", str(tmp_path / "bytes" / "raw"), "--work", str(tmp_path / "work"), "--out",
+          str(tmp_path / "results"), "--preset", "tiny", "--in-process"])
+    with open(tmp_path / "results" / "table4" / "table.json") as f:
+        rows = json.load(f)["rows"]
+    assert list(rows) == ["Transformer", "+ continuous cache*", "TrimeLM", "TrimeLM_long"]
+    long = rows["TrimeLM_long"]
+    curve = {int(size): value for size, value in long["dev_by_size"].items()}
+    assert sorted(curve) == [0, 32, 64] and long["valid"] == min(curve.values())
+    assert curve[long["long_memory_size"]] == long["valid"]
+    assert all(math.isfinite(row["test_bpc"]) and row["test_bpc"] > 0 for row in rows.values())
+
+
 def test_other_options_are_refused_not_mixed(reproduced, capsys):
     from trime.cli.repro import main
 

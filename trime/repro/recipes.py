@@ -49,6 +49,7 @@ class Budget:
     cache_thetas: Tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1)
     max_widen: int = 2                    # times a temperature grid is widened past an edge
     books_tokens: Tuple[int, int, int] = (100_000_000, 250_000, 250_000)  # Table 5: train/dev/test
+    schedule: Tuple[str, ...] = ()  # fairseq-train's schedule options (default: inverse_sqrt, 10% warm-up)
     segment_lengths: Tuple[int, ...] = (150, 512, 3072)  # Table 12's L ...
     tokens_per_update: int = 6144                        # ... at this many tokens per update
     curve_sizes: Tuple[int, ...] = (0, 1024, 2048, 4096, 8192, 12288)  # Figure 3's memory sizes S
@@ -70,6 +71,12 @@ SEVEN_M = ("--arch", "transformer_lm", "--decoder-layers", "8", "--decoder-embed
            "--adaptive-input", "--adaptive-input-cutoff", "2000,10000", "--adaptive-softmax-cutoff",
            "2000,10000", "--tie-adaptive-weights", "--adaptive-softmax-dropout", "0.1",
            "--dropout", "0.1")
+# the character-level analog of Table 4 (Gutenberg books as bytes, trime-prepare-enwik8 --books):
+# the authors' transformer_lm_enwik8 scaled down to the 7M model's size (8 layers, d 128, FFN 512,
+# 4 heads; 208 byte symbols, so no adaptive softmax), with their optimiser family (Adam, cosine)
+BYTES = ("--arch", "transformer_lm_enwik8", "--decoder-layers", "8", "--decoder-embed-dim", "128",
+         "--decoder-ffn-embed-dim", "512", "--decoder-attention-heads", "4", "--decoder-input-dim", "128",
+         "--decoder-output-dim", "128", "--dropout", "0.1")
 TINY = ("--arch", "transformer_lm", "--decoder-layers", "2", "--decoder-embed-dim", "16",
         "--decoder-ffn-embed-dim", "32", "--decoder-input-dim", "16", "--decoder-output-dim", "16",
         "--decoder-attention-heads", "2", "--dropout", "0.1")
@@ -79,6 +86,11 @@ PRESETS = {
     # 100K dev and 1.5M for the Books datastore
     "cpu": Budget(model=SEVEN_M, tokens_per_sample=512, batch_size=8, updates=1600,
                   books_tokens=(1_500_000, 100_000, 200_000)),
+    # Table 4 on bytes: L = 512, long memory chosen on dev up to the paper's 24,576 bytes
+    "bytes": Budget(model=BYTES, tokens_per_sample=512, batch_size=8, updates=1600, lr=2e-3,
+                    schedule=("--lr-scheduler", "cosine", "--warmup-updates", "160"),
+                    long_memory_size=24576, doc_boundary="none",
+                    curve_sizes=(0, 3072, 6144, 12288, 24576)),
     "tiny": Budget(model=TINY, tokens_per_sample=32, batch_size=4, updates=12, lr=5e-3,
                    consecutive_segments=2, bm25_k=3, long_memory_size=64,
                    doc_boundary="empty-line", eval_batch_size=4,
@@ -236,8 +248,9 @@ class Recipes:
         return f"train-{name}", [
             "fairseq-train", self.bin, *args, *b.model, "--tokens-per-sample", b.tokens_per_sample,
             "--batch-size", b.batch_size, "--max-update", b.updates, "--optimizer", "adam",
-            "--adam-betas", "(0.9,0.98)", "--lr", b.lr, "--lr-scheduler", "inverse_sqrt",
-            "--warmup-updates", max(b.updates // 10, 1), "--clip-norm", "0.1", "--seed", "1",
+            "--adam-betas", "(0.9,0.98)", "--lr", b.lr,
+            *(b.schedule or ("--lr-scheduler", "inverse_sqrt", "--warmup-updates", max(b.updates // 10, 1))),
+            "--clip-norm", "0.1", "--seed", "1",
             "--num-workers", "0", "--no-epoch-checkpoints", "--disable-validation",
             "--save-interval-updates", max(b.updates // 10, 1), "--keep-interval-updates", "1",
             "--log-format", "simple", "--log-interval", "50", "--save-dir", save_dir, *self.device], \
