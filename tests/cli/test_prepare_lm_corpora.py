@@ -75,6 +75,7 @@ def test_prepare_enwik8_holds_out_whole_books_as_bytes(tmp_path):
              for i in range(5)}
     for name, data in texts.items():
         (books / name).write_bytes(data)
+    (books / "README").write_text("not a book")  # only the .txt files are books
     out = tmp_path / "out"
     run("trime-prepare-enwik8", out, "--books", books, "--valid-books", "book3.txt",
         "--test-books", "book1.txt,book4.txt")

@@ -64,10 +64,10 @@ def write_symbols(data: bytes, path: str, chunk: int = 1 << 20, progress=None) -
 
 
 def book_bytes(folder: str, valid: list, test: list) -> dict:
-    """{split: bytes} of a folder of books: ``valid`` and ``test`` (file names) held out whole,
-    the other files (sorted by name) train."""
-    names = sorted(name for name in os.listdir(folder) if os.path.isfile(os.path.join(folder, name))
-                   and not name.startswith("."))
+    """{split: bytes} of a folder of books (its .txt files): ``valid`` and ``test`` (file names)
+    held out whole, the other books (sorted by name) train."""
+    names = sorted(name for name in os.listdir(folder) if name.endswith(".txt")
+                   and os.path.isfile(os.path.join(folder, name)))  # as trime-prepare-books
     missing = [name for name in valid + test if name not in names]
     if missing:
         raise ValueError(f"no book {', '.join(missing)} in {folder} (it has {', '.join(names[:8])}"
@@ -114,7 +114,7 @@ def main(argv=None):
                         help=f"bytes of valid and of test (default: the standard split, "
                              f"{HELD_OUT_BYTES:,} each)")
     parser.add_argument("--books", default=None, metavar="DIR",
-                        help="a folder of books (files) to use as the bytes instead of enwik8")
+                        help="a folder of books (.txt files) to use as the bytes instead of enwik8")
     parser.add_argument("--valid-books", default=None, metavar="NAMES",
                         help="with --books: the books (file names, comma-separated) held out for valid")
     parser.add_argument("--test-books", default=None, metavar="NAMES",
