@@ -47,7 +47,7 @@ def test_table10_rows_commands_and_budget(reproduced):
                         "TrimeLM": "local", "TrimeLM_long": "local,long", "TrimeLM_ext": "local,long,ext"}
     steps = report["steps"]
     vanilla = steps["train-vanilla"]["command"]
-    assert vanilla[:2] == ["fairseq-train", str(root / "work" / "bin")]
+    assert vanilla[:2] == ["fairseq-train", "{work}/bin"]  # the work folder, portable
     assert vanilla[vanilla.index("--memory") + 1] == "none"
     assert "--memory" in steps["train-trime_ext"]["command"] and "bm25-batches" in steps
     assert all(s["seconds"] is not None for s in steps.values())
@@ -352,6 +352,7 @@ def test_table12_orderings_name_the_lengths_of_the_table():
 def test_orderings_file_covers_the_tables_written(reproduced):
     root, _ = reproduced
     checked = json.loads((root / "results" / "orderings.json").read_text())
+    checked = [c for c in checked if c["table"] != "table5"]  # written by its own test, maybe first
     assert {c["table"] for c in checked} == {"table7", "table10", "table11", "table12", "table15"}
     assert len(checked) == 20
     markdown = (root / "results" / "orderings.md").read_text()
