@@ -43,8 +43,9 @@ def test_a_moved_work_folder_resumes(tmp_path):
     first = Runner(str(tmp_path / "a"), echo=lambda line: None)
     first.run("step", command(first))
     with open(tmp_path / "a" / "steps" / "step.json") as f:
-        assert json.load(f)["command"] == ["python", "-c", "pass", "--user-dir", "{user_dir}",
-                                           "{work}/models/m"]
+        record = json.load(f)
+    assert record["command"] == ["python", "-c", "pass", "--user-dir", "{user_dir}", "{work}/models/m"]
+    assert record["log"] == "{work}/logs/step.log"
     shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
     lines = []
     moved = Runner(str(tmp_path / "b"), echo=lines.append)
