@@ -217,3 +217,49 @@ class Runner:
     def log_text(self, name: str) -> str:
         with open(self.path("logs", f"{name}.log")) as f:  # where run() writes it (any record's "log")
             return f.read()
+
+
+class DryRun(Runner):
+    """The steps a run would take, printed as shell lines (each step's note as a comment before
+    it), nothing run or written; paths are the work folder as given. Steps that a real run would
+    read the outputs of (tuning, scores) are the callers' to stand in for (``dry_run``)."""
+
+    dry_run = True
+
+    def __init__(self, work: str, echo=print, user_dir: str = None):
+        self.work, self.echo, self.in_process, self.jobs = work, echo, False, 1
+        self.user_dir = user_dir
+        self.records, self.lines = {}, []
+
+    def _shell(self, argv) -> str:
+        return " ".join('"$(trime-user-dir)"' if word == self.user_dir else
+                        word if word.startswith("$(cat ") else shlex.quote(word) for word in argv)
+
+    def run(self, name: str, argv, done_if=(), threads: int = None, note: str = None,
+            env: dict = None) -> dict:
+        argv = [str(a) for a in argv]
+        self._print(f"# {name}" + (f": {note}" if note else ""))
+        prefix = "".join(f"{k}={v} " for k, v in (env or {}).items())
+        self._print(prefix + self._shell(argv) + (" &" if self._in_wave else ""))
+        self.records[name] = {"command": argv, "done": False, "dry_run": True}
+        return self.records[name]
+
+    _in_wave = False
+
+    def run_many(self, steps, jobs: int = None) -> list:
+        """Steps a real run starts side by side (``jobs`` > 1): each line ends with ``&``, then
+        ``wait``."""
+        jobs = self.jobs if jobs is None else jobs
+        self._in_wave = jobs > 1 and len(steps) > 1
+        try:
+            records = [self.run(step[0], step[1], **(step[2] if len(step) > 2 else {}))
+                       for step in steps]
+        finally:
+            if self._in_wave:
+                self._print("wait")
+            self._in_wave = False
+        return records
+
+    def _print(self, line: str):
+        self.lines.append(line)
+        self.echo(line)
