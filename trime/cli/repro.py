@@ -22,16 +22,37 @@ from trime.cli.parsing import HelpFormatter
 from trime.errors import console_script, one_line
 
 
+def run_table(parser, args, work, make_recipes, jobs=1, usage_errors=()):
+    """Run (or with --dry-run print) the steps of ``args.table`` in ``work`` with the recipes that
+    ``make_recipes(runner)`` gives, then write results/<table>/ and orderings.md. Bad data is an
+    error that names the fix; ``usage_errors``: exceptions that are the command line's fault."""
+    import trime
+    from trime.repro.orderings import write_orderings
+    from trime.repro.runner import DryRun, Runner, StepMismatch
+    from trime.repro.tables import TABLES, write_table
+
+    started = time.time()
+    runner = DryRun(work, user_dir=trime.USER_DIR) if args.dry_run else \
+        Runner(work, in_process=args.in_process, jobs=jobs)
+    try:
+        recipes = make_recipes(runner)
+        rows = TABLES[args.table].rows(recipes)
+    except (FileNotFoundError, StepMismatch) as error:
+        parser.exit(2, one_line(error, parser.prog) + "\n")  # the data, not the usage, is wrong
+    except usage_errors as error:
+        parser.error(str(error))
+    if args.dry_run:
+        return
+    print(write_table(args.table, rows, recipes, os.path.join(args.out, args.table), started))
+    write_orderings(args.out)  # the paper's orderings over every table written so far
+
+
 def paper_main(parser, args):
     """A paper-scale table (Tables 2-5, ``trime.repro.paper_tables``): every step from the
     corpus archive to the rows, with the authors' hyperparameters on --gpus GPUs; --dry-run prints
     the steps with what each costs."""
-    import trime
     from trime.repro.paper import PAPER_TABLES
     from trime.repro.paper_recipes import paper_recipes
-    from trime.repro.runner import DryRun, Runner, StepMismatch
-    from trime.repro.orderings import write_orderings
-    from trime.repro.tables import TABLES, write_table
 
     preset = args.preset or PAPER_TABLES[args.table].preset
     if preset not in (PAPER_TABLES[args.table].preset, "paper-tiny"):
@@ -42,24 +63,12 @@ def paper_main(parser, args):
                      "train the authors' updates on --gpus GPUs")
     if args.gpus < 1:
         parser.error(f"--gpus must be >= 1, got {args.gpus}")
-    if (args.books or args.books_raw) and args.table != "table5":
-        parser.error("--books / --books-raw are for table5")
-    started = time.time()
-    work = os.path.join(args.work, preset)  # a preset's models serve each of its tables (2 and 5)
-    runner = DryRun(work, user_dir=trime.USER_DIR) if args.dry_run else \
-        Runner(work, in_process=args.in_process)
-    try:
-        device = args.device or ("cpu" if preset == "paper-tiny" else "cuda")
-        recipes = paper_recipes(runner, args.table, args.data, preset, args.gpus, device,
-                                args.dstore_shards, args.archive, args.books, args.books_raw)
-        rows = TABLES[args.table].rows(recipes)
-    except (FileNotFoundError, StepMismatch) as error:
-        parser.exit(2, one_line(error, parser.prog) + "\n")
-    except ValueError as error:  # a corpus or a number of GPUs that does not fit the preset
-        parser.error(str(error))
-    if not args.dry_run:
-        print(write_table(args.table, rows, recipes, os.path.join(args.out, args.table), started))
-        write_orderings(args.out)
+    device = args.device or ("cpu" if preset == "paper-tiny" else "cuda")
+    # one work folder per preset: its models serve each of its tables (2 and 5); a corpus or a
+    # number of GPUs that does not fit the preset is a ValueError, the command line's fault
+    run_table(parser, args, os.path.join(args.work, preset), lambda runner: paper_recipes(
+        runner, args.table, args.data, preset, args.gpus, device, args.dstore_shards, args.archive,
+        args.books, args.books_raw), usage_errors=ValueError)
 
 
 def authors_main(argv):
@@ -114,10 +123,7 @@ def main(argv=None):
     from trime.repro.paper import PAPER_MODELS, PAPER_TABLES
     from trime.repro.paper_tables import CPU_ANALOGS
     from trime.repro.recipes import PRESETS, Recipes, with_overrides
-    import trime
-    from trime.repro.runner import DryRun, Runner, StepMismatch
-    from trime.repro.orderings import write_orderings
-    from trime.repro.tables import TABLES, write_table
+    from trime.repro.tables import TABLES
 
     parser = argparse.ArgumentParser(prog="trime-repro", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
@@ -169,6 +175,8 @@ def main(argv=None):
                         help="run the steps' console scripts in this process (fast start-up for "
                              "tiny configs; long runs are better isolated in subprocesses)")
     args = parser.parse_args(argv)
+    if (args.books or args.books_raw) and args.table != "table5":
+        parser.error("--books / --books-raw are for table5")
     cpu_analog = args.table in CPU_ANALOGS and args.preset in PRESETS
     if args.table in PAPER_TABLES and not cpu_analog:
         return paper_main(parser, args)
@@ -179,25 +187,13 @@ def main(argv=None):
                   if getattr(args, name) not in (None, False)] + (["--gpus"] if args.gpus != 1 else [])
     if paper_only:
         parser.error(f"{' '.join(paper_only)}: for the paper-scale tables (table2-table5) only")
-    if (args.books or args.books_raw) and args.table != "table5":
-        parser.error("--books / --books-raw are for table5")
     budget = with_overrides(PRESETS[args.preset or "cpu"], updates=args.updates, device=args.device or "cpu")
     if budget.updates < 1:
         parser.error("--updates must be >= 1")
     if args.jobs < 1 or (args.in_process and args.jobs > 1):
         parser.error("--jobs must be >= 1, and 1 with --in-process (in-process steps share sys.argv)")
-    started = time.time()
-    runner = DryRun(args.work, user_dir=trime.USER_DIR) if args.dry_run else \
-        Runner(args.work, in_process=args.in_process, jobs=args.jobs)
-    try:
-        recipes = Recipes(runner, args.data, budget, books=args.books, books_raw=args.books_raw)
-        rows = TABLES[args.table].rows(recipes)
-    except (FileNotFoundError, StepMismatch) as error:
-        parser.exit(2, one_line(error, parser.prog) + "\n")  # the data, not the usage, is wrong
-    if args.dry_run:
-        return
-    print(write_table(args.table, rows, recipes, os.path.join(args.out, args.table), started))
-    write_orderings(args.out)  # the paper's orderings over every table written so far
+    run_table(parser, args, args.work, lambda runner: Recipes(
+        runner, args.data, budget, books=args.books, books_raw=args.books_raw), jobs=args.jobs)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The steps of a paper-scale table (Tables 2-5): the same ``Recipes`` as the WikiText-2-sized
 tables, with the corpus prepared from its archive, the authors' training on ``--gpus`` GPUs
-(``trime.repro.paper.train_options``), training-set datastores saved in shards (one per GPU at a
-time) then merged and indexed with the paper's IVFPQ, and evaluation with their context windows.
+(``trime.repro.paper.train_options``), training-set datastores in the budget's shards (the
+shared ``Recipes.datastore``) indexed with the paper's IVFPQ, and evaluation with their context
+windows and in fp16 on a GPU.
 Every step states what it costs (``note``), which ``--dry-run`` prints.
 """
 
@@ -53,7 +54,6 @@ class PaperRecipes(Recipes):
         self.prepare = not prepared  # trime-prepare-* makes data-bin/ in it
         self.splits = {"data-bin": self.bin}
         self.device = ("--cpu",) if budget.device == "cpu" else ()
-        self.model = paper.PAPER_MODELS[budget.paper]
 
     def on_corpus(self, corpus: str, corpus_name: str, tag: str) -> "PaperRecipes":
         """The same models, datastores and evaluation on another corpus (Table 5's books): a
@@ -62,9 +62,8 @@ class PaperRecipes(Recipes):
                             tag=tag)
 
     def tokens(self, split: str) -> int:
-        counted = None if self.runner.dry_run and not os.path.isdir(self.bin) else \
-            split_tokens(self.bin, split)
-        return counted or paper.SPLIT_TOKENS[self.corpus_name][split]
+        """Tokens of a split: counted once the corpus is binarised, else the published count."""
+        return split_tokens(self.bin, split) or paper.SPLIT_TOKENS[self.corpus_name][split]
 
     # -- data and training -----------------------------------------------------------
 
@@ -103,47 +102,6 @@ class PaperRecipes(Recipes):
             "--save-interval-updates", interval, "--keep-interval-updates", "1",
             "--log-format", "simple", "--log-interval", "100", "--save-dir", save_dir,
             *self.device], os.path.join(save_dir, "checkpoint_best.pt")
-
-    # -- external memory ---------------------------------------------------------------
-
-    def datastore(self, checkpoint: str, metric: str) -> str:
-        """The training split's datastore of this model, saved with the evaluation's context
-        window in ``dstore_shards`` shards (one per GPU at a time: CUDA_VISIBLE_DEVICES), merged
-        (trime-merge-dstore), then indexed with the paper's IVFPQ for ``metric``."""
-        b = self.budget
-        name = os.path.basename(os.path.dirname(checkpoint)) + self.tag
-        path = self.runner.path("dstores", name)
-        shards = b.dstore_shards
-        save = ["fairseq-eval-lm", self.bin, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
-                "--path", checkpoint, "--gen-subset", "train", *self.window(), "--batch-size",
-                b.eval_batch_size, "--doc-boundary", b.doc_boundary, "--num-workers", "0",
-                *self.eval_device()]
-        merged = os.path.join(path, "meta.json")
-        if shards == 1:
-            self.runner.run(f"dstore-{name}", [*save, "--save-dstore", path], done_if=[merged],
-                            note=self.note("dstore", shards=1))
-        else:
-            steps = []
-            for shard in range(shards):
-                env = {"CUDA_VISIBLE_DEVICES": str(shard % b.gpus)} if b.device == "cuda" else None
-                steps.append((f"dstore-{name}.{shard}", [
-                    *save, "--save-dstore", f"{path}.{shard}", "--num-shards", shards,
-                    "--shard-id", shard], dict(
-                        env=env, done_if=[os.path.join(f"{path}.{shard}", "meta.json")],
-                        note=self.note("dstore", shards=shards) if shard == 0 else None)))
-            for wave in range(0, shards, b.gpus):  # one shard per GPU at a time
-                if not os.path.exists(merged):
-                    self.runner.run_many(steps[wave:wave + b.gpus],
-                                         jobs=b.gpus if b.device == "cuda" else 1)
-            self.runner.run(f"merge-{name}", [
-                "trime-merge-dstore", path, *[f"{path}.{shard}" for shard in range(shards)]],
-                done_if=[merged], note=f"merge {shards} shards without holding the keys in memory; "
-                                      "the shard folders can be deleted after")
-        index = os.path.join(path, f"index.{metric}.faiss")
-        self.runner.run(f"index-{name}-{metric}", [
-            "trime-build-index", path, "--metric", metric, *b.index], done_if=[index],
-            note=self.note("index"))
-        return path
 
     # -- evaluation ----------------------------------------------------------------------
 

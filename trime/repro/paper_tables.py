@@ -8,7 +8,8 @@ byte (log2 of the per-byte perplexity); Table 5 scores Table 2's models on Books
 
 import math
 
-from trime.repro.rows import Table, memory_options, segments_per_update, tuned_row
+from trime.repro.rows import (Table, memory_options, plain_row, segments_per_update, tuned_row,
+                              tuned_text)
 
 # paper Tables 2-5: row -> (dev, test)
 PAPER_TABLE2 = {"Transformer": (18.04, 18.70), "+ continuous cache": (17.65, 18.26),
@@ -35,12 +36,6 @@ TRAINED = {"table2": ("vanilla", "trime", "trime_long", "trime_ext"),
            "table3": ("vanilla", "trime", "trime_long"), "table4": ("vanilla", "trime", "trime_long")}
 
 
-def _plain_row(recipes, row, checkpoint):
-    """The LM alone on dev and test (no memory, no tuning)."""
-    return {"options": [], **{split: recipes.evaluate(row, checkpoint, split, [])
-                              for split in ("valid", "test")}}
-
-
 def _with_paper(table, rows):
     for name, row in rows.items():
         row["paper_dev"], row["paper_test"] = PAPER_VALUES[table][name]
@@ -53,7 +48,7 @@ def _with_paper(table, rows):
 def _lm_rows(recipes, prefix, models, cache_memory):
     """Transformer, + continuous cache (over ``cache_memory``), TrimeLM (local memory),
     TrimeLM_long (local + long memory of the table's S)."""
-    rows = {"Transformer": _plain_row(recipes, f"{prefix}-transformer", models["vanilla"])}
+    rows = {"Transformer": plain_row(recipes, f"{prefix}-transformer", models["vanilla"])}
     cache = "+ continuous cache" + ("*" if "long" in cache_memory else "")
     rows[cache] = tuned_row(recipes, f"{prefix}-cache", models["vanilla"], "cache",
                             memory_options(recipes, cache_memory))
@@ -137,7 +132,7 @@ def table5(recipes):
     # the budget's S: the paper's 49,152 at paper scale; the CPU preset keeps Table 10's 12,288 (at
     # 49,152 a 4,096-token batch takes 35-40 s on 2 cores, about 6 h for the table)
     long = recipes.budget.long_memory_size
-    rows = {"Transformer": _plain_row(books, "table5-transformer", models["vanilla"]),
+    rows = {"Transformer": plain_row(books, "table5-transformer", models["vanilla"]),
             "TrimeLM": tuned_row(books, "table5-trimelm", models["trime"], "trime",
                                  memory_options(books, "local")),
             "TrimeLM_long": tuned_row(books, "table5-trimelm-long", models["trime_long"], "trime",
@@ -161,9 +156,8 @@ def render(rows):
              "|---|---|---|---|---|---|"]
     for name, row in rows.items():
         dev, test = (row["valid_bpc"], row["test_bpc"]) if bpc else (row["valid"], row["test"])
-        tuned = " ".join(f"{k} {v:g}" for k, v in row.get("tuned_on_dev", {}).items())
         lines.append(f"| {name} | {dev:.{3 if bpc else 2}f} | {test:.{3 if bpc else 2}f} | "
-                     f"{row['paper_dev']} | {row['paper_test']} | {tuned} |")
+                     f"{row['paper_dev']} | {row['paper_test']} | {tuned_text(row)} |")
     return lines
 
 

@@ -269,18 +269,40 @@ class Recipes:
 
     def datastore(self, checkpoint: str, metric: str) -> str:
         """The datastore of the train split with this model's keys, indexed for ``metric``
-        (named after the model: models/NAME/checkpoint_last.pt -> dstores/NAME)."""
+        (named after the model: models/NAME/checkpoint_last.pt -> dstores/NAME). With the
+        budget's ``dstore_shards`` > 1 it is saved in shards, one per GPU at a time
+        (CUDA_VISIBLE_DEVICES), each resumable, then merged by trime-merge-dstore."""
         b = self.budget
         model_name = os.path.basename(os.path.dirname(checkpoint)) + self.tag
         path = self.runner.path("dstores", model_name)
-        self.runner.run(f"dstore-{model_name}", [
-            "fairseq-eval-lm", self.bin, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
-            "--path", checkpoint, "--gen-subset", "train", *self.window(),
-            "--batch-size", b.eval_batch_size, "--doc-boundary", b.doc_boundary, "--num-workers", "0",
-            "--save-dstore", path, *self.device], done_if=[os.path.join(path, "meta.json")])
+        merged = os.path.join(path, "meta.json")
+        save = ["fairseq-eval-lm", self.bin, "--user-dir", trime.USER_DIR, "--task", "trime_lm",
+                "--path", checkpoint, "--gen-subset", "train", *self.window(),
+                "--batch-size", b.eval_batch_size, "--doc-boundary", b.doc_boundary, "--num-workers", "0"]
+        shards = b.dstore_shards
+        if shards == 1:
+            self.runner.run(f"dstore-{model_name}", [*save, "--save-dstore", path, *self.eval_device()],
+                            done_if=[merged], note=self.note("dstore", shards=1))
+        else:
+            steps = [(f"dstore-{model_name}.{shard}", [
+                *save, "--save-dstore", f"{path}.{shard}", *self.eval_device(), "--num-shards", shards,
+                "--shard-id", shard], dict(
+                    env={"CUDA_VISIBLE_DEVICES": str(shard % b.gpus)} if b.device == "cuda" else None,
+                    done_if=[os.path.join(f"{path}.{shard}", "meta.json")],
+                    note=self.note("dstore", shards=shards) if shard == 0 else None))
+                for shard in range(shards)]
+            for wave in range(0, shards, b.gpus):  # one shard per GPU at a time
+                if not os.path.exists(merged):
+                    self.runner.run_many(steps[wave:wave + b.gpus],
+                                         jobs=b.gpus if b.device == "cuda" else 1)
+            self.runner.run(f"merge-{model_name}", [
+                "trime-merge-dstore", path, *[f"{path}.{shard}" for shard in range(shards)]],
+                done_if=[merged], note=f"merge {shards} shards without holding the keys in memory; "
+                                      "the shard folders can be deleted after")
         index = os.path.join(path, f"index.{metric}.faiss")
         self.runner.run(f"index-{model_name}-{metric}", [
-            "trime-build-index", path, "--metric", metric, *b.index], done_if=[index])
+            "trime-build-index", path, "--metric", metric, *b.index], done_if=[index],
+            note=self.note("index"))
         return path
 
     # -- tuning and evaluation -----------------------------------------------------------

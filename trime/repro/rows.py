@@ -36,6 +36,17 @@ def memory_options(recipes, memory, dstore=None, sim=None, long_memory_size=None
     return [str(o) for o in options]
 
 
+def plain_row(recipes, row, checkpoint):
+    """The LM alone on dev and test (no memory, no tuning)."""
+    return {"options": [], **{split: recipes.evaluate(row, checkpoint, split, [])
+                              for split in ("valid", "test")}}
+
+
+def tuned_text(row) -> str:
+    """A row's values tuned on dev, as table.md shows them: '--memory-temp 1.1 --knn-lambda 0.3'."""
+    return " ".join(f"{k} {v:g}" for k, v in row.get("tuned_on_dev", {}).items())
+
+
 def tuned_row(recipes, row, checkpoint, scoring, memory_options, test=True):
     """Tune on dev (trime-tune's best point is the dev perplexity: its grid points equal
     fairseq-eval-lm at those values, tested), then score test with fairseq-eval-lm there."""

@@ -117,10 +117,7 @@ class Runner:
 
         words, after_user_dir = [], False
         for word in argv:
-            if after_user_dir or word == trime.USER_DIR:
-                word = USER_DIR_WORD
-            elif word == self.work or word.startswith(self.work + os.sep):
-                word = WORK_WORD + word[len(self.work):]
+            word = USER_DIR_WORD if after_user_dir or word == trime.USER_DIR else self.portable_value(word)
             words.append(word)
             after_user_dir = word == "--user-dir"
         return words
@@ -149,7 +146,7 @@ class Runner:
 
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ThreadPoolExecutor(jobs) as pool:
-            futures = [pool.submit(self.run, name, argv, **dict(dict(threads=threads), **options))
+            futures = [pool.submit(self.run, name, argv, **{"threads": threads, **options})
                        for name, argv, options in steps]
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:

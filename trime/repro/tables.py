@@ -18,7 +18,8 @@ import time
 import trime
 from trime.repro.paper_tables import PAPER_SCALE_TABLES
 from trime.repro.recipes import train_all
-from trime.repro.rows import Table, memory_options as _memory, tuned_row as _tuned_row
+from trime.repro.rows import (Table, memory_options as _memory, plain_row, tuned_row as _tuned_row,
+                              tuned_text as _tuned_text)
 
 # paper Table 10 (7M models, WikiText-103): dev / test perplexity
 PAPER_TABLE10 = {"Transformer": (82.68, 83.66), "+ continuous cache": (67.45, 68.08),
@@ -60,8 +61,7 @@ def table10(recipes):
     models = dict(zip(TRIME_MODELS, trained))
     vanilla_dstore = recipes.datastore(vanilla, "l2")
     ext_dstore = recipes.datastore(models["TrimeLM_ext"], "ip")
-    rows = {"Transformer": {"options": [], **{split: recipes.evaluate("transformer", vanilla, split, [])
-                                              for split in ("valid", "test")}}}
+    rows = {"Transformer": plain_row(recipes, "transformer", vanilla)}
     # the continuous cache reads the local memory, as in the paper (§2.2: Grave et al. "use the
     # local memory at testing time"; Table 12's cache improves with L); kNN-LM + cache adds the
     # datastore (§5.1 compares it with TrimeLM_ext w/o M_long). The cache over long memory is Figure 3.
@@ -278,10 +278,6 @@ def plot_table14(rows, png) -> bool:
     ax.legend(fontsize=7)
     save_figure(plt, fig, png)
     return True
-
-
-def _tuned_text(row) -> str:
-    return " ".join(f"{k} {v:g}" for k, v in row.get("tuned_on_dev", {}).items())
 
 
 def render_table10(rows):
