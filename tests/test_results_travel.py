@@ -57,3 +57,17 @@ def test_a_moved_work_folder_resumes(tmp_path):
                                str(tmp_path / "b" / "models" / "m")], "done": True, "seconds": 1.0}, f)
     moved.run("step", command(moved))
     assert lines[-1] == "== step: done (1 s), skipped"
+
+
+def test_books_inside_the_work_folder_are_recorded_as_work_from_any_folder(tmp_path, monkeypatch):
+    """--books given relative to where trime-repro runs still names {work}/books in the records."""
+    from trime.repro.recipes import PRESETS, Recipes
+    from trime.repro.runner import Runner
+
+    runner = Runner(str(tmp_path / "work"), echo=lambda line: None)
+    monkeypatch.chdir(tmp_path)
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"{split}.txt").write_text("a b\n")
+    recipes = Recipes(runner, str(tmp_path), PRESETS["cpu"], books=os.path.join("work", "books"))
+    books = recipes.on_corpus(recipes.books_dir, "books", "-books")
+    assert runner.portable([books.bin]) == ["{work}/books/data-bin"]

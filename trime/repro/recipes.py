@@ -139,7 +139,10 @@ class Recipes:
         self.device = () if budget.device == "cuda" else ("--cpu",)
         self.suffix = suffix  # of every model, datastore and row name: variants of the budget
         self.tag = ""  # of the datastores of another corpus (on_corpus)
-        self.books_dir, self.books_raw = books, books_raw  # Table 5 (books)
+        # Table 5 (books); absolute, so that books inside the work folder are recorded as {work}/...
+        # whichever folder trime-repro is run from
+        self.books_dir = os.path.abspath(books) if books else None
+        self.books_raw = books_raw
 
     def on_corpus(self, corpus: str, corpus_name: str, tag: str) -> "Recipes":
         """The same models and evaluation on another corpus (Table 5's books), binarised with
