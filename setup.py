@@ -49,6 +49,7 @@ setup(
             "trime-tune = trime.cli.tune:main",
             "trime-mt-tune = trime.cli.mt_tune:main",
             "trime-repro = trime.cli.repro:main",
+            "trime-keep-model = trime.cli.keep_model:main",
         ]
     },
 )

@@ -90,3 +90,26 @@ def test_eval_lm_context_window_is_finite(trained):
     loss, out = _eval_lm(root, "--eval-memory", "local", "--context-window", 32,
                          "--memory-temp", "1.2")
     assert math.isfinite(loss) and "skipping tokens with inf scores" not in out
+
+
+def test_kept_model_is_fp16_weights_only_and_scores_as_the_original(trained, tmp_path):
+    """trime-keep-model: no optimizer state, fp16 weights; fairseq-eval-lm scores it as the
+    original up to the fp16 rounding of the weights."""
+    from trime.cli.keep_model import main as keep_model
+
+    root, _ = trained
+    original = root / "ckpt" / "checkpoint_last.pt"
+    kept = tmp_path / "kept" / "checkpoint_last.pt"
+    assert keep_model([str(original), str(kept)]) == 0
+    state = torch.load(kept, map_location="cpu", weights_only=False)
+    assert "last_optimizer_state" not in state
+    assert {w.dtype for w in state["model"].values() if w.is_floating_point()} == {torch.float16}
+    assert kept.stat().st_size < 0.6 * original.stat().st_size
+    before, _ = _eval_lm(root, "--eval-memory", "local")
+    _, out = run("fairseq-eval-lm", root / "bin", *USER_DIR, "--task", "trime_lm", "--path", kept,
+                 "--gen-subset", "valid", "--tokens-per-sample", L, "--batch-size", 8, "--cpu",
+                 "--eval-memory", "local")
+    after = last_float(r"Loss \(base 2\): ([0-9.]+)", out)
+    assert before > 0 and abs(after - before) < 2e-3 * before
+    with pytest.raises(SystemExit):  # never over the original
+        keep_model([str(original), str(original)])
