@@ -21,7 +21,7 @@ def reproduced(tmp_path_factory):
     common = [str(root / "raw"), "--work", str(root / "work"), "--out", str(root / "results"),
               "--preset", "tiny", "--in-process"]
     for table in ("table10", "table7", "table11", "table12", "table13", "table14", "table15",
-                  "figure3"):
+                  "table15-seeds", "figure3"):
         main([table, *common])
     return root, common
 
@@ -104,6 +104,34 @@ def test_table11_and_table15_train_the_variants(reproduced):
         assert (root / "results" / "table15" / "table15.png").stat().st_size > 0
 
 
+def test_table15_seeds_reuses_seed_1_and_trains_the_others(reproduced):
+    """The seed study: seed 1 is Table 15's own p = 0 and p = 0.1 models (not trained again), seed
+    2 trained with fairseq's --seed 2 under its own names, seed 3 only if seeds 1 and 2 disagree;
+    the mean and sample standard deviation are those of the seeds' dev perplexities."""
+    import statistics
+
+    root, _ = reproduced
+    report, table15 = _table(root, "table15-seeds"), _table(root, "table15")
+    rows = report["rows"]
+    assert list(rows) == ["p = 0", "p = 0.1"]
+    for name, row in rows.items():
+        assert row["seeds"]["1"]["valid"] == table15["rows"][name]["valid"]
+        values = [cell["valid"] for cell in row["seeds"].values()]
+        assert row["valid"] == pytest.approx(statistics.mean(values))
+        assert row["std"] == pytest.approx(statistics.stdev(values))
+    agree = (rows["p = 0.1"]["seeds"]["1"]["valid"] < rows["p = 0"]["seeds"]["1"]["valid"]) == (
+        rows["p = 0.1"]["seeds"]["2"]["valid"] < rows["p = 0"]["seeds"]["2"]["valid"])
+    assert list(rows["p = 0"]["seeds"]) == (["1", "2"] if agree else ["1", "2", "3"])
+    steps = report["steps"]
+    assert "--seed" in steps["train-trime_ext_p0_seed2"]["command"]
+    seed = steps["train-trime_ext_p0_seed2"]["command"].index("--seed")
+    assert steps["train-trime_ext_p0_seed2"]["command"][seed + 1] == "2"
+    assert steps["train-trime_ext_p0"]["command"][seed + 1] == "1"
+    assert "dstores/trime_ext_p0.1_seed2" in " ".join(rows["p = 0.1"]["seeds"]["2"]["options"])
+    markdown = (root / "results" / "table15-seeds" / "table.md").read_text()
+    assert "| p = 0 | " in markdown and "of 2 seeds" in markdown or "of 3 seeds" in markdown
+
+
 def test_table11_reports_in_batch_targets_bm25_above_random(reproduced):
     root, _ = reproduced
     rows = _table(root, "table11")["rows"]
@@ -181,7 +209,7 @@ def test_a_rerun_skips_every_step(reproduced, capsys):
 
 
 @pytest.mark.parametrize("table", ["table10", "table7", "table11", "table12", "table13", "table14",
-                                   "table15", "figure3"])
+                                   "table15", "table15-seeds", "figure3"])
 def test_a_dry_run_prints_the_commands_the_run_recorded(reproduced, capsys, table):
     """--dry-run walks the same steps: each printed command (tuned values read by the shell from
     trime-tune's best.args) is the one the run recorded, and nothing is run or written."""
@@ -353,8 +381,9 @@ def test_orderings_file_covers_the_tables_written(reproduced):
     root, _ = reproduced
     checked = json.loads((root / "results" / "orderings.json").read_text())
     checked = [c for c in checked if c["table"] != "table5"]  # written by its own test, maybe first
-    assert {c["table"] for c in checked} == {"table7", "table10", "table11", "table12", "table15"}
-    assert len(checked) == 20
+    assert {c["table"] for c in checked} == {"table7", "table10", "table11", "table12", "table15",
+                                             "table15-seeds"}
+    assert len(checked) == 21
     markdown = (root / "results" / "orderings.md").read_text()
     assert "| TrimeLM_ext at least 10% below Transformer |" in markdown
     # the tiny preset's own lengths: named in the claim, no paper cell to compare

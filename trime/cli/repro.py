@@ -58,9 +58,9 @@ def paper_main(parser, args):
     if preset not in (PAPER_TABLES[args.table].preset, "paper-tiny"):
         parser.error(f"{args.table} is a paper-scale table: --preset {PAPER_TABLES[args.table].preset} "
                      "(or paper-tiny, a toy of the same steps)")
-    if args.updates is not None or args.jobs != 1:
-        parser.error("--updates and --jobs are for the WikiText-2-sized presets; the paper presets "
-                     "train the authors' updates on --gpus GPUs")
+    if args.updates is not None or args.jobs != 1 or args.seed is not None:
+        parser.error("--updates, --jobs and --seed are for the WikiText-2-sized presets; the paper "
+                     "presets train the authors' updates (seed 1) on --gpus GPUs")
     if args.gpus < 1:
         parser.error(f"--gpus must be >= 1, got {args.gpus}")
     device = args.device or ("cpu" if preset == "paper-tiny" else "cuda")
@@ -138,6 +138,9 @@ def main(argv=None):
                         help="folder of checkpoints, datastores, logs and step records (reused by "
                              "every table: a model trained for one table serves the others)")
     parser.add_argument("--out", default="results", help="results/<table>/ is written here")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="fairseq-train's --seed for every model (default 1); another seed needs "
+                             "its own --work folder (table15-seeds trains its extra seeds itself)")
     parser.add_argument("--preset", choices=sorted(PRESETS) + sorted(PAPER_MODELS), default=None,
                         help="budget: cpu = the paper's 7M model, L = 512, 1,600 updates per "
                              "model (about 45 min each on 2 CPU cores; tables 7, 10-15 and figure3 "
@@ -187,7 +190,8 @@ def main(argv=None):
                   if getattr(args, name) not in (None, False)] + (["--gpus"] if args.gpus != 1 else [])
     if paper_only:
         parser.error(f"{' '.join(paper_only)}: for the paper-scale tables (table2-table5) only")
-    budget = with_overrides(PRESETS[args.preset or "cpu"], updates=args.updates, device=args.device or "cpu")
+    budget = with_overrides(PRESETS[args.preset or "cpu"], updates=args.updates, seed=args.seed,
+                            device=args.device or "cpu")
     if budget.updates < 1:
         parser.error("--updates must be >= 1")
     if args.jobs < 1 or (args.in_process and args.jobs > 1):

@@ -35,6 +35,7 @@ class Budget:
     lr: float = 2e-3
     consecutive_segments: int = 4        # m for TrimeLM_long (must divide batch_size)
     local_drop_prob: float = 0.9         # p for TrimeLM_ext (Table 15)
+    seed: int = 1                        # fairseq-train's --seed (models of seed s > 1: *_seed{s})
     bm25_k: int = 20
     long_memory_size: int = 12288        # S at evaluation
     doc_boundary: str = "title"
@@ -187,6 +188,14 @@ class Recipes:
         budget = replace(self.budget, tokens_per_sample=tokens_per_sample, batch_size=batch)
         return Recipes(self.runner, self.data_dir, budget, suffix=f"_L{tokens_per_sample}")
 
+    def with_seed(self, seed: int) -> "Recipes":
+        """The same recipes with models trained from ``seed`` (a seed study); seed 1 is the budget's
+        own models, another's models and rows are named ``*_seed{seed}``."""
+        if seed == self.budget.seed:
+            return self
+        return Recipes(self.runner, self.data_dir, replace(self.budget, seed=seed),
+                       suffix=f"{self.suffix}_seed{seed}")
+
     def window(self) -> List[str]:
         """How an evaluation cuts the split into scored inputs (the training L by default)."""
         b = self.budget
@@ -253,7 +262,7 @@ class Recipes:
             "--batch-size", b.batch_size, "--max-update", b.updates, "--optimizer", "adam",
             "--adam-betas", "(0.9,0.98)", "--lr", b.lr,
             *(b.schedule or ("--lr-scheduler", "inverse_sqrt", "--warmup-updates", max(b.updates // 10, 1))),
-            "--clip-norm", "0.1", "--seed", "1",
+            "--clip-norm", "0.1", "--seed", b.seed,
             "--num-workers", "0", "--no-epoch-checkpoints", "--disable-validation",
             "--save-interval-updates", max(b.updates // 10, 1), "--keep-interval-updates", "1",
             "--log-format", "simple", "--log-interval", "50", "--save-dir", save_dir, *self.device], \
