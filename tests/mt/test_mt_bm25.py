@@ -73,10 +73,13 @@ def test_length_buckets_pack_pairs_of_similar_length_with_less_padding(tmp_path)
     reports = {}
     for buckets in (1, 4):
         out = tmp_path / f"order{buckets}.json"
-        _, log = run("trime-bm25-batches", tmp_path / "bin", "-s", "de", "-t", "en", "--k", "5",
+        _, log = run("trime-bm25-batches", tmp_path / "bin", "-s", "de", "-t", "en", "--k", "40",
                      "--report-max-tokens", "200", "--length-buckets", buckets, "-o", out)
         content = json.loads(out.read_text())
         assert sorted(content["order"]) == list(range(120))  # every pair exactly once
+        # buckets of 30 pairs: --k 40 is cut to the 29 others in each, and recorded so
+        assert content["k_per_bucket"] == ([40] if buckets == 1 else [29] * 4)
+        assert content["k"] == max(content["k_per_bucket"])
         reports[buckets] = content["in_batch_coverage"]
         assert "padding" in log
     one, bucketed = reports[1]["bm25"], reports[4]["bm25"]

@@ -230,7 +230,7 @@ def _translation(parser, args):
         parser.error("--report-max-tokens and --length-buckets must be >= 1")
     excluded = special_token_ids(tgt_dict)
     buckets = length_buckets(sizes, min(args.length_buckets, num // 2))
-    order, seconds = [], 0.0
+    order, seconds, bucket_ks = [], 0.0, []
     for number, ids in enumerate(buckets):  # Algorithm 1 in each bucket of similar lengths
         if len(buckets) > 1:
             logger.info(f"length bucket {number + 1} of {len(buckets)}: {len(ids):,} pairs of "
@@ -238,7 +238,7 @@ def _translation(parser, args):
         chain, k, spent = _neighbours_and_chain([sentences[i] for i in ids], args, excluded, "pairs",
                                                 seed=args.seed + number)
         order += [int(ids[i]) for i in chain]
-        seconds += spent
+        seconds, bucket_ks = seconds + spent, bucket_ks + [k]
     # §4.3's point for MT (§5.4): how often a target token occurs in another target sentence of
     # its batch (trime_mt_loss's memory), and how much of a batch is padding, for these batches
     # and fairseq's usual ones (pairs sorted by size, as fairseq-train orders them); EOS is left
@@ -265,9 +265,10 @@ def _translation(parser, args):
     save_bm25_order(
         args.output, order, in_batch_coverage=coverage, data=args.data, split=args.split,
         source_lang=src, target_lang=tgt, num_pairs=num,
-        dictionary_checksum=dictionary_checksum(tgt_dict), k=k, k1=args.k1, b=args.b,
-        excluded_tokens=[tgt_dict[i] for i in excluded], backend=args.backend, seed=args.seed,
-        length_buckets=len(buckets), neighbour_seconds=seconds)
+        # k: the neighbours asked for; a bucket with fewer other pairs used all of them
+        dictionary_checksum=dictionary_checksum(tgt_dict), k=max(bucket_ks), k_per_bucket=bucket_ks,
+        k1=args.k1, b=args.b, excluded_tokens=[tgt_dict[i] for i in excluded], backend=args.backend,
+        seed=args.seed, length_buckets=len(buckets), neighbour_seconds=seconds)
     logger.info(f"wrote {args.output} in {time.perf_counter() - started:.1f} s in all")
 
 
