@@ -265,7 +265,7 @@ def _translation(parser, args):
     save_bm25_order(
         args.output, order, in_batch_coverage=coverage, data=args.data, split=args.split,
         source_lang=src, target_lang=tgt, num_pairs=num,
-        # k: the neighbours asked for; a bucket with fewer other pairs used all of them
+        # k: the most neighbours a bucket used (--k, unless every bucket has fewer other pairs)
         dictionary_checksum=dictionary_checksum(tgt_dict), k=max(bucket_ks), k_per_bucket=bucket_ks,
         k1=args.k1, b=args.b, excluded_tokens=[tgt_dict[i] for i in excluded], backend=args.backend,
         seed=args.seed, length_buckets=len(buckets), neighbour_seconds=seconds)
