@@ -71,3 +71,29 @@ def test_books_inside_the_work_folder_are_recorded_as_work_from_any_folder(tmp_p
     recipes = Recipes(runner, str(tmp_path), PRESETS["cpu"], books=os.path.join("work", "books"))
     books = recipes.on_corpus(recipes.books_dir, "books", "-books")
     assert runner.portable([books.bin]) == ["{work}/books/data-bin"]
+
+
+def test_an_interrupted_step_keeps_every_attempts_log_and_time(tmp_path):
+    """A step rerun after an interruption (a training resumed from checkpoint_last.pt) appends to
+    its log and adds the earlier attempt's time; a finished step whose outputs are gone starts
+    afresh."""
+    import pytest
+
+    from trime.repro.runner import Runner
+
+    flag, output = tmp_path / "flag", tmp_path / "output"
+    code = (f"import os, sys, time; time.sleep(0.3); print('attempt', flush=True); "
+            f"sys.exit(0 if os.path.exists({str(flag)!r}) else 1)")
+    runner = Runner(str(tmp_path / "work"), echo=lambda line: None)
+    with pytest.raises(RuntimeError, match="rerun to resume"):
+        runner.run("step", ["python", "-c", code])
+    flag.write_text("")
+    record = runner.run("step", ["python", "-c", code])
+    log = runner.log_text("step")
+    assert record["attempts"] == 2 and log.count("attempt\n") == 2 and "attempt 2, resumed" in log
+    assert record["earlier_seconds"] >= 0.3 and record["seconds"] >= record["earlier_seconds"] + 0.3
+    output.write_text("")
+    runner.run("other", ["python", "-c", "print('made')"], done_if=[str(output)])
+    output.unlink()
+    record = runner.run("other", ["python", "-c", "print('made')"], done_if=[str(output)])
+    assert "attempts" not in record and runner.log_text("other") == "made\n"

@@ -160,7 +160,8 @@ class Runner:
         step finished (e.g. a datastore renamed into place just before an interruption).
         ``note``: what the step costs (disk, memory, GPU-hours), printed by a dry run; ``env``:
         variables of its subprocess (e.g. CUDA_VISIBLE_DEVICES). Returns the record: command,
-        done, seconds, log."""
+        done, seconds (all attempts of an interrupted step together), log (every attempt's, in
+        order), and for a resumed step its attempts."""
         argv = [str(a) for a in argv]
         record_path = self.path("steps", f"{name}.json")
         record = {"command": self.portable(argv), "done": False}
@@ -178,7 +179,7 @@ class Runner:
             # its outputs were removed since (e.g. a datastore not kept with the records): redo it
             self.echo(f"== {name}: done before, but {', '.join(p for p in done_if if not os.path.exists(p))}"
                       " is gone: run again")
-            record = dict(record, done=False)
+            record = {"command": record["command"], "done": False}  # a new run, not a resumed one
         if not record["done"] and done_if and all(os.path.exists(p) for p in done_if):
             record.update(done=True, seconds=record.get("seconds", 0.0))
             _write_json(record_path, record)
@@ -186,18 +187,28 @@ class Runner:
             self.echo(f"== {name}: done ({record['seconds']:.0f} s), skipped")
             self.records[name] = record
             return record
-        _write_json(record_path, record)  # started: a rerun must use the same command
         log = self.path("logs", f"{name}.log")
+        if "started" in record and os.path.exists(log):
+            # an interrupted attempt (e.g. a training resumed from checkpoint_last.pt): its time is
+            # counted up to its log's last write, and its log is kept above this attempt's
+            record["earlier_seconds"] = round(record.get("earlier_seconds", 0.0) + max(
+                0.0, os.path.getmtime(log) - record["started"]), 1)
+            with open(log, "a") as out:
+                out.write(f"\n== {name}: attempt {record.get('attempts', 1) + 1}, resumed "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC\n")
+            record["attempts"] = record.get("attempts", 1) + 1
+        else:
+            open(log, "w").close()
+        started = record["started"] = time.time()
+        _write_json(record_path, record)  # started: a rerun must use the same command
         self.echo(f"== {name}: {shlex.join(argv)}  (log: {log})")
-        started = time.time()
-        open(log, "w").close()
         if self.in_process:
             code = run_in_process(argv, log)
         else:
             variables = dict(env or {})
             if threads is not None:
                 variables.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-            with open(log, "w") as out:
+            with open(log, "a") as out:
                 code = subprocess.run([console_script(argv[0]), *argv[1:]], stdout=out,
                                       stderr=subprocess.STDOUT,
                                       env=dict(os.environ, **variables) if variables else None).returncode
@@ -205,7 +216,8 @@ class Runner:
             with open(log) as f:
                 tail = f.read()[-3000:]
             raise RuntimeError(f"step {name!r} failed (exit {code}); rerun to resume. Log {log}:\n{tail}")
-        record.update(done=True, seconds=round(time.time() - started, 1),
+        # seconds: every attempt's, the interrupted ones up to their log's last write
+        record.update(done=True, seconds=round(time.time() - started + record.get("earlier_seconds", 0.0), 1),
                       log=self.portable_value(log))
         _write_json(record_path, record)
         self.records[name] = record
