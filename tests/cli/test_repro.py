@@ -401,3 +401,25 @@ def test_orderings_link_the_analysis_only_where_one_is_written(tmp_path):
     assert "analysis.md" not in write_orderings(str(tmp_path))
     (tmp_path / "analysis.md").write_text("why\n")
     assert "[analysis.md](analysis.md)" in write_orderings(str(tmp_path))
+
+
+def test_orderings_check_the_tables_of_another_budget_in_a_subfolder(tmp_path):
+    """trime-repro table7 --updates 1600 --out results/updates-1600: its claims are checked in
+    results/orderings.md beside the main table's, named by the subfolder."""
+    from trime.repro.orderings import write_orderings
+    from trime.repro.tables import PAPER_TABLE10
+
+    for folder, shift in ((tmp_path, 0.0), (tmp_path / "updates-1600", 1000.0)):
+        rows = {name: {"valid": dev, "test": test + (shift if name == "TrimeLM_ext" else 0),
+                       "paper_dev": dev, "paper_test": test}
+                for name, (dev, test) in PAPER_TABLE10.items()}
+        (folder / "table10").mkdir(parents=True)
+        (folder / "table10" / "table.json").write_text(json.dumps({"rows": rows}))
+    (tmp_path / "notes").mkdir()  # a folder without tables is not a budget
+    markdown = write_orderings(str(tmp_path))
+    checked = json.loads((tmp_path / "orderings.json").read_text())
+    assert {c["table"] for c in checked} == {"table10", "updates-1600/table10"}
+    main = {c["claim"]: c["holds"] for c in checked if c["table"] == "table10"}
+    other = {c["claim"]: c["holds"] for c in checked if c["table"] == "updates-1600/table10"}
+    assert main["TrimeLM_ext < kNN-LM + continuous cache"] and not other["TrimeLM_ext < kNN-LM + continuous cache"]
+    assert "[updates-1600/table10](updates-1600/table10/table.md)" in markdown

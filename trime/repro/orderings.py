@@ -102,10 +102,23 @@ def _load(out_dir: str, table: str) -> Optional[Dict]:
         return json.load(f)["rows"]
 
 
+def _variants(out_dir: str) -> List[str]:
+    """Folders of out_dir that hold tables of another budget (e.g. ``trime-repro table7 --updates
+    1600 --out results/updates-1600``), their claims checked beside the main ones."""
+    return sorted(name for name in os.listdir(out_dir)
+                  if os.path.isdir(os.path.join(out_dir, name)) and any(
+                      os.path.isfile(os.path.join(out_dir, name, c[0], "table.json")) for c in CLAIMS))
+
+
 def write_orderings(out_dir: str) -> str:
-    """results/orderings.md and .json from the tables written so far; returns the markdown."""
-    tables = {t: rows for t in sorted({c[0] for c in CLAIMS}) if (rows := _load(out_dir, t)) is not None}
+    """results/orderings.md and .json from the tables written so far (also those in a subfolder
+    of another budget, named ``SUBFOLDER/TABLE``); returns the markdown."""
+    names = sorted({c[0] for c in CLAIMS})
+    tables = {t: rows for t in names if (rows := _load(out_dir, t)) is not None}
     checked = check_claims(tables)
+    for variant in _variants(out_dir):
+        found = {t: rows for t in names if (rows := _load(os.path.join(out_dir, variant), t)) is not None}
+        checked += [dict(c, table=f"{variant}/{c['table']}") for c in check_claims(found)]
     with open(os.path.join(out_dir, "orderings.json"), "w") as f:
         json.dump(checked, f, indent=1)
     lines = ["# The paper's orderings, checked", "",
