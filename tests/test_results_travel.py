@@ -97,3 +97,25 @@ def test_an_interrupted_step_keeps_every_attempts_log_and_time(tmp_path):
     output.unlink()
     record = runner.run("other", ["python", "-c", "print('made')"], done_if=[str(output)])
     assert "attempts" not in record and runner.log_text("other") == "made\n"
+
+
+def test_keep_work_writes_records_without_machine_paths(tmp_path):
+    """scripts/keep_work.py: a work folder's records kept in results/ name {work} and {user_dir}."""
+    import importlib.util
+
+    import trime
+
+    spec = importlib.util.spec_from_file_location("keep_work", os.path.join(ROOT, "scripts", "keep_work.py"))
+    keep_work = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(keep_work)
+    work = tmp_path / "work"
+    (work / "logs").mkdir(parents=True)
+    (work / "steps").mkdir()
+    (work / "steps" / "s.json").write_text(json.dumps({"command": ["x", str(work / "bin"), trime.USER_DIR]}))
+    (work / "logs" / "s.log").write_text(f"read {work}/bin/dict.txt with {trime.USER_DIR}\n")
+    (work / "logs" / "plot.png").write_bytes(b"\x89PNG" + str(work).encode())  # copied as it is
+    keep_work.keep(str(work), str(tmp_path / "kept"), [])
+    assert json.loads((tmp_path / "kept" / "steps" / "s.json").read_text())["command"] == [
+        "x", "{work}/bin", "{user_dir}"]
+    assert (tmp_path / "kept" / "logs" / "s.log").read_text() == "read {work}/bin/dict.txt with {user_dir}\n"
+    assert (tmp_path / "kept" / "logs" / "plot.png").read_bytes() == (work / "logs" / "plot.png").read_bytes()

@@ -1,0 +1,69 @@
+"""Keep a trime-repro work folder's records in results/, so that a later session (on a fresh
+machine) resumes it: the step records, tunings, memory curves and logs, with no path of this
+machine in them, and the trained models as trime-keep-model copies (weights only, fp16).
+
+    python scripts/keep_work.py WORK results/NAME-work [--models vanilla trime ...]
+
+Text files have the work folder written as {work}, trime's user dir as {user_dir}, the Python
+site-packages as {site-packages} and this checkout as a relative path (tests/test_results_travel.py
+checks results/ for absolute paths). Datastores, indexes and binarised data are not kept: the
+harness rebuilds them. Files already kept are overwritten with the work folder's newer copy.
+"""
+
+import argparse
+import os
+import shutil
+import site
+import subprocess
+import sys
+
+import trime
+
+FOLDERS = ("steps", "tune", "curves", "logs")
+TEXT = (".json", ".md", ".log", ".csv", ".args", ".txt", ".jsonl")
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def portable(text: str, work: str) -> str:
+    for path, word in ((work, "{work}"), (trime.USER_DIR, "{user_dir}"),
+                       *((p, "{site-packages}") for p in site.getsitepackages()),
+                       (CHECKOUT + os.sep, "")):
+        text = text.replace(path, word)
+    return text
+
+
+def keep(work: str, out: str, models) -> None:
+    work = os.path.abspath(work)
+    for folder in FOLDERS:
+        for root, _, names in os.walk(os.path.join(work, folder)):
+            for name in names:
+                source = os.path.join(root, name)
+                target = os.path.join(out, os.path.relpath(source, work))
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                if name.endswith(TEXT):
+                    with open(source, encoding="utf-8", errors="replace") as f:
+                        text = portable(f.read(), work)
+                    with open(target, "w", encoding="utf-8") as f:
+                        f.write(text)
+                else:
+                    shutil.copyfile(source, target)
+    for model in models:
+        checkpoint = os.path.join(work, "models", model, "checkpoint_last.pt")
+        subprocess.run([os.path.join(os.path.dirname(sys.executable), "trime-keep-model"), checkpoint,
+                        os.path.join(out, "models", model, "checkpoint_last.pt")], check=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("work", help="the trime-repro --work folder")
+    parser.add_argument("out", help="where its records are kept (e.g. results/bytes-work)")
+    parser.add_argument("--models", nargs="*", default=[],
+                        help="models (folders of WORK/models) to keep, weights only in fp16")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(os.path.join(args.work, "steps")):
+        parser.error(f"{args.work} is not a trime-repro work folder (no steps/)")
+    keep(args.work, args.out, args.models)
+
+
+if __name__ == "__main__":
+    main()
