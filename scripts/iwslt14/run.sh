@@ -12,7 +12,8 @@
 #   GPU; the authors' 5 epochs on 4 GPUs), TRAIN_EXTRA, DEVICE ("" = GPU if any; --cpu), KS, LAMBDAS,
 #   TEMPS, TAUS, TRIME_LAMBDAS, TRIME_TEMPS (the tuning grids), INDEX ("--index-type flat" for tiny data),
 #   CHECKPOINT (checkpoint_best.pt; checkpoint_last.pt with --disable-validation in TRAIN_EXTRA),
-#   PAPER ("32.58,33.15,33.73", Table 6's BLEU column; "none" for other data, e.g. Multi30k).
+#   PAPER ("32.58,33.15,33.73", Table 6's BLEU column; "none" for other data, e.g. Multi30k), KEEP (a
+#   results folder: each tuning's best.json / tune.csv, the test decodes' hyp/ and ref.txt, table6.md).
 set -euo pipefail
 DATA=${1:?usage: bash scripts/iwslt14/run.sh DATA_BIN [WORK]}
 WORK=${2:-runs/iwslt14}
@@ -97,7 +98,18 @@ if wanted trime; then
   tune test-trime trime trime test --knn-ks "${K:-8}" --taus "${TAU:-10}" --lambdas "${L:-0}" \
     --interp-temps "${T:-1}" -- --eval-memory ext --dstore "$WORK/dstore-trime" --knn-sim ip $DECODE
 fi
-[ -f "$WORK/test-knnmt/best.json" ] && [ -f "$WORK/test-trime/best.json" ] || exit 0  # MODELS: one model
+keep() {  # KEEP: each tuning's results, and each test decode's hypotheses and references
+  [ -n "${KEEP:-}" ] || return 0
+  for run in tune-knnmt tune-trime test-knnmt test-trime; do
+    [ -f "$WORK/$run/best.json" ] || continue
+    mkdir -p "$KEEP/$run"
+    cp "$WORK/$run/best.json" "$WORK/$run/best.args" "$WORK/$run/tune.csv" "$KEEP/$run/"
+    if [ -f "$WORK/$run/tune.png" ]; then cp "$WORK/$run/tune.png" "$KEEP/$run/"; fi
+    if [[ $run == test-* ]]; then cp -r "$WORK/$run/hyp" "$WORK/$run/ref.txt" "$KEEP/$run/"; fi
+  done
+  if [ -f "$WORK/table6.md" ]; then cp "$WORK/table6.md" "$KEEP/"; fi
+}
+[ -f "$WORK/test-knnmt/best.json" ] && [ -f "$WORK/test-trime/best.json" ] || { keep; exit 0; }  # one model
 python - "$WORK" <<'PY'
 import json, os, sys
 work = sys.argv[1]
@@ -117,3 +129,4 @@ text = "\n".join(lines) + "\n"
 open(os.path.join(work, "table6.md"), "w").write(text)
 print(text)
 PY
+keep

@@ -27,8 +27,20 @@ def test_table6_script_runs_end_to_end_and_resumes(tmp_path):
                INDEX="--index-type flat")
     command = ["bash", os.path.join(ROOT, "scripts", "iwslt14", "run.sh"),
                str(tmp_path / "iwslt" / "bin"), str(tmp_path / "work")]
-    first = subprocess.run(command, env=env, capture_output=True, text=True)
+    first = subprocess.run(command, env=dict(env, KEEP=str(tmp_path / "kept")), capture_output=True,
+                           text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    # KEEP: every test BLEU re-scored from the kept hypotheses and references
+    import sacrebleu
+
+    for decode in ("test-knnmt", "test-trime"):
+        kept = tmp_path / "kept" / decode
+        references = (kept / "ref.txt").read_text().splitlines()
+        for line in (kept / "tune.csv").read_text().splitlines()[1:]:
+            row = dict(zip((kept / "tune.csv").read_text().splitlines()[0].split(","), line.split(",")))
+            hypotheses = (kept / row["hypotheses"]).read_text().splitlines()
+            assert sacrebleu.corpus_bleu(hypotheses, [references]).score == pytest.approx(float(row["bleu"]))
+    assert (tmp_path / "kept" / "table6.md").read_text() == (tmp_path / "work" / "table6.md").read_text()
     table = (tmp_path / "work" / "table6.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [row.split(" | ")[0] for row in rows] == ["| Transformer (vanilla)", "| + kNN-MT",

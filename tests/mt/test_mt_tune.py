@@ -75,6 +75,13 @@ def test_each_point_scores_as_fairseq_generate_and_a_rerun_resumes(built, tmp_pa
     assert len((out / "tune.csv").read_text().splitlines()) == expected + 1
     hypotheses = (out / rows[1]["hypotheses"]).read_text().splitlines()
     assert len(hypotheses) == 16  # the toy valid split, in order
+    # every point re-scored from its files: hyp/ against ref.txt, as sacrebleu's command does
+    import sacrebleu
+
+    references = (out / "ref.txt").read_text().splitlines()
+    for row in rows:
+        hypotheses = (out / row["hypotheses"]).read_text().splitlines()
+        assert sacrebleu.corpus_bleu(hypotheses, [references]).score == pytest.approx(row["bleu"], abs=1e-9)
 
     before = (out / "points.jsonl").read_text()
     code, output = run(*command)  # everything decoded: nothing again

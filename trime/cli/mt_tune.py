@@ -11,7 +11,8 @@ through the same pipeline).
 Writes to --out-dir: ``points.jsonl`` (one line per decoded point, appended as it finishes, so
 an interrupted run resumes where it stopped), ``tune.csv``, ``best.json`` (the best point's
 options and BLEU with the sacrebleu signature), ``best.args`` (those options on one line), ``hyp/`` (each point's hypotheses, in the split's
-order) and ``tune.png`` (BLEU over λ × T or τ′ at the best k and τ).
+order), ``ref.txt`` (the references they are scored against: ``sacrebleu ref.txt -i hyp/FILE``
+re-scores a point) and ``tune.png`` (BLEU over λ × T or τ′ at the best k and τ).
 
     trime-mt-tune bin --path vanilla.pt -s de -t en --scoring knnlm --knn-ks 8,16,32 \\
         --lambdas 0.1,0.2,0.3,0.4 --interp-temps 10,30,100 --out-dir tune-knnmt \\
@@ -248,6 +249,8 @@ def _tune(parser, args, task_options, ks, lambdas, interp_temps, taus):
         hypotheses = [translated[i][0] for i in ids]
         refs = references if references is not None else [translated[i][1] for i in ids]
         bleu, signature = corpus_bleu(hypotheses, refs, **bleu_options)
+        if not os.path.isfile(os.path.join(args.out_dir, "ref.txt")):  # with hyp/: BLEU re-scored
+            write_lines(os.path.join(args.out_dir, "ref.txt"), refs)
         hyp_path = os.path.join(args.out_dir, "hyp", _file_name(point))
         write_lines(hyp_path, hypotheses)
         row = {"point": point, "bleu": bleu, "signature": signature, "seconds": time.time() - started,
