@@ -46,7 +46,7 @@ class PaperRecipes(Recipes):
     def __init__(self, runner, table: str, corpus: str, budget, archive: str = None,
                  corpus_name: str = None, tag: str = "", books: str = None, books_raw: str = None):
         self.runner, self.budget, self.table, self.archive = runner, budget, table, archive
-        self.books_dir = os.path.abspath(books) if books else None  # as Recipes: {work}/... if inside
+        self.books_dir = runner.folder(books) if books else None  # as Recipes: {work}/... if inside
         self.books_raw = books_raw
         self.data_dir, self.suffix, self.tag = corpus, "", tag
         self.corpus_name = corpus_name or paper.PAPER_TABLES[table].corpus

@@ -140,9 +140,8 @@ class Recipes:
         self.device = () if budget.device == "cuda" else ("--cpu",)
         self.suffix = suffix  # of every model, datastore and row name: variants of the budget
         self.tag = ""  # of the datastores of another corpus (on_corpus)
-        # Table 5 (books); absolute, so that books inside the work folder are recorded as {work}/...
-        # whichever folder trime-repro is run from
-        self.books_dir = os.path.abspath(books) if books else None
+        # Table 5 (books), as steps name a folder (Runner.folder: {work}/... when inside the work)
+        self.books_dir = runner.folder(books) if books else None
         self.books_raw = books_raw
 
     def on_corpus(self, corpus: str, corpus_name: str, tag: str) -> "Recipes":

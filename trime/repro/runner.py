@@ -109,6 +109,11 @@ class Runner:
     def path(self, *parts) -> str:
         return os.path.join(self.work, *parts)
 
+    def folder(self, path: str) -> str:
+        """A folder given on the command line as the steps name it: absolute, so that one inside
+        the work folder is recorded as ``{work}/...`` whichever folder the run starts from."""
+        return os.path.abspath(path)
+
     def portable(self, argv) -> list:
         """A command as its record keeps it: the work folder as ``{work}`` and trime's user dir
         as ``{user_dir}``, so that a moved work folder or checkout still resumes and results/
@@ -252,6 +257,9 @@ class DryRun(Runner):
         self._print(prefix + self._shell(argv) + (" &" if self._in_wave else ""))
         self.records[name] = {"command": argv, "done": False, "dry_run": True}
         return self.records[name]
+
+    def folder(self, path: str) -> str:
+        return path  # printed as given, as the work folder is
 
     _in_wave = False
 
