@@ -14,10 +14,9 @@ import argparse
 import os
 import shutil
 import site
-import subprocess
-import sys
 
 import trime
+from trime.cli.keep_model import main as keep_model
 
 FOLDERS = ("steps", "tune", "curves", "logs")
 TEXT = (".json", ".md", ".log", ".csv", ".args", ".txt", ".jsonl")
@@ -47,10 +46,9 @@ def keep(work: str, out: str, models) -> None:
                         f.write(text)
                 else:
                     shutil.copyfile(source, target)
-    for model in models:
-        checkpoint = os.path.join(work, "models", model, "checkpoint_last.pt")
-        subprocess.run([os.path.join(os.path.dirname(sys.executable), "trime-keep-model"), checkpoint,
-                        os.path.join(out, "models", model, "checkpoint_last.pt")], check=True)
+    for model in models:  # trime-keep-model, in this process
+        keep_model([os.path.join(work, "models", model, "checkpoint_last.pt"),
+                    os.path.join(out, "models", model, "checkpoint_last.pt")])
 
 
 def main(argv=None):
