@@ -273,7 +273,10 @@ class Recipes:
         self.runner.run(f"bm25-batches{self.suffix}", [
             "trime-bm25-batches", self.bin, "--tokens-per-sample", b.tokens_per_sample,
             # one batch of the file is one step's in-batch memory, over every GPU's segments
-            "--k", b.bm25_k, "--batch-size", b.batch_size * b.gpus, "-o", path], done_if=[path])
+            "--k", b.bm25_k, "--batch-size", b.batch_size * b.gpus, "-o", path,
+            # another seed's models get another chain (its random restarts); seed 1 is the
+            # script's default, left out so that the records of earlier runs still match
+            *([] if b.seed == 1 else ["--seed", b.seed])], done_if=[path])
         return path
 
     # -- external memory ---------------------------------------------------------------

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import time
 
@@ -171,9 +172,8 @@ def table15_seeds(recipes):
     rows = {}
     for p in SEED_STUDY_PS:
         values = [by_seed[seed][p]["valid"] for seed in by_seed]
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-        rows[f"p = {p:g}"] = {"p": p, "valid": mean, "std": std, "paper_dev": PAPER_TABLE15[p],
+        rows[f"p = {p:g}"] = {"p": p, "valid": statistics.mean(values), "std": statistics.stdev(values),
+                              "paper_dev": PAPER_TABLE15[p],
                               "seeds": {str(seed): by_seed[seed][p] for seed in by_seed}}
     return rows
 
@@ -184,7 +184,7 @@ def seed_verdict(rows) -> dict:
     larger than either row's standard deviation across seeds)."""
     low, high = rows["p = 0.1"], rows["p = 0"]
     differences = [low["seeds"][seed]["valid"] - high["seeds"][seed]["valid"] for seed in low["seeds"]]
-    mean = sum(differences) / len(differences)
+    mean = statistics.mean(differences)
     return {"differences": differences, "holds_on": sum(d < 0 for d in differences),
             "mean_difference": mean, "within_noise": abs(mean) <= max(low["std"], high["std"])}
 
@@ -396,7 +396,7 @@ def render_table15_seeds(rows):
         lines.append(f"| {name} | " + " | ".join(f"{row['seeds'][seed]['valid']:.2f}" for seed in seeds)
                      + f" | {row['valid']:.2f} ± {row['std']:.2f} | {row['paper_dev']} |")
     verdict = seed_verdict(rows)
-    lines += ["", f"p = 0.1 minus p = 0, seed by seed: "
+    lines += ["", "p = 0.1 minus p = 0, seed by seed: "
               + ", ".join(f"{d:+.2f}" for d in verdict["differences"])
               + f" (the paper's p = 0.1 < p = 0 holds on {verdict['holds_on']} of {len(seeds)} seeds); "
               f"mean {verdict['mean_difference']:+.2f}, "
