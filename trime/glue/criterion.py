@@ -2,7 +2,7 @@
 around ``trime.core.objective.TrimeObjective``.
 
 fairseq builds a criterion from its config and tells it nothing of the update number; trime's
-tasks do (``trime.glue.train_step``), so the CE warm-up and the local-drop draw can depend on
+tasks do (``trime.glue.task.TrimeTask``), so the CE warm-up and the local-drop draw can depend on
 it. This base holds the objective, the update number, the choice between the batch and the
 global batch across workers as memory (``--memory-across-workers``), the logged sums and their
 base-2 reduction. The LM and MT criteria add only how they read g(c), the vocabulary terms and

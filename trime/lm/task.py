@@ -26,7 +26,7 @@ from trime.core.batching import consecutive_batches, shuffled_batches, worker_sl
 from trime.core.documents import DOC_BOUNDARIES
 from trime.glue.options import EvalOptions, EvalSettings
 from trime.glue.query import last_ffn
-from trime.glue.train_step import tell_criterion
+from trime.glue.task import TrimeTask
 from trime.lm.data import EvalStreamDataset, SegmentPositionsDataset, StreamShard
 from trime.lm.model import TrimeLanguageModel
 from trime.progress import logged_progress
@@ -67,7 +67,7 @@ class TrimeLMConfig(EvalOptions, LanguageModelingConfig):
 
 
 @register_task("trime_lm", dataclass=TrimeLMConfig)
-class TrimeLMTask(LanguageModelingTask):
+class TrimeLMTask(TrimeTask, LanguageModelingTask):
     exposes_trime_query = True  # its models return g(c) in extra["trime_query"] (trime_loss needs it)
 
     @classmethod
@@ -98,17 +98,12 @@ class TrimeLMTask(LanguageModelingTask):
                 f"--consecutive-segments ({m}) must divide --batch-size ({batch_size}): a batch is "
                 "a whole number of groups of m consecutive segments. Pick m among the divisors of "
                 "the batch size, or change --batch-size.")
-        if args.batching == "bm25" and not args.bm25_batches:
-            batch_size = args.batch_size or "B"
-            raise ValueError(
-                "--batching bm25 needs --bm25-batches FILE, the batches of Algorithm 1: make it with "
-                f"`trime-bm25-batches {args.data or 'DATA'} --split train "
-                f"--tokens-per-sample {args.tokens_per_sample} --batch-size {batch_size} -o "
-                "bm25.json` (--tokens-per-sample and --batch-size as in this training), then add "
-                "--bm25-batches bm25.json")
-        if args.bm25_batches and args.batching != "bm25":
-            raise ValueError(f"--bm25-batches is read with --batching bm25 only (got --batching "
-                             f"{args.batching}): add --batching bm25, or drop --bm25-batches")
+        self.check_bm25_options(
+            args.batching, args.bm25_batches, "the batches of Algorithm 1: make it with "
+            f"`trime-bm25-batches {args.data or 'DATA'} --split train --tokens-per-sample "
+            f"{args.tokens_per_sample} --batch-size {args.batch_size or 'B'} -o bm25.json` "
+            "(--tokens-per-sample and --batch-size as in this training), then add --bm25-batches "
+            "bm25.json")
         if self.eval_settings.save_dstore and os.path.exists(self.eval_settings.save_dstore):
             raise FileExistsError(
                 f"--save-dstore {self.eval_settings.save_dstore!r} already exists: remove it or "
@@ -183,24 +178,16 @@ class TrimeLMTask(LanguageModelingTask):
     def open_external_memory(self, query_dim, settings: EvalSettings = None):
         """The retriever over ``--dstore`` (checked against this dictionary and g's dimension)."""
         from trime.extmem.datastore import Datastore
-        from trime.extmem.retrieval import open_retriever
 
         settings = settings or self.eval_settings
         datastore = Datastore.open(settings.dstore, self.dictionary, query_dim)
-        return open_retriever(datastore, settings.knn_k, settings.knn_sim, settings.knn_nprobe,
-                              settings.knn_exact_scores, settings.knn_device)
-
-    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        tell_criterion(sample, criterion, update_num, ignore_grad)
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        return self.open_retriever(datastore, settings)
 
     def get_batch_iterator(self, dataset, **kwargs):
-        # fairseq's batch_by_size drops the trailing segments that do not fill a
-        # multiple of --required-batch-size-multiple (8 by default); for any split
-        # but train that silently leaves tokens out of the reported perplexity.
-        if dataset is not self.datasets.get("train"):
-            kwargs["required_batch_size_multiple"] = 1
-        elif self.args.batching in ("consecutive", "bm25"):
+        """fairseq's (any batch size outside training: ``TrimeTask``), or trime's planned
+        training batches with --batching consecutive | bm25."""
+        if dataset is self.datasets.get(self.training_split) and \
+                self.args.batching in ("consecutive", "bm25"):
             return self._planned_batch_iterator(dataset, **kwargs)
         return super().get_batch_iterator(dataset, **kwargs)
 

@@ -12,8 +12,9 @@ all). What it adds:
 - decoding with a datastore in ``fairseq-generate`` (``--eval-memory ext --dstore DIR``:
   kNN-MT with ``--eval-scoring knnlm``, TrimeMT_ext with ``--eval-scoring trime``;
   ``trime.mt.generation``), with the LM's option declarations (``EvalOptions``);
-- the criterion is told the update number (``trime_mt_loss``'s CE warm-up) and whether a
-  batch is fairseq's end-of-epoch filler (``trime.glue.train_step``).
+- what both trime tasks add (``trime.glue.task.TrimeTask``): the criterion is told the update
+  number (``trime_mt_loss``'s CE warm-up), and ``fairseq-generate --batch-size 5`` translates
+  every pair (fairseq 0.12 drops a last batch that is not a multiple of 8).
 """
 
 import logging
@@ -27,7 +28,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from trime.glue.options import EvalOptions, EvalSettings, declared_fields
-from trime.glue.train_step import tell_criterion
+from trime.glue.task import TrimeTask
 
 # the LM's evaluation options that decoding with a datastore uses, declared there once
 MT_MEMORY_OPTIONS = ("eval_memory", "eval_scoring", "memory_temp", "dstore", "knn_k", "knn_sim",
@@ -102,18 +103,14 @@ def refuse_empty_sentences(split: str, pairs) -> None:
 
 
 @register_task("trime_translation", dataclass=TrimeTranslationConfig)
-class TrimeTranslationTask(TranslationTask):
+class TrimeTranslationTask(TrimeTask, TranslationTask):
     def __init__(self, cfg, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
-        if cfg.batching == "bm25" and not cfg.bm25_batches:
-            raise ValueError(
-                "--batching bm25 needs --bm25-batches FILE, the order of Algorithm 1: make it with "
-                f"`trime-bm25-batches {cfg.data or 'DATA'} --source-lang {cfg.source_lang or 'S'} "
-                f"--target-lang {cfg.target_lang or 'T'} -o bm25_order.json`, then add "
-                "--bm25-batches bm25_order.json")
-        if cfg.bm25_batches and cfg.batching != "bm25":
-            raise ValueError(f"--bm25-batches is read with --batching bm25 only (got --batching "
-                             f"{cfg.batching}): add --batching bm25, or drop --bm25-batches")
+        self.check_bm25_options(
+            cfg.batching, cfg.bm25_batches, "the order of Algorithm 1: make it with "
+            f"`trime-bm25-batches {cfg.data or 'DATA'} --source-lang {cfg.source_lang or 'S'} "
+            f"--target-lang {cfg.target_lang or 'T'} -o bm25_order.json`, then add "
+            "--bm25-batches bm25_order.json")
         self.memory = EvalSettings(**{name: getattr(cfg, name) for name in MT_MEMORY_OPTIONS})
         if self.memory.eval_memory not in ("none", "ext"):
             raise ValueError(f"--eval-memory {self.memory.eval_memory}: translation decodes with "
@@ -146,18 +143,6 @@ class TrimeTranslationTask(TranslationTask):
                              "translate on every line")
         return super().build_dataset_for_inference(src_tokens, src_lengths, constraints)
 
-    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
-                           ignore_invalid_inputs=False, required_batch_size_multiple=1, **kwargs):
-        """fairseq's, except that a split other than the training one is cut into batches of
-        any size: fairseq 0.12 drops the last batch when its size is not a multiple of
-        --required-batch-size-multiple (default 8; facebookresearch/fairseq#5036), so
-        ``fairseq-generate --batch-size 5`` would silently leave up to 7 pairs untranslated."""
-        if dataset is not self.datasets.get(self.cfg.train_subset):
-            required_batch_size_multiple = 1
-        return super().get_batch_iterator(
-            dataset, max_tokens, max_sentences, max_positions, ignore_invalid_inputs,
-            required_batch_size_multiple, **kwargs)
-
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
         """fairseq's generator; with --eval-memory ext its model steps with the datastore
         (``MemoryEnsemble``). Validation BLEU in fairseq-train (--eval-bleu) keeps the plain
@@ -186,7 +171,6 @@ class TrimeTranslationTask(TranslationTask):
         and the model's key dimension."""
         from trime.extmem.datastore import Datastore
         from trime.extmem.fingerprints import dictionary_checksum
-        from trime.extmem.retrieval import open_retriever
         from trime.mt.datastore import KIND, key_dim
 
         settings = self.memory
@@ -207,9 +191,4 @@ class TrimeTranslationTask(TranslationTask):
         if dim != datastore.dim:
             raise ValueError(f"{datastore.path} holds keys of dimension {datastore.dim}, this "
                              f"model's {key_type} keys have {dim}: {rebuild}")
-        return open_retriever(datastore, settings.knn_k, settings.knn_sim, settings.knn_nprobe,
-                              settings.knn_exact_scores, settings.knn_device), key_type
-
-    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        tell_criterion(sample, criterion, update_num, ignore_grad)
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        return self.open_retriever(datastore, settings), key_type
