@@ -24,7 +24,7 @@ logger = logging.getLogger("trime.mt_datastore")
 
 @console_script
 def main(argv=None):
-    from trime.mt.keys import MT_KEYS
+    from trime.glue.query import DECODER_KEYS
 
     parser = argparse.ArgumentParser(
         prog="trime-mt-datastore", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
@@ -40,7 +40,7 @@ def main(argv=None):
     parser.add_argument("--save-dstore", required=True, metavar="DIR",
                         help="the new datastore folder (written to DIR.partial, renamed when "
                              "complete)")
-    parser.add_argument("--mt-key", choices=MT_KEYS, default=None,
+    parser.add_argument("--mt-key", choices=DECODER_KEYS, default=None,
                         help="the decoder representation saved as key (see --criterion "
                              "trime_mt_loss --mt-key). Default: the one the checkpoint was trained "
                              "with by trime_mt_loss, else final (what kNN-MT code uses)")

@@ -19,6 +19,7 @@ from typing import Optional
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from trime.core.visibility import CAUSAL_CHUNK
+from trime.glue.query import DECODER_KEYS
 
 EVAL_MEMORIES = ("none", "local", "local,long", "ext", "local,ext", "local,long,ext")
 EVAL_SCORINGS = ("trime", "cache", "knnlm")
@@ -114,7 +115,7 @@ class EvalOptions(FairseqDataclass):
     cache_theta: float = field(
         default=0.3,
         metadata={"help": "θ of the continuous cache: p_cache ∝ exp(θ h·h_j), > 0; tune on valid"})
-    cache_key: ChoiceEnum(["final", "last-ffn-input"]) = field(
+    cache_key: ChoiceEnum(list(DECODER_KEYS)) = field(
         default="final",
         metadata={"help": "representation h of the continuous cache: final = the decoder's output "
                   "features (Grave et al.), last-ffn-input = g(c), TRIME's key"},

@@ -1,6 +1,7 @@
-"""g(c), TRIME's key and query (paper §3): the input of the last decoder layer's FFN.
+"""g(c), TRIME's key and query (paper §3): the input of the last decoder layer's FFN; and the
+choice of decoder representation wherever a key can be another one (``DECODER_KEYS``).
 
-A forward pre-hook on ``decoder.layers[-1].fc1`` captures it, i.e. after that layer's
+A forward pre-hook on ``decoder.layers[-1].fc1`` captures g(c), i.e. after that layer's
 LayerNorm in pre-norm models; the hook adds no parameters, so checkpoints stay plain
 fairseq checkpoints. Works for any fairseq Transformer decoder (LM or translation).
 """
@@ -54,3 +55,34 @@ def capturing_last_ffn_input(decoder):
         yield capture
     finally:
         capture.handle.remove()
+
+
+# The decoder representation a key is made of, where there is a choice (translation's --mt-key for
+# the loss, the datastore and decoding; the LM continuous cache's --cache-key):
+#   final          = the decoder output that feeds the output projection (after the final
+#                    LayerNorm): Grave et al.'s cache, the authors' MT code and most kNN-MT code;
+#   last-ffn-input = g(c), the input of the last decoder layer's FFN (paper §3, Appendix C).
+DECODER_KEYS = ("final", "last-ffn-input")
+
+
+def _checked(which: str) -> str:
+    if which not in DECODER_KEYS:
+        raise ValueError(f"unknown decoder key {which!r}: one of {', '.join(DECODER_KEYS)}")
+    return which
+
+
+def pick_key(which: str, final, last_ffn_input):
+    """The representation ``which`` (one of ``DECODER_KEYS``) of the two a decoder pass gave."""
+    return final if _checked(which) == "final" else last_ffn_input
+
+
+def features_and_key(decoder, forward, which: str):
+    """(features [B, T, C], extra, keys [B, T, d]) of one decoder pass, keys the representation
+    ``which``: ``forward()`` runs the decoder with ``features_only=True`` and returns its
+    (features, extra); g(c) is captured only when it is the key."""
+    if _checked(which) == "last-ffn-input":
+        with capturing_last_ffn_input(decoder) as capture:
+            features, extra = forward()
+        return features, extra, capture.pop()
+    features, extra = forward()
+    return features, extra, features

@@ -26,6 +26,7 @@ from trime.core.target_stats import CACHE_SET, MEMORY_SETS, TargetStats, memory_
 from trime.core.visibility import build_visibility, memory_labels
 from trime.glue import vocab
 from trime.glue.options import EvalSettings
+from trime.glue.query import pick_key
 
 TARGETS_ONLY = "trime_targets_only"  # batch key: the consumer reads only the targets' entries
 
@@ -167,7 +168,7 @@ class MemoryScorer:
         g = extra["trime_query"]
         if not self.settings.uses_cache:
             return g, g.shape[-1]
-        h = extra["trime_final"] if self.settings.cache_key == "final" else g
+        h = pick_key(self.settings.cache_key, extra["trime_final"], g)
         return torch.cat([g, h.to(g.dtype)], -1), g.shape[-1]
 
     def _over_span_memory(self, vocab_scores, keys, sample, score_rows):

@@ -36,13 +36,13 @@ from trime.core.objective import VocabTerms
 from trime.glue import vocab
 from trime.glue.criterion import TrimeCriterion
 from trime.glue.options import TrainingMemoryOptions
-from trime.mt.keys import MT_KEYS, features_and_keys
+from trime.glue.query import DECODER_KEYS, features_and_key
 from trime.mt.task import TrimeTranslationTask
 
 
 @dataclass
 class TrimeMTLossConfig(TrainingMemoryOptions):
-    mt_key: ChoiceEnum(list(MT_KEYS)) = field(
+    mt_key: ChoiceEnum(list(DECODER_KEYS)) = field(
         default="final",
         metadata={"help": "the decoder representation that is query and memory key: final = the "
                   "decoder output that feeds the output projection (after the final LayerNorm; "
@@ -73,8 +73,8 @@ class TrimeMTLoss(TrimeCriterion):
             raise ValueError(f"--criterion trime_mt_loss needs --task trime_translation (got "
                              f"{type(task).__name__}): that task tells the loss the update number "
                              "(CE warm-up); it reads the same data as --task translation.")
-        if str(mt_key) not in MT_KEYS:
-            raise ValueError(f"--mt-key must be one of {', '.join(MT_KEYS)}, got {mt_key!r}")
+        if str(mt_key) not in DECODER_KEYS:
+            raise ValueError(f"--mt-key must be one of {', '.join(DECODER_KEYS)}, got {mt_key!r}")
         memory_temp = task.cfg.memory_temp  # a task option: one τ for Eq. 5 and Eq. 6
         if not memory_temp > 0:
             raise ValueError(f"--memory-temp must be > 0, got {memory_temp}")
@@ -94,7 +94,7 @@ class TrimeMTLoss(TrimeCriterion):
 
     def forward(self, model, sample, reduce=True):
         net_input, target = sample["net_input"], sample["target"]
-        features, _, query = features_and_keys(
+        features, _, query = features_and_key(
             model.decoder, lambda: model(**net_input, features_only=True), self.mt_key)
         scored = target.ne(self.padding_idx)
         global_memory = self.global_batch_memory(model.training, sample)

@@ -18,7 +18,7 @@ import torch
 
 from trime.extmem.datastore import DatastoreWriter, contiguous_shard
 from trime.extmem.fingerprints import dictionary_checksum, model_fingerprint
-from trime.mt.keys import features_and_keys
+from trime.glue.query import features_and_key
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def save_translation_datastore(path, model, batches, target_sizes, mt_key, sourc
             if writer.resumed_rows and writer.saved(batch_rows.cpu().numpy()):
                 skipped += 1
                 continue
-            _, _, keys = features_and_keys(
+            _, _, keys = features_and_key(
                 model.decoder, lambda: model(**sample["net_input"], features_only=True), mt_key)
             writer.add(batch_rows, keys[scored], sample["target"][scored])
     if skipped:

@@ -24,7 +24,7 @@ import torch
 from fairseq.sequence_generator import EnsembleModel
 
 from trime.core.mixtures import RetrievedMemory, knnlm_log_probs, memory_log_probs
-from trime.mt.keys import features_and_keys
+from trime.glue.query import features_and_key
 
 
 def step_log_probs(logits, queries, retriever, settings):
@@ -58,7 +58,7 @@ class MemoryEnsemble(EnsembleModel):
         kwargs = {"encoder_out": encoder_outs[0] if self.has_encoder() else None}
         if self.has_incremental_states():
             kwargs["incremental_state"] = incremental_states[0]
-        features, extra, keys = features_and_keys(
+        features, extra, keys = features_and_key(
             model.decoder, lambda: model.decoder(tokens, features_only=True, **kwargs), self.key_type)
         queries = keys[:, -1]
         logits = model.decoder.output_layer(features[:, -1:])[:, 0] / temperature
