@@ -37,3 +37,23 @@ def test_every_core_module_imports_without_fairseq():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": root})
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_kernels_import_nothing_of_core():
+    """core -> kernels, one direction: the kernels package (a leaf below core's memory op) reads
+    no trime module outside itself, checked on the source (a lazy import counts too)."""
+    import ast
+
+    import trime.kernels
+
+    for path in sorted(os.listdir(trime.kernels.__path__[0])):
+        if not path.endswith(".py"):
+            continue
+        with open(os.path.join(trime.kernels.__path__[0], path)) as f:
+            tree = ast.parse(f.read())
+        imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                     for alias in node.names]
+        outside = [name for name in imported if name and name.startswith("trime")
+                   and not name.startswith("trime.kernels")]
+        assert not outside, f"trime/kernels/{path} imports {outside}"

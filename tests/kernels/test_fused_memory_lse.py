@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from trime.core.memory_lse import memory_logsumexp
-from trime.core.visibility import ExtMemory, LocalMemory, LongMemory, TokenVisibility
+from trime.core.visibility import ExtMemory, LocalMemory, LongMemory
+from trime.kernels.token_visibility import TokenVisibility
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernel module is first imported
 triton = pytest.importorskip("triton")

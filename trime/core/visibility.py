@@ -26,61 +26,16 @@ window (local memory, context included) and the FIFO entries that lie *before*
 the window, so no position is counted twice.
 """
 
-from dataclasses import dataclass
-
 import torch
 
 from trime.core.logspace import NEG_INF
+from trime.kernels.token_visibility import EXT, LOCAL, LONG, TokenVisibility
 
 MEMORY_RULES = ("local", "long", "ext")
-LOCAL, LONG, EXT = 0, 1, 2  # TokenVisibility.mode
 # Query chunk of the causal rules (local, long): a chunk's key span ends at its last query, so
 # small chunks skip the triangle above the diagonal that no query sees (scripts/bench/memory_chunks.py
 # on 2 CPU cores, d = 128: 2.4x at L = 512, 2.7x at L = 3,072 over chunks of 1,024).
 CAUSAL_CHUNK = 128
-
-
-@dataclass
-class TokenVisibility:
-    """A rule as per-token ids, for a fused kernel that decides visibility inside its blocks.
-
-    Key j is visible to a query at key-axis position p with id q_id (``query_positions``,
-    ``query_ids`` [G, Nq]; ``key_ids``, ``key_valid`` [G, Nk]) iff key_valid[j] and
-
-    - ``local``: j < p (ids unused);
-    - ``long``:  j < p and key_ids[j] == q_id (ids = documents);
-    - ``ext``:   key_ids[j] != q_id, or ``keep_local`` and j < p (ids = segments).
-
-    ``key_starts`` [G, Nk] (long: the first position of j's document run) bound the key span a
-    block of queries can see (``key_spans``).
-    """
-
-    mode: int  # LOCAL, LONG or EXT
-    key_valid: torch.Tensor
-    key_ids: torch.Tensor
-    query_positions: torch.Tensor
-    query_ids: torch.Tensor
-    keep_local: bool = True
-    key_starts: torch.Tensor = None
-
-    def key_spans(self, block: int) -> torch.Tensor:
-        """int64 [G, ceil(Nq / block), 2]: for each block of ``block`` queries, the key span
-        [lo, hi) outside which none of them sees a key (hi <= lo: the block sees nothing)."""
-        G, Nq = self.query_positions.shape
-        num_blocks = -(-Nq // block)
-        pad = num_blocks * block - Nq
-        positions = torch.nn.functional.pad(self.query_positions, (0, pad), value=-1)
-        hi = positions.view(G, num_blocks, block).amax(-1).clamp(min=0)  # keys before the last
-        if self.mode == EXT:
-            hi = torch.full_like(hi, self.key_valid.shape[1])
-        if self.mode == LONG:
-            starts = self.key_starts.gather(1, self.query_positions.clamp(min=0))
-            big = torch.iinfo(starts.dtype).max
-            lo = torch.nn.functional.pad(starts, (0, pad), value=big).view(G, num_blocks, block)
-            lo = lo.amin(-1)
-        else:
-            lo = torch.zeros_like(hi)
-        return torch.stack([lo, torch.maximum(lo, hi)], -1)
 
 
 class VisibilityRule:

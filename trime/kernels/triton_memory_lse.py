@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from trime.core.visibility import TokenVisibility
+from trime.kernels.token_visibility import TokenVisibility
 
 BLOCK_Q, BLOCK_K = 64, 64
 
