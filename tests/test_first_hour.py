@@ -178,7 +178,7 @@ def test_trime_tune_scores_an_extreme_grid_point_as_infinite_perplexity():
 
     import torch
 
-    from trime.cli.tune import grid, perplexity
+    from trime.lm.tuning import grid, perplexity
 
     assert perplexity(math.log(250.0)) == pytest.approx(250.0)
     assert perplexity(709.0) == pytest.approx(math.exp(709.0)) and perplexity(710.0) == math.inf

@@ -1,7 +1,7 @@
 """Benchmark: fairseq-eval-lm speed with external memory and while saving a datastore (one run).
 
 On one checkpoint and the same batches, prints tokens/s of fairseq's eval-lm loop
-(``trime.cli.harness.evaluate``) for
+(``trime.lm.harness.evaluate``) for
 
 - no memory (the plain LM);
 - ``--eval-memory ext`` with K = --knn-k retrieved entries per token from an IVFPQ index
@@ -59,7 +59,7 @@ def main():
     import torch
 
     logging.disable(logging.WARNING)
-    from trime.cli.harness import evaluate, load_for_eval
+    from trime.lm.harness import evaluate, load_for_eval
     from trime.extmem.datastore import Datastore
     from trime.extmem.index import build_index
     from trime.extmem.retrieval import Retriever

@@ -82,7 +82,7 @@ def main():
 
     import torch
     logging.disable(logging.WARNING)
-    from trime.cli.harness import evaluate, load_for_eval
+    from trime.lm.harness import evaluate, load_for_eval
     from trime.glue.options import EvalSettings
 
     work = tempfile.mkdtemp(prefix="trime-bench-eval-")

@@ -1,6 +1,6 @@
 """`trime-memory-curve`: perplexity vs long-memory size (paper Figure 3), CSV + PNG.
 
-Loads a checkpoint once and runs fairseq's own eval-lm loop (``trime.cli.harness``)
+Loads a checkpoint once and runs fairseq's own eval-lm loop (``trime.lm.harness``)
 for every memory size S with ``--eval-memory local,long`` (S = 0 is local memory alone),
 with TRIME scoring (Eq. 6, τ = --memory-temp) and, with ``--scorings trime,cache``, the
 continuous-cache baseline over the same memory too. Writes ``curve.csv`` and ``curve.png`` to --out-dir.
@@ -18,7 +18,7 @@ from trime.errors import console_script, one_line
 
 
 def plot(rows, png):
-    from trime.cli.harness import line_plot
+    from trime.plots import line_plot
 
     curves = {}
     for scoring, label in (("trime", "TRIME (Eq. 6)"), ("cache", "continuous cache")):
@@ -62,7 +62,7 @@ def main(argv=None):
 
     from tqdm import tqdm
 
-    from trime.cli.harness import evaluate, load_for_eval
+    from trime.lm.harness import evaluate, load_for_eval
 
     task_options = [word for name in TASK_OPTIONS for word in (flag(name), getattr(args, name))]
     try:

@@ -71,8 +71,7 @@ def _file_name(point):
 
 def plot(rows, best, png, temp_label):
     """BLEU over λ × the memory temperature at the best point's k (and τ)."""
-    from trime.cli.harness import pyplot, save_figure
-    from trime.cli.tune import heat_map
+    from trime.plots import heat_map, pyplot, save_figure
 
     plt = pyplot()
     memory_rows = [r for r in rows if r["knn_k"] == best["knn_k"] and r["knn_temp"] is not None

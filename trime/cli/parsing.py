@@ -20,7 +20,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def add_eval_arguments(parser, gen_subset_help: str) -> None:
     """The checkpoint and split options of an evaluation, as fairseq-eval-lm names them
-    (``trime.cli.harness.load_for_eval`` takes them)."""
+    (``trime.lm.harness.load_for_eval`` takes them)."""
     parser.add_argument("data", help="fairseq-preprocess output directory (--only-source)")
     parser.add_argument("--path", required=True, help="the checkpoint to evaluate")
     parser.add_argument("--gen-subset", default="valid", help=gen_subset_help)

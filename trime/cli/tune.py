@@ -26,20 +26,15 @@ import argparse
 import csv
 import json
 import logging
-import math
 import os
 import sys
 
 from trime.cli.parsing import HelpFormatter, add_eval_arguments
 from trime.core.grids import LM_GRIDS, edge_warning, edges_of
 from trime.errors import console_script, one_line
+from trime.lm.tuning import ACCURACY_KS, collect, frequency_table, grid
 
 logger = logging.getLogger("trime.tune")
-
-FREQUENCY_BUCKETS = ((10_000, math.inf, "> 10k"), (1_000, 10_000, "1k-10k"),
-                     (100, 1_000, "100-1k"), (10, 100, "10-100"), (0, 10, "<= 10"))
-ACCURACY_KS = (1, 8, 64, 1024)
-
 
 def warn_on_edges(grids, best, kinds=LM_GRIDS) -> list:
     """Log a warning for each grid {option name: values} whose value in the ``best`` row sits
@@ -67,113 +62,10 @@ def comma_values(text, name, parser, low=None, below=None, kind=float):
     return values
 
 
-def collect(task, model, cfg, dataset, temperatures, max_batches=None):
-    """One pass over the split: (TargetStats [N], first_hit [N], targets [N]) of every scored token."""
-    import torch
-    from fairseq import utils
-    from tqdm import tqdm
-
-    from trime.cli.harness import start_split
-    from trime.core.target_stats import TargetStats
-
-    itr = start_split(task, model, cfg, dataset)
-    scorer = model.evaluation.scorer
-    device = next(model.parameters()).device
-    stats, hits, targets = [], [], []
-    pad = task.source_dictionary.pad()
-    for i, sample in enumerate(tqdm(itr, desc="scoring", unit="batch")):
-        if max_batches is not None and i >= max_batches:
-            break
-        if not sample:
-            continue
-        sample = utils.move_to_cuda(sample) if device.type == "cuda" else sample
-        with torch.no_grad():
-            decoder_out, extra = model(**sample["net_input"])
-            batch_stats, first_hit = scorer.target_stats(decoder_out, extra, sample, temperatures)
-        scored = sample["target"].ne(pad)
-        stats.append(batch_stats[scored].to("cpu"))
-        hits.append(first_hit[scored].cpu())
-        targets.append(sample["target"][scored].cpu())
-    return TargetStats.cat(stats), torch.cat(hits), torch.cat(targets)
-
-
-def perplexity(mean_nll: float) -> float:
-    """exp of a mean negative log-likelihood in nats; inf where an extreme grid point lies beyond
-    float range (exp overflows above ~709)."""
-    return math.exp(mean_nll) if mean_nll < math.log(sys.float_info.max) else math.inf
-
-
-def grid(stats, scoring, settings, taus, interp_temps, lambdas, cache_lambdas=(), cache_thetas=()):
-    """[{tau, lambda, interp_temp, cache_lambda, cache_theta, loss (base 2), perplexity}] for every
-    grid point (τ with trime scoring; λ, τ′ / T with external memory; λ_c, θ with the cache)."""
-    rows = []
-    has_ext = settings.uses_ext
-    cache_points = [(c, t) for c in cache_lambdas for t in cache_thetas] if settings.uses_cache \
-        else [(None, None)]
-    for tau in (taus if scoring == "trime" else [None]):
-        for interp_temp in (interp_temps if has_ext else [None]):
-            for lam in (lambdas if has_ext else [0.0]):
-                for cache_lambda, cache_theta in cache_points:
-                    log_p = stats.target_log_prob(scoring, tau or 1.0, lam, interp_temp or 1.0,
-                                                  settings.knn_interp_memory,
-                                                  cache_lambda=cache_lambda or 0.0,
-                                                  cache_theta=cache_theta or 1.0)
-                    nats = float(-log_p.double().mean())
-                    rows.append({"tau": tau, "lambda": lam if has_ext else None,
-                                 "interp_temp": interp_temp, "cache_lambda": cache_lambda,
-                                 "cache_theta": cache_theta, "loss": nats / math.log(2),
-                                 "perplexity": perplexity(nats)})
-    return rows
-
-
-def frequency_table(stats, targets, scoring, best, settings):
-    """Table 14: perplexity per frequency bucket of the target, the frequency being its count in
-    the evaluated split (as in the paper: "their frequency on the development set")."""
-    import torch
-
-    counts = torch.bincount(targets)[targets]
-    columns = {"LM only": stats.vocab_log_prob}
-    if scoring == "trime" and settings.span_memory != "none":
-        columns[f"{settings.span_memory} (Eq. 6)"] = stats.target_log_prob(
-            "trime", best["tau"], memory="span")
-    columns["best"] = stats.target_log_prob(
-        scoring, best["tau"] or 1.0, best["lambda"] or 0.0, best["interp_temp"] or 1.0,
-        settings.knn_interp_memory, cache_lambda=best["cache_lambda"] or 0.0,
-        cache_theta=best["cache_theta"] or 1.0)
-    rows = []
-    for low, high, name in FREQUENCY_BUCKETS:
-        in_bucket = (counts > low) & (counts <= high)  # every count is >= 1
-        row = {"bucket": name, "tokens": int(in_bucket.sum())}
-        for column, log_p in columns.items():
-            row[column] = perplexity(float(-log_p[in_bucket].double().mean())) \
-                if in_bucket.any() else float("nan")
-        rows.append(row)
-    return rows
-
-
-def heat_map(fig, ax, rows, x_key, y_key, xlabel, ylabel, value_key="perplexity",
-             lower_is_better=True):
-    """``rows``' ``value_key`` over the x × y grid, each cell labelled (also trime-mt-tune's)."""
-    xs = sorted({r[x_key] for r in rows})
-    ys = sorted({r[y_key] for r in rows})
-    table = {(r[y_key], r[x_key]): r[value_key] for r in rows}
-    values = [[table.get((y, x), float("nan")) for x in xs] for y in ys]
-    image = ax.imshow(values, cmap="viridis_r" if lower_is_better else "viridis", aspect="auto",
-                      origin="lower")
-    ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
-    ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    for i, row in enumerate(values):
-        for j, value in enumerate(row):
-            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
-    fig.colorbar(image, label=value_key)
-
-
 def plot(rows, best, has_ext, png):
     """tune.png: the λ × τ′ (or T) plane through the best point with external memory, the
     λ_c × θ plane for the cache alone, else perplexity vs τ."""
-    from trime.cli.harness import pyplot, save_figure
+    from trime.plots import heat_map, pyplot, save_figure
 
     plt = pyplot()
     if plt is None:
@@ -263,7 +155,7 @@ def main(argv=None):
                          "--interp-temps / --cache-lambdas / --cache-thetas / --scoring instead")
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         level=logging.INFO)
-    from trime.cli.harness import load_for_eval
+    from trime.lm.harness import load_for_eval
 
     try:
         task, model, cfg, dataset = load_for_eval(

@@ -214,7 +214,7 @@ def table12(recipes):
 
 
 def plot_table15(rows, png) -> bool:
-    from trime.cli.harness import line_plot
+    from trime.plots import line_plot
 
     ps = [row["p"] for row in rows.values()]
     return line_plot(png, {"trime-repro": (ps, [row["valid"] for row in rows.values()], "-"),
@@ -292,7 +292,7 @@ def figure3(recipes):
 
 
 def plot_figure3(rows, png) -> bool:
-    from trime.cli.harness import line_plot
+    from trime.plots import line_plot
 
     curves = {}
     for name, row in rows.items():
@@ -302,7 +302,7 @@ def plot_figure3(rows, png) -> bool:
 
 
 def plot_table14(rows, png) -> bool:
-    from trime.cli.harness import pyplot, save_figure
+    from trime.plots import pyplot, save_figure
 
     plt = pyplot()
     if plt is None:

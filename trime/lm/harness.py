@@ -1,4 +1,5 @@
-"""The evaluation loop shared by trime's console scripts and benchmarks.
+"""The evaluation loop of a trime_lm checkpoint in Python, shared by trime's console scripts,
+``trime-repro`` and benchmarks.
 
 ``load_for_eval`` sets up a trime_lm task and a checkpoint as ``fairseq-eval-lm`` does;
 ``start_split`` begins a fresh evaluation of a split with given settings (the model's
@@ -6,11 +7,7 @@
 fairseq's own eval-lm loop over them.
 """
 
-import logging
 import time
-
-logger = logging.getLogger("trime.harness")
-
 
 def load_for_eval(data, path, gen_subset="valid", tokens_per_sample=512, context_window=0,
                   batch_size=None, cpu=False, extra=()):
@@ -54,43 +51,6 @@ def start_split(task, model, cfg, dataset, settings=None, retriever=None):
         dataset, max_tokens=cfg.dataset.max_tokens or 36000, batch_size=cfg.dataset.batch_size,
         max_positions=utils.resolve_max_positions(model.max_positions()), num_shards=1,
         shard_id=0, num_workers=0, context_window=context_window)
-
-
-def pyplot():
-    """matplotlib.pyplot with a file backend, or None (and a warning) when it is not installed."""
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # before its import logs
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed, no plot written: pip install 'trime[plots]'")
-        return None
-    return plt
-
-
-def line_plot(png, curves, xlabel, ylabel) -> bool:
-    """Curves {label: (xs, ys, matplotlib line style)} into ``png``; False without matplotlib."""
-    plt = pyplot()
-    if plt is None:
-        return False
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for label, (xs, ys, style) in curves.items():
-        ax.plot(xs, ys, marker="o", linestyle=style, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    save_figure(plt, fig, png)
-    return True
-
-
-def save_figure(plt, fig, png):
-    """Write ``fig`` to ``png`` and free it (trime-repro --in-process plots many times in one
-    process; pyplot keeps every open figure)."""
-    fig.tight_layout()
-    fig.savefig(png, dpi=150)
-    plt.close(fig)
 
 
 def evaluate(task, model, cfg, dataset, settings=None, max_batches=None, retriever=None):
