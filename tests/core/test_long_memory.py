@@ -97,7 +97,7 @@ def test_each_worker_with_the_global_memory_sums_to_the_global_loss(split):
     """Two "workers" hold rows [:split] and [split:] of the batch; memory = both (gathered by
     a differentiable concatenation, padded to equal sizes like the all-gather): the summed loss
     and the gradients equal those of one batch holding all the rows."""
-    from trime.glue.distributed import NO_SEGMENT
+    from trime.core.distributed import NO_SEGMENT
     from trime.core.objective import BatchMemory
 
     scores, g, targets = _batch()
@@ -183,7 +183,7 @@ def test_ext_rule_matches_naive(keep_local, chunk, top_k):
 def test_ext_through_batch_memory_and_split_workers(keep_local):
     """batch_memory_logsumexp("ext") on a shuffled batch, and two "workers" with the global batch
     as memory, both equal the direct ExtMemory computation (loss and gradients)."""
-    from trime.glue.distributed import NO_SEGMENT
+    from trime.core.distributed import NO_SEGMENT
     from trime.core.memory_lse import memory_logsumexp
     from trime.core.objective import BatchMemory
     from trime.core.visibility import ExtMemory

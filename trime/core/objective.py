@@ -208,7 +208,7 @@ class TrimeObjective:
         labels (each key's token), targets, key_valid (which tokens are memory), doc_ids and
         segment_starts (long memory), keep_local (ext: the own segment's earlier tokens).
         ``memory_logsumexp``: ``batch_memory_logsumexp`` unless the frontend's memory is larger
-        than the batch (``trime.glue.distributed``: the global batch across workers)."""
+        than the batch (``trime.core.distributed``: the global batch across workers)."""
         memory_lse = None
         if self.uses_memory(training, num_updates):
             memory_lse = (memory_logsumexp or batch_memory_logsumexp)(

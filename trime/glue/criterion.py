@@ -17,7 +17,8 @@ from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion
 
 from trime.core.objective import LossTerms, TrimeObjective
-from trime.glue.distributed import DUMMY_BATCH, across_workers_logsumexp, data_parallel_world
+from trime.core.distributed import across_workers_logsumexp
+from trime.glue.distributed import DUMMY_BATCH, data_parallel_world
 from trime.glue.options import explain_logged_losses
 
 logger = logging.getLogger(__name__)
@@ -45,12 +46,12 @@ class TrimeCriterion(FairseqCriterion):
         """``batch_memory_logsumexp``'s stand-in over every worker's batch when
         --memory-across-workers applies (training, several workers, a rule that crosses
         segments; every worker calls it together), else None (the batch is the memory)."""
-        _, world_size, _ = data_parallel_world()
+        group, world_size, _ = data_parallel_world()
         if not (self.memory_across_workers and training and world_size > 1
                 and self.objective.rule not in ("none", "local")):
             return None
         return functools.partial(across_workers_logsumexp, pad_index=self.padding_idx,
-                                 dummy_batch=bool(sample.get(DUMMY_BATCH, False)))
+                                 dummy_batch=bool(sample.get(DUMMY_BATCH, False)), group=group)
 
     @staticmethod
     def summed(terms: LossTerms, scored, sample_size, ntokens, nsentences):
