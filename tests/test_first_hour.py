@@ -45,7 +45,7 @@ def test_trime_user_dir_prints_only_the_folder_fairseq_imports_fast():
 def test_importing_trime_registers_nothing_the_user_dir_registers_everything():
     code = """
 import sys
-import trime, trime.core, trime.extmem, trime.errors, trime.quiet, trime.progress
+import trime, trime.core, trime.extmem, trime.hf, trime.hf.architectures, trime.errors, trime.quiet, trime.progress
 assert not [m for m in sys.modules if m.startswith(("fairseq", "trime.lm", "trime.mt"))], "side effect"
 from fairseq import utils
 from fairseq.criterions import CRITERION_REGISTRY

@@ -1,5 +1,5 @@
-"""trime.core is pure torch / numpy, and trime.extmem needs no fairseq either: every module of
-both imports where importing fairseq fails."""
+"""trime.core is pure torch / numpy, and trime.extmem and trime.hf need no fairseq either: every
+module of the three imports where importing fairseq fails."""
 
 import os
 import pkgutil
@@ -8,6 +8,7 @@ import sys
 
 import trime.core
 import trime.extmem
+import trime.hf
 
 BLOCK_FAIRSEQ = """
 import importlib.abc, sys
@@ -28,9 +29,10 @@ else:
 
 
 def test_every_core_module_imports_without_fairseq():
-    modules = [f"{package.__name__}.{m.name}" for package in (trime.core, trime.extmem)
+    modules = [f"{package.__name__}.{m.name}" for package in (trime.core, trime.extmem, trime.hf)
                for m in pkgutil.iter_modules(package.__path__)]
-    assert {"trime.core.memory_lse", "trime.core.visibility", "trime.core.mixtures"} <= set(modules)
+    assert {"trime.core.memory_lse", "trime.core.visibility", "trime.core.mixtures",
+            "trime.hf.loss"} <= set(modules)
     code = BLOCK_FAIRSEQ + "".join(f"import {m}\n" for m in modules) + \
         "assert not [m for m in sys.modules if m.startswith('fairseq')]\nprint('ok')\n"
     root = os.path.dirname(os.path.dirname(trime.core.__path__[0]))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.naive import long_memory, naive_loss_over_memory, top_k_memory
+from naive import long_memory, naive_loss_over_memory, top_k_memory
 from trime.core.objective import TrimeObjective, VocabTerms, keeps_own_segment
 
 PAD = 0
