@@ -29,8 +29,9 @@ setup(
         # triton: the fused memory kernel's tests run it in Triton's CPU interpreter
         "test": ["pytest", "pytest-xdist", 'triton; platform_system == "Linux" and platform_machine == "x86_64"'],
         "plots": ["matplotlib"],
-        # trime.hf: TRIME for transformers causal LMs (tokenizers: the real run's locally trained tokenizer)
-        "hf": ["transformers>=4.36", "tokenizers"],
+        # trime.hf: TRIME for transformers causal LMs (accelerate: what transformers.Trainer needs;
+        # tokenizers: the real run's locally trained tokenizer)
+        "hf": ["transformers>=4.36", "tokenizers", "accelerate>=1.1.0"],
     },
     entry_points={
         "console_scripts": [

@@ -8,7 +8,6 @@ workers (what data-parallel training applies).
 """
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from fairseq_utils import build, write_dictionary
+from workers import backward_and_save, free_port
 
 # the user dir, loaded before the process group starts, as fairseq-train does when it parses its
 # options: loaded after it, one worker in a few aborted at exit ("terminate called without an
@@ -58,12 +58,6 @@ def build_model(data, rule, extra=()):
     return build(data, (*rule_args, *detach, *extra))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_two_workers(script, *args):
     """``python tests/SCRIPT RANK 2 PORT ARGS...`` as two processes (asserting both succeed)."""
     port = free_port()
@@ -91,22 +85,6 @@ def train_on_two_workers(args):
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
     return outputs
-
-
-def backward_and_save(loss, model, rank, out):
-    """Backpropagate, sum loss and parameter gradients over the workers (what data-parallel
-    training applies), rank 0 saves them to ``out``; ends the process group."""
-    loss.backward()
-    total = loss.detach().clone()
-    dist.all_reduce(total)
-    grads = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            grads[name] = p.grad
-    if rank == 0:
-        torch.save({"loss": total, "grads": grads}, out)
-    dist.destroy_process_group()
 
 
 def main(rank, world, port, data, out, rule):

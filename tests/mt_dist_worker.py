@@ -11,7 +11,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from dist_worker import backward_and_save
+from workers import backward_and_save
 from fairseq_utils import build_translation, translation_sample
 
 ROWS = {0: slice(0, 3), 1: slice(3, 5)}

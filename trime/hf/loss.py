@@ -72,24 +72,25 @@ class TrimeLoss:
         self.memory_across_workers = memory_across_workers
         self.seed = seed
         self.capture = LastFFNInput(model, ffn_module)
-        self.training_calls = 0  # the step when the caller gives none
+        self.training_calls = 0  # training calls made without a step: the next one's step
         self._draw = (None, 0)   # (step, draws made in it): one local-drop draw per batch
 
     def __call__(self, input_ids, labels=None, attention_mask=None, doc_ids=None,
-                 segment_starts=None, step: int = None, **model_inputs) -> TrimeLossOutput:
+                 segment_starts=None, step: int = None, model=None, **model_inputs) -> TrimeLossOutput:
         """``input_ids`` [B, T]; ``labels`` (default: ``input_ids`` with padding, where
         ``attention_mask`` is 0, ignored); ``doc_ids`` [B] or [B, T] and ``segment_starts`` [B]
         (corpus offsets) for long memory; ``step``: the optimiser step (CE warm-up, local-drop
-        draw; default: this object's count of training calls). Other keyword arguments go to
-        the model."""
-        training = self.model.training
-        if step is None:
+        draw; default: this object's count of training calls); ``model``: what to call for the
+        forward pass if not the model itself (e.g. its DDP wrapper). Other keyword arguments go
+        to the model."""
+        model = self.model if model is None else model
+        training = model.training
+        if step is None:  # each training call without a step is the next step
             step = self.training_calls
-        if training:
-            self.training_calls += 1
+            self.training_calls += int(training)
         if labels is None:
             labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, IGNORE)
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **model_inputs)
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, **model_inputs)
         g = self.capture.pop(input_ids.shape)[:, :-1]
         logits = outputs.logits[:, :-1]
         if logits.dtype not in (torch.float32, torch.float64):
