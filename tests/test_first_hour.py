@@ -97,7 +97,7 @@ def test_pytest_filters_only_named_warnings():
 
 
 def _raise_in_trime():
-    from trime.glue.options import EvalSettings
+    from trime.settings import EvalSettings
 
     EvalSettings(eval_memory="local,ext")  # no --dstore: trime's own check
 

@@ -63,7 +63,7 @@ def main():
     from trime.extmem.datastore import Datastore
     from trime.extmem.index import build_index
     from trime.extmem.retrieval import Retriever
-    from trime.glue.options import EvalSettings
+    from trime.settings import EvalSettings
 
     task, model, cfg, dataset = load_for_eval(
         args.data, args.path, args.gen_subset, args.tokens_per_sample, 0, args.batch_size, True)

@@ -83,7 +83,7 @@ def main():
     import torch
     logging.disable(logging.WARNING)
     from trime.lm.harness import evaluate, load_for_eval
-    from trime.glue.options import EvalSettings
+    from trime.settings import EvalSettings
 
     work = tempfile.mkdtemp(prefix="trime-bench-eval-")
     data, path = (args.data, args.path) if args.data else small_checkpoint(work, args.tokens_per_sample, args.vocab)

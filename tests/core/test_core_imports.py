@@ -31,6 +31,7 @@ else:
 def test_every_core_module_imports_without_fairseq():
     modules = [f"{package.__name__}.{m.name}" for package in (trime.core, trime.extmem, trime.hf)
                for m in pkgutil.iter_modules(package.__path__)]
+    modules.append("trime.settings")  # the evaluation options, for every frontend
     assert {"trime.core.memory_lse", "trime.core.visibility", "trime.core.mixtures",
             "trime.hf.loss"} <= set(modules)
     code = BLOCK_FAIRSEQ + "".join(f"import {m}\n" for m in modules) + \

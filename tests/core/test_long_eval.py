@@ -135,7 +135,7 @@ def test_no_position_counted_twice():
 
 
 def test_bad_input():
-    from trime.glue.options import EvalSettings
+    from trime.settings import EvalSettings
 
     with pytest.raises(ValueError, match="--long-memory-size must be >= 0"):
         EvalSettings(eval_memory="local,long", long_memory_size=-1)

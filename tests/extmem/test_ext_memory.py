@@ -357,14 +357,14 @@ def test_tuning_statistics_give_the_full_distribution_at_the_target(lam, interp_
     (dict(eval_memory="ext", dstore="d", knn_k=0), "--knn-k and --knn-nprobe must be >= 1"),
 ])
 def test_bad_external_memory_settings(options, message):
-    from trime.glue.options import EvalSettings
+    from trime.settings import EvalSettings
 
     with pytest.raises(ValueError, match=message):
         EvalSettings(**options)
 
 
 def test_external_memory_defaults_follow_the_scoring():
-    from trime.glue.options import EvalSettings
+    from trime.settings import EvalSettings
 
     knn = EvalSettings(eval_memory="ext", dstore="d", eval_scoring="knnlm")
     assert (knn.knn_sim, knn.knn_lambda, knn.knn_temp) == ("l2", 0.25, 1.0)
@@ -447,7 +447,7 @@ def test_knnlm_with_cache_matches_naive_sums_to_one_and_tunes_from_statistics(ca
 
 
 def test_knnlm_with_cache_settings():
-    from trime.glue.options import EvalSettings
+    from trime.settings import EvalSettings
 
     both = EvalSettings(eval_memory="local,long,ext", dstore="d", eval_scoring="knnlm")
     assert both.uses_cache and "continuous cache lambda = 0.1" in both.describe()

@@ -5,8 +5,7 @@ import dataclasses
 
 import pytest
 
-from trime.glue.options import (EvalOptions, EvalSettings, add_argparse_options, flag,
-                                option_names)
+from trime.settings import EvalOptions, EvalSettings, add_argparse_options, flag, option_names
 
 fairseq = pytest.importorskip("fairseq")
 
@@ -62,8 +61,8 @@ def test_argparse_options_reuse_the_declaration():
 
 
 def test_a_config_copying_declarations_changes_only_the_defaults_it_names():
-    from trime.glue.options import declared_fields
-    from trime.glue.options import choices_of
+    from trime.settings import declared_fields
+    from trime.settings import choices_of
     from trime.mt.task import MT_MEMORY_OPTIONS, MT_NARROWED, MTMemoryOptions
 
     lm = {f.name: f for f in dataclasses.fields(EvalOptions)}

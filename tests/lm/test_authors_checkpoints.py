@@ -57,7 +57,7 @@ def test_registered_architectures_have_the_forks_defaults(arch):
 def test_a_checkpoint_of_the_fork_is_the_forks_function(tmp_path, arch):
     """Loaded from the fork's layout, the model gives the fork's own log-probabilities (recorded
     by running the fork's model on the same weights), and local memory is the naive Eq. 6."""
-    from trime.glue.options import EvalSettings
+    from trime.settings import EvalSettings
 
     run_name = ONE_PER_ARCH[arch]
     data, dictionary = authors_data(tmp_path, run_name)

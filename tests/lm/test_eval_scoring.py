@@ -5,7 +5,7 @@ import torch
 
 from fairseq_utils import ADAPTIVE, build, lm_sample, write_dictionary
 from naive import adaptive_vocab_scores, eq6_distribution
-from trime.glue.options import EvalSettings
+from trime.settings import EvalSettings
 from trime.glue.scorer import TARGETS_ONLY
 
 

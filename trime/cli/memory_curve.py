@@ -34,7 +34,7 @@ TASK_OPTIONS = ("memory_temp", "doc_boundary", "long_memory_reset", "cache_lambd
 
 @console_script
 def main(argv=None):
-    from trime.glue.options import add_argparse_options, flag
+    from trime.settings import add_argparse_options, flag
     from trime.lm.task import TrimeLMConfig
 
     parser = argparse.ArgumentParser(prog="trime-memory-curve", description=__doc__.split("\n\n")[0],

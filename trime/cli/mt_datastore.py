@@ -24,7 +24,7 @@ logger = logging.getLogger("trime.mt_datastore")
 
 @console_script
 def main(argv=None):
-    from trime.glue.query import DECODER_KEYS
+    from trime.settings import DECODER_KEYS
 
     parser = argparse.ArgumentParser(
         prog="trime-mt-datastore", description=__doc__.split("\n\n")[0].split(": ", 1)[1],

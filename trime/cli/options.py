@@ -23,7 +23,7 @@ def option_table():
     from fairseq.tasks.language_modeling import LanguageModelingConfig
     from fairseq.tasks.translation import TranslationConfig
 
-    from trime.glue.options import EvalOptions, choices_of, flag
+    from trime.settings import EvalOptions, choices_of, flag
     from trime.lm.criterion import TrimeLossConfig
     from trime.lm.task import TrimeLMConfig
     from trime.mt.criterion import TrimeMTLossConfig

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 
 import torch
 
+from trime.settings import DECODER_KEYS
+
 
 def last_ffn(decoder) -> torch.nn.Module:
     """``decoder.layers[-1].fc1``, whose input is g(c); a clear error if there is none."""
@@ -55,14 +57,6 @@ def capturing_last_ffn_input(decoder):
         yield capture
     finally:
         capture.handle.remove()
-
-
-# The decoder representation a key is made of, where there is a choice (translation's --mt-key for
-# the loss, the datastore and decoding; the LM continuous cache's --cache-key):
-#   final          = the decoder output that feeds the output projection (after the final
-#                    LayerNorm): Grave et al.'s cache, the authors' MT code and most kNN-MT code;
-#   last-ffn-input = g(c), the input of the last decoder layer's FFN (paper §3, Appendix C).
-DECODER_KEYS = ("final", "last-ffn-input")
 
 
 def _checked(which: str) -> str:

@@ -25,7 +25,7 @@ from trime.core.mixtures import (RetrievedMemory, cache_log_probs, knnlm_cache_l
 from trime.core.target_stats import CACHE_SET, MEMORY_SETS, TargetStats, memory_target_stats
 from trime.core.visibility import build_visibility, memory_labels
 from trime.glue import vocab
-from trime.glue.options import EvalSettings
+from trime.settings import EvalSettings
 from trime.glue.query import pick_key
 
 TARGETS_ONLY = "trime_targets_only"  # batch key: the consumer reads only the targets' entries

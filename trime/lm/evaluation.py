@@ -15,7 +15,7 @@ import sys
 
 from trime.extmem.datastore import DatastoreWriter
 from trime.extmem.fingerprints import dictionary_checksum, model_fingerprint, stream_checksum
-from trime.glue.options import EvalSettings
+from trime.settings import EvalSettings
 from trime.glue.scorer import MemoryScorer
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from fairseq.models import FairseqLanguageModel
 import torch
 
 from trime.glue import vocab
-from trime.glue.options import EvalSettings
+from trime.settings import EvalSettings
 from trime.glue.query import LastFFNInput
 from trime.glue.scorer import TARGETS_ONLY
 from trime.lm.evaluation import SplitEvaluation

@@ -9,7 +9,7 @@ batch carries its segments' corpus offsets and document ids (``trime.lm.data``) 
 the long memory rule. The model is wrapped in ``TrimeLanguageModel`` so that
 the criterion sees g(c) and ``fairseq-eval-lm`` can score with memory (Eq. 6-9). The
 evaluation options (``--eval-memory``, ``--knn-*``, ...) are declared once in
-``trime.glue.options.EvalOptions``, which this task's config inherits.
+``trime.settings.EvalOptions``, which this task's config inherits.
 """
 
 import logging
@@ -24,7 +24,7 @@ from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageMode
 
 from trime.core.batching import consecutive_batches, shuffled_batches, worker_slices
 from trime.core.documents import DOC_BOUNDARIES
-from trime.glue.options import EvalOptions, EvalSettings
+from trime.settings import EvalOptions, EvalSettings
 from trime.glue.query import last_ffn
 from trime.glue.task import TrimeTask
 from trime.lm.data import EvalStreamDataset, SegmentPositionsDataset, StreamShard

@@ -36,7 +36,8 @@ from trime.core.objective import VocabTerms
 from trime.glue import vocab
 from trime.glue.criterion import TrimeCriterion
 from trime.glue.options import TrainingMemoryOptions
-from trime.glue.query import DECODER_KEYS, features_and_key
+from trime.glue.query import features_and_key
+from trime.settings import DECODER_KEYS
 from trime.mt.task import TrimeTranslationTask
 
 

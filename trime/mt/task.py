@@ -27,7 +27,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from trime.glue.options import EvalOptions, EvalSettings, declared_fields
+from trime.settings import EvalOptions, EvalSettings, choice_enum, declared_fields
 from trime.glue.task import TrimeTask
 
 # the LM's evaluation options that decoding with a datastore uses, declared there once
@@ -38,11 +38,11 @@ MT_MEMORY_OPTIONS = ("eval_memory", "eval_scoring", "memory_temp", "dstore", "kn
 MT_DEFAULTS = {"knn_k": 16}
 # translation decodes with the datastore only (§5.4): no local or long memory, no cache
 MT_NARROWED = {
-    "eval_memory": (ChoiceEnum(["none", "ext"]),
+    "eval_memory": (choice_enum(["none", "ext"]),
                     "memory used when decoding: none = the model's own distribution (fairseq's "
                     "decoding); ext = at every step also the --knn-k nearest entries of the "
                     "datastore --dstore (paper §5.4: no local or long memory in translation)"),
-    "eval_scoring": (ChoiceEnum(["trime", "knnlm"]),
+    "eval_scoring": (choice_enum(["trime", "knnlm"]),
                      "how the retrieved entries enter each step's distribution: trime = "
                      "TrimeMT_ext, one softmax over vocabulary and entries (Eq. 6, --memory-temp), "
                      "then Eq. 8-9 (--knn-lambda, --knn-temp); knnlm = kNN-MT (Khandelwal et al. "
