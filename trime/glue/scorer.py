@@ -55,7 +55,9 @@ class MemoryScorer:
 
     Args:
         settings: the checked evaluation options.
-        decoder: the fairseq decoder (its output layer gives the vocabulary scores).
+        decoder: the fairseq decoder whose adaptive softmax turns the features it returned into
+            vocabulary scores, or None when what the model returned are the logits themselves
+            (a plain softmax; ``trime.hf``).
         pad: the padding index.
         retriever: ``trime.extmem.retrieval.Retriever`` for external memory (``...,ext``).
         exclude_own_tokens: the datastore holds this stream: a token never retrieves its
@@ -80,7 +82,7 @@ class MemoryScorer:
         if settings.eval_scoring == "cache":  # the cache builds the distribution, then reads it
             target = sample["target"]
             full = self.full_log_probs(decoder_out, extra, sample)
-            return full.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            return full.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (pad may be < 0)
         temperatures = {settings.memory_temp, settings.knn_temp or 1.0}
         sets = ("ext",) if settings.eval_scoring == "knnlm" else ("ext", "eval")
         if settings.uses_cache:  # kNN-LM + cache: the cache set at t = 1/θ
@@ -168,7 +170,7 @@ class MemoryScorer:
         g = extra["trime_query"]
         if not self.settings.uses_cache:
             return g, g.shape[-1]
-        h = pick_key(self.settings.cache_key, extra["trime_final"], g)
+        h = pick_key(self.settings.cache_key, extra.get("trime_final"), g)
         return torch.cat([g, h.to(g.dtype)], -1), g.shape[-1]
 
     def _over_span_memory(self, vocab_scores, keys, sample, score_rows):

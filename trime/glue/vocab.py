@@ -114,7 +114,7 @@ def eval_target_scores(decoder, decoder_out, targets, chunk_elements: int = None
         + [asm.cutoff[i + 1] - asm.cutoff[i] for i in range(len(asm.tail))])
     rows = max(1, (chunk_elements or EVAL_CHUNK_ELEMENTS) // max(1, width))
     flat_out = decoder_out.reshape(B * T, 1, decoder_out.shape[-1])
-    flat_targets = targets.reshape(B * T, 1)
+    flat_targets = targets.reshape(B * T, 1).clamp(min=0)  # a padding id < 0 (trime.hf) reads entry 0
     scores, log_zs = [], []
     for start in range(0, B * T, rows):
         out, target = flat_out[start:start + rows], flat_targets[start:start + rows]
