@@ -17,6 +17,7 @@ from trime.hf.evaluation import evaluate  # noqa: E402
 from trime.settings import EvalSettings  # noqa: E402
 
 L = 6
+D_MODEL = 16  # the tiny models' width (test_hf_loss.D)
 
 
 def corpus():
@@ -125,3 +126,61 @@ def test_no_memory_is_transformers_own_perplexity():
               * (len(segments[i]["input_ids"]) - 1) for i in range(len(segments))]
     expected = math.exp(float(sum(losses)) / (len(segments.stream) - 1))
     assert evaluate(model, segments, EvalSettings(eval_memory="none"))["perplexity"] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("scoring, metric", [("trime", "ip"), ("knnlm", "l2")])
+def test_external_memory_from_a_saved_datastore_equals_naive(tmp_path, scoring, metric):
+    """A datastore of the train segments (save_datastore), an exact FAISS index, then TrimeLM_ext
+    (local + ext, Eq. 6-9) or kNN-LM scoring of other segments: equal to the naive distributions
+    over brute-force neighbours; scoring the train split itself leaves each token's own entry out."""
+    from naive import brute_force_knn, knnlm_distribution, trime_ext_distribution
+
+    from trime.extmem.datastore import Datastore
+    from trime.extmem.index import build_index, save_index
+    from trime.extmem.retrieval import open_retriever
+    from trime.hf.evaluation import Vocabulary, save_datastore
+
+    model = tiny_model("gpt2")
+    rng = np.random.default_rng(5)
+    train = Segments([rng.integers(3, 23, size=n).tolist() for n in (30, 25)], length=L)
+    save_datastore(model, train, tmp_path / "dstore", batch_size=3)
+    datastore = Datastore.open(str(tmp_path / "dstore"), Vocabulary(model), D_MODEL)
+    assert len(datastore) == len(train.stream) - 1
+    assert np.array_equal(np.asarray(datastore.values), train.stream[1:])
+    save_index(*build_index(datastore, metric, "flat", progress=False), datastore.path)
+    K, lam, tau_prime = 4, 0.4, 2.0
+    retriever = open_retriever(Datastore.open(str(tmp_path / "dstore"), Vocabulary(model), D_MODEL),
+                               K, metric, 1, device="cpu")
+    keys = torch.from_numpy(np.asarray(datastore.keys, dtype=np.float64))
+    values = train.stream[1:]
+    segments = corpus()
+    memory = "local,ext" if scoring == "trime" else "ext"
+    settings = EvalSettings(eval_memory=memory, eval_scoring=scoring, dstore=str(tmp_path / "dstore"),
+                            knn_k=K, knn_sim=metric, knn_lambda=lam, knn_temp=tau_prime)
+
+    def naive(split, exclude_own):
+        rows = per_segment_outputs(model, split)
+
+        def distribution(row, t, local_keys, labels):
+            query = row["g"][t].double()
+            own_row = row["start"] - 1 + t  # the datastore row of this very target
+            # the neighbours of the query among the datastore's fp16 keys (its own left out)
+            sims, found = brute_force_knn(query[None], keys, K + 1, metric)
+            kept = [i for i, r in enumerate(found[0].tolist()) if not (exclude_own and r == own_row)][:K]
+            sims, found = sims[0][kept], found[0][kept]
+            sims = sims / math.sqrt(query.shape[-1]) if metric == "ip" else sims
+            found_labels = torch.from_numpy(values[found.numpy()])
+            if scoring == "knnlm":
+                return knnlm_distribution(row["logits"][t], sims, found_labels, lam, tau_prime)
+            return trime_ext_distribution(row["logits"][t], row["g"][t],
+                                          torch.stack(local_keys) if local_keys else row["g"][:0],
+                                          labels, list(range(len(local_keys))), sims, found_labels,
+                                          1.0, lam, tau_prime)
+
+        return naive_perplexity(rows, local_memory_of(rows, "g"), distribution)[0]
+
+    result = evaluate(model, segments, settings, retriever, batch_size=2)
+    assert result["perplexity"] == pytest.approx(naive(segments, False), rel=1e-5)
+    own = evaluate(model, train, settings, retriever, batch_size=2)["perplexity"]
+    assert own == pytest.approx(naive(train, True), rel=1e-5)  # no token retrieves itself
+    assert own != pytest.approx(naive(train, False), rel=1e-5)

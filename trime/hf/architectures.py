@@ -62,5 +62,13 @@ class LastFFNInput:
                                "(is the hook on a module of this model?)")
         return captured.reshape(*batch_shape, captured.shape[-1])
 
+    def dim(self, model) -> int:
+        """d, the width of g(c): the hooked module's input features."""
+        module = model.get_submodule(self.name)
+        for name in ("in_features", "nx"):  # nn.Linear; GPT-2's Conv1D
+            if hasattr(module, name):
+                return int(getattr(module, name))
+        return int(model.config.hidden_size)  # an FFN block: its input is the hidden state
+
     def remove(self):
         self.handle.remove()

@@ -6,16 +6,23 @@ The split is ``trime.hf.data.Segments`` scored in stream order, ``batch_size`` s
 time: each segment's own earlier tokens are local memory, a FIFO of the document's last
 ``long_memory_size`` scored tokens before it is long memory (``local,long``), and the datastore
 of a retriever (``trime.extmem.retrieval``) is external memory (``...,ext``). Every token but
-the split's first is a target once.
+the split's first is a target once; a datastore of a split (``save_datastore``) has a row per
+target, row i = the target ``stream[i + 1]`` with the key g(c) of the position before it.
 
     settings = EvalSettings(eval_memory="local,long", long_memory_size=4096)
     result = evaluate(model, Segments(documents, 512), settings)   # {"perplexity", "loss", "tokens"}
+    save_datastore(model, Segments(train_documents, 512), "dstore")  # then trime-build-index dstore
+    retriever = open_retriever(Datastore.open("dstore", Vocabulary(model)), 1024, "ip", 32)
+    evaluate(model, segments, EvalSettings(eval_memory="local,long,ext", dstore="dstore"), retriever)
 """
 
 import math
+import sys
 
 import torch
 
+from trime.extmem.datastore import DatastoreWriter
+from trime.extmem.fingerprints import dictionary_checksum, model_fingerprint, stream_checksum
 from trime.glue.scorer import MemoryScorer
 from trime.hf.architectures import LastFFNInput
 from trime.hf.data import collate_segments
@@ -30,33 +37,84 @@ def scorer_sample(batch) -> dict:
     labels = batch["labels"]
     target = labels[:, 1:].masked_fill(labels[:, 1:] == -100, PAD)
     inputs = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, PAD)[:, :-1]
-    positions = torch.arange(1, labels.shape[1], device=labels.device)
+    # each target's datastore row (its stream offset - 1): the FIFO orders by it, a datastore of
+    # this split is excluded by it
+    positions = torch.arange(labels.shape[1] - 1, device=labels.device)
     return {"target": target, "net_input": {"src_tokens": inputs},
             "trime_label_offset": batch["segment_starts"][:, None] + positions[None],
             "trime_doc": batch["doc_ids"][:, 1:]}
+
+
+class Vocabulary:
+    """What a datastore records of a model's vocabulary (``symbols``, as a fairseq dictionary):
+    the tokenizer's tokens in id order, or the ids themselves without a tokenizer."""
+
+    def __init__(self, model, tokenizer=None):
+        size = model.config.vocab_size
+        self.symbols = tokenizer.convert_ids_to_tokens(list(range(size))) if tokenizer is not None \
+            else [str(i) for i in range(size)]
+
+    def __len__(self):
+        return len(self.symbols)
+
+
+def _passes(model, segments, batch_size, capture, final=False):
+    """(collated batch, the model's output, g(c) [B, T, d]) of every batch, in stream order."""
+    device = next(model.parameters()).device
+    for start in range(0, len(segments), batch_size):
+        batch = collate_segments([segments[i] for i in range(start, min(start + batch_size, len(segments)))])
+        batch = {name: value.to(device) for name, value in batch.items()}
+        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        output_hidden_states=final)
+        yield batch, outputs, capture.pop(batch["input_ids"].shape)[:, :-1]
+
+
+@torch.no_grad()
+def save_datastore(model, segments, path: str, batch_size: int = 8, ffn_module: str = None,
+                   tokenizer=None, split: str = "train") -> str:
+    """A datastore of ``segments`` at ``path`` (``trime.extmem``): g(c) (fp16) and the target of
+    every position, row i = target ``stream[i + 1]``; index it with ``trime-build-index``."""
+    capture = LastFFNInput(model, ffn_module)
+    was_training = model.training
+    model.eval()
+    values = segments.stream[1:]
+    writer = DatastoreWriter(path, len(values), capture.dim(model), {
+        "split": split, "dictionary_size": model.config.vocab_size,
+        "dictionary_checksum": dictionary_checksum(Vocabulary(model, tokenizer)),
+        "model_fingerprint": model_fingerprint(model),
+        "tokens_per_sample": segments.length, "command": " ".join(sys.argv)})
+    try:
+        for batch, _, g in _passes(model, segments, batch_size, capture):
+            sample = scorer_sample(batch)
+            scored = sample["target"] != PAD
+            writer.add(sample["trime_label_offset"][scored], g[scored], sample["target"][scored])
+    finally:
+        capture.remove()
+        model.train(was_training)
+    if not writer.complete:
+        raise RuntimeError(f"the datastore {path} did not receive every row")
+    return path
 
 
 @torch.no_grad()
 def evaluate(model, segments, settings: EvalSettings, retriever=None, batch_size: int = 8,
              ffn_module: str = None) -> dict:
     """{"loss" (bits per token), "perplexity", "tokens"} of every target of ``segments`` under
-    ``settings``; ``retriever``: the external memory's search (``...,ext``)."""
+    ``settings``; ``retriever``: the external memory's search (``...,ext``). A datastore of this
+    very split (``save_datastore``) is recognised: no token retrieves its own entry."""
     if settings.save_dstore:
-        raise ValueError("trime.hf.evaluation does not save datastores (save_dstore)")
-    scorer = MemoryScorer(settings, None, PAD, retriever)
+        raise ValueError("evaluate does not save datastores: use trime.hf.evaluation.save_datastore")
+    own = retriever is not None and \
+        retriever.datastore.meta.get("values_checksum") == stream_checksum(segments.stream[1:])
+    scorer = MemoryScorer(settings, None, PAD, retriever, exclude_own_tokens=own)
     capture = LastFFNInput(model, ffn_module)
     needs_final = settings.uses_cache and settings.cache_key == "final"
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     total, tokens = 0.0, 0
     try:
-        for start in range(0, len(segments), batch_size):
-            batch = collate_segments([segments[i] for i in range(start, min(start + batch_size, len(segments)))])
-            batch = {name: value.to(device) for name, value in batch.items()}
-            outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            output_hidden_states=needs_final)
-            extra = {"trime_query": capture.pop(batch["input_ids"].shape)[:, :-1]}
+        for batch, outputs, g in _passes(model, segments, batch_size, capture, needs_final):
+            extra = {"trime_query": g}
             if needs_final:  # the decoder output that feeds the LM head (after the final norm)
                 extra["trime_final"] = outputs.hidden_states[-1][:, :-1]
             sample = scorer_sample(batch)
