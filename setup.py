@@ -53,6 +53,7 @@ setup(
             "trime-mt-tune = trime.cli.mt_tune:main",
             "trime-repro = trime.cli.repro:main",
             "trime-keep-model = trime.cli.keep_model:main",
+            "trime-hf-eval = trime.cli.hf_eval:main",
         ]
     },
 )

@@ -14,7 +14,7 @@ DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 def test_the_examples_run(tmp_path, monkeypatch, capsys):
     with open(DOC) as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     monkeypatch.chdir(tmp_path)
     namespace = {}
     exec(blocks[0], namespace)  # the plain loop
@@ -23,3 +23,5 @@ def test_the_examples_run(tmp_path, monkeypatch, capsys):
     exec(blocks[1].replace("max_steps=100", "max_steps=3, report_to=[], use_cpu=True, "
                            "save_strategy='no', disable_tqdm=True"), namespace)
     assert namespace["trainer"].state.global_step == 3
+    exec(blocks[2], namespace)  # evaluation with long memory
+    assert "'perplexity'" in capsys.readouterr().out

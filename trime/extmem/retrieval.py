@@ -187,3 +187,11 @@ def open_retriever(datastore: Datastore, k: int, similarity: str, nprobe: int,
     logger.info(f"TRIME: external memory {datastore.path}: {len(datastore)} entries, "
                 f"{type(index).__name__ if index is not None else 'no index'}, nprobe {nprobe}")
     return Retriever(datastore, index, k, similarity, exact_scores, device)
+
+
+def retriever_for(datastore: Datastore, settings) -> Retriever:
+    """``open_retriever`` with the --knn-k / --knn-sim / --knn-nprobe / --knn-exact-scores /
+    --knn-device of ``settings`` (a ``trime.settings.EvalSettings``; every frontend's)."""
+    return open_retriever(datastore, settings.knn_k, settings.knn_sim, settings.knn_nprobe,
+                          settings.knn_exact_scores, settings.knn_device)
+

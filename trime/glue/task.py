@@ -9,7 +9,6 @@
   decoding would silently leave up to 7 segments or pairs out: outside the training split,
   ``get_batch_iterator`` cuts batches of any size.
 - ``--batching bm25`` and ``--bm25-batches FILE`` come together (``check_bm25_options``).
-- the retriever over ``--dstore`` is opened with the ``--knn-*`` settings (``open_retriever``).
 """
 
 import inspect
@@ -46,12 +45,3 @@ class TrimeTask:
             criterion.set_num_updates(update_num)
         sample[DUMMY_BATCH] = bool(ignore_grad)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
-
-    @staticmethod
-    def open_retriever(datastore, settings):
-        """The search over ``datastore`` with the --knn-k / --knn-sim / --knn-nprobe /
-        --knn-exact-scores / --knn-device of ``settings`` (an ``EvalSettings``)."""
-        from trime.extmem.retrieval import open_retriever
-
-        return open_retriever(datastore, settings.knn_k, settings.knn_sim, settings.knn_nprobe,
-                              settings.knn_exact_scores, settings.knn_device)

@@ -26,6 +26,22 @@ from trime.core.batching import (bm25_chain, chain_batches, check_consecutive_se
 IGNORE = -100
 
 
+def text_documents(lines: Sequence[str], boundary: str = "title") -> List[str]:
+    """The documents of a text file's ``lines`` under ``--doc-boundary`` (``trime.core.documents``'
+    rules, on whitespace-separated words: a WikiText `` = Title = `` line between empty lines
+    starts one; an empty line ends one; none = one document), each as one string."""
+    from trime.core.documents import document_starts
+
+    words = [line.split() for line in lines]
+    sizes = np.array([len(w) + 1 for w in words], dtype=np.int64)  # + a line end
+    tokens = np.array([1 if word == "=" else 2 for w in words for word in (*w, None)], dtype=np.int64)
+    line_starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    starts = np.searchsorted(line_starts, document_starts(tokens, sizes, boundary, equals_id=1))
+    bounds = [*starts.tolist(), len(lines)]
+    documents = ["\n".join(line.rstrip("\n") for line in lines[a:b]) for a, b in zip(bounds, bounds[1:])]
+    return [d for d in documents if d.strip()]
+
+
 class Segments(torch.utils.data.Dataset):
     """Segments of ``length`` targets over the concatenated ``documents`` (see the module)."""
 

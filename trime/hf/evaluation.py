@@ -12,7 +12,7 @@ target, row i = the target ``stream[i + 1]`` with the key g(c) of the position b
     settings = EvalSettings(eval_memory="local,long", long_memory_size=4096)
     result = evaluate(model, Segments(documents, 512), settings)   # {"perplexity", "loss", "tokens"}
     save_datastore(model, Segments(train_documents, 512), "dstore")  # then trime-build-index dstore
-    retriever = open_retriever(Datastore.open("dstore", Vocabulary(model)), 1024, "ip", 32)
+    retriever = open_retriever(Datastore.open("dstore", Vocabulary(model)), 1024, "ip", 32)  # trime.extmem
     evaluate(model, segments, EvalSettings(eval_memory="local,long,ext", dstore="dstore"), retriever)
 """
 
@@ -50,9 +50,9 @@ class Vocabulary:
     the tokenizer's tokens in id order, or the ids themselves without a tokenizer."""
 
     def __init__(self, model, tokenizer=None):
-        size = model.config.vocab_size
-        self.symbols = tokenizer.convert_ids_to_tokens(list(range(size))) if tokenizer is not None \
-            else [str(i) for i in range(size)]
+        ids = list(range(model.config.vocab_size))
+        tokens = tokenizer.convert_ids_to_tokens(ids) if tokenizer is not None else [None] * len(ids)
+        self.symbols = [f"<id {i}>" if token is None else token for i, token in zip(ids, tokens)]
 
     def __len__(self):
         return len(self.symbols)

@@ -178,10 +178,11 @@ class TrimeLMTask(TrimeTask, LanguageModelingTask):
     def open_external_memory(self, query_dim, settings: EvalSettings = None):
         """The retriever over ``--dstore`` (checked against this dictionary and g's dimension)."""
         from trime.extmem.datastore import Datastore
+        from trime.extmem.retrieval import retriever_for
 
         settings = settings or self.eval_settings
         datastore = Datastore.open(settings.dstore, self.dictionary, query_dim)
-        return self.open_retriever(datastore, settings)
+        return retriever_for(datastore, settings)
 
     def get_batch_iterator(self, dataset, **kwargs):
         """fairseq's (any batch size outside training: ``TrimeTask``), or trime's planned

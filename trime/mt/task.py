@@ -170,6 +170,7 @@ class TrimeTranslationTask(TrimeTask, TranslationTask):
         """(retriever, key type) of --dstore, checked against this direction, both dictionaries
         and the model's key dimension."""
         from trime.extmem.datastore import Datastore
+        from trime.extmem.retrieval import retriever_for
         from trime.extmem.fingerprints import dictionary_checksum
         from trime.mt.datastore import KIND, key_dim
 
@@ -191,4 +192,4 @@ class TrimeTranslationTask(TrimeTask, TranslationTask):
         if dim != datastore.dim:
             raise ValueError(f"{datastore.path} holds keys of dimension {datastore.dim}, this "
                              f"model's {key_type} keys have {dim}: {rebuild}")
-        return self.open_retriever(datastore, settings), key_type
+        return retriever_for(datastore, settings), key_type
