@@ -54,6 +54,7 @@ setup(
             "trime-repro = trime.cli.repro:main",
             "trime-keep-model = trime.cli.keep_model:main",
             "trime-hf-eval = trime.cli.hf_eval:main",
+            "trime-hf-train = trime.cli.hf_train:main",
         ]
     },
 )

@@ -98,6 +98,11 @@ def test_trime_trainer_trains_with_bm25_batches(tmp_path):
     trainer = TrimeTrainer(model=model, args=args, train_dataset=segments, trime_loss=loss,
                            train_batches=BM25Batches(segments, batch_size=4, k=3))
     trainer.train()
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    assert len(losses) == 6 and all(np.isfinite(losses))
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 6 and all(np.isfinite(entry["loss"]) for entry in logged)
+    # lm_loss beside loss; equal during the CE warm-up (steps 0 and 1), apart once memory is used
+    # (a batch of one segment whose own segment is dropped has none)
+    assert all("lm_loss" in entry for entry in logged)
+    assert all(entry["lm_loss"] == pytest.approx(entry["loss"], rel=1e-3) for entry in logged[:2])
+    assert any(entry["lm_loss"] != pytest.approx(entry["loss"], rel=1e-3) for entry in logged[2:])
     assert loss.training_calls == 0  # every call was given the Trainer's step

@@ -29,11 +29,22 @@ class TrimeTrainer(transformers.Trainer):
         self.trime_loss = trime_loss
         self.train_batches = train_batches
         self.loss_is_scaled_for_ga = False  # a mean over the batch's targets (see compute_loss)
+        self._lm_losses = []  # training batches' vocabulary-only losses since the last log
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The mean TRIME loss per target token of this batch."""
         output = self.trime_loss(**inputs, step=self.state.global_step, model=model)
+        if model.training:
+            self._lm_losses.append(float(output.lm_loss))
         return (output.loss, {"logits": output.logits}) if return_outputs else output.loss
+
+    def log(self, logs, *args, **kwargs):
+        """The Trainer's log, with lm_loss beside loss: the vocabulary-only NLL (nats per token)
+        of the same training batches, as fairseq's trime_loss logs it."""
+        if "loss" in logs and self._lm_losses:
+            logs = dict(logs, lm_loss=round(sum(self._lm_losses) / len(self._lm_losses), 4))
+            self._lm_losses = []
+        return super().log(logs, *args, **kwargs)
 
     def _loader(self, dataset, batches=None, batch_size=None):
         planned = {"batch_sampler": batches} if batches is not None else {"batch_size": batch_size}
