@@ -118,7 +118,7 @@ def test_unknown_rule_raises():
 
 
 def test_softmax_target_log_prob_values_and_gradcheck():
-    from trime.glue.vocab import softmax_target_log_prob
+    from trime.core.softmax import softmax_target_log_prob
 
     logits = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 7, (3, 4))

@@ -12,6 +12,7 @@ tail-cluster words that fairseq's ``adaptive_loss`` leaves out of its loss.
 import torch
 
 from trime.core.mixtures import VocabLogProbs, vocab_log_probs
+from trime.core.softmax import softmax_target_log_prob
 
 
 def _adaptive_softmax(decoder):
@@ -33,41 +34,6 @@ def target_scores(decoder, features, targets):
         target_log_prob, log_partition = softmax_target_log_prob(decoder.output_layer(features), targets)
         return target_log_prob + log_partition, log_partition
     return _adaptive_target_scores(asm, features, targets)
-
-
-class _SoftmaxAtTarget(torch.autograd.Function):
-    """(log p(w*), log Z) of a softmax, with one fused pass over [N, V] in backward.
-
-    d/d logits = g_lp · onehot(w*) + (g_Z - g_lp) · softmax — as cheap as the
-    backward of cross-entropy (logsumexp and gather backwards cost ~3x on CPU).
-    """
-
-    @staticmethod
-    def forward(ctx, logits, targets):
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        index = targets.unsqueeze(-1)
-        target_log_prob = log_probs.gather(-1, index).squeeze(-1)
-        log_z = logits.gather(-1, index).squeeze(-1).float() - target_log_prob
-        ctx.save_for_backward(log_probs, index)
-        ctx.logits_dtype = logits.dtype
-        return target_log_prob, log_z
-
-    @staticmethod
-    def backward(ctx, grad_target, grad_log_z):
-        log_probs, index = ctx.saved_tensors
-        if grad_target is None:
-            grad_target = torch.zeros_like(log_probs[..., 0])
-        if grad_log_z is None:
-            grad_log_z = torch.zeros_like(log_probs[..., 0])
-        grad = torch.exp(log_probs)
-        grad.mul_((grad_log_z - grad_target).unsqueeze(-1))
-        grad.scatter_add_(-1, index, grad_target.unsqueeze(-1))
-        return grad.to(ctx.logits_dtype), None
-
-
-def softmax_target_log_prob(logits, targets):
-    """(log p(w*), log Z) for logits [..., V] and targets [...], fp32."""
-    return _SoftmaxAtTarget.apply(logits, targets)
 
 
 def _adaptive_target_scores(asm, features, targets):

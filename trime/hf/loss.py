@@ -23,6 +23,7 @@ import torch
 
 from trime.core.distributed import across_workers_logsumexp
 from trime.core.objective import TrimeObjective, VocabTerms, keeps_own_segment
+from trime.core.softmax import softmax_target_log_prob
 from trime.hf.architectures import LastFFNInput
 
 IGNORE = -100  # transformers' ignored label
@@ -92,14 +93,12 @@ class TrimeLoss:
             labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, IGNORE)
         outputs = model(input_ids=input_ids, attention_mask=attention_mask, **model_inputs)
         g = self.capture.pop(input_ids.shape)[:, :-1]
-        logits = outputs.logits[:, :-1]
-        if logits.dtype not in (torch.float32, torch.float64):
-            logits = logits.float()  # the vocabulary terms in fp32, as fairseq's criteria
         targets = labels[:, 1:]
         scored = targets != IGNORE
         targets = targets.masked_fill(~scored, 0)
-        log_partition = torch.logsumexp(logits, -1)
-        vocab = VocabTerms(logits.gather(-1, targets[..., None])[..., 0], log_partition)
+        # log p(w*) and log Z in fp32 (fp64 for an fp64 model), one fused backward over [N, V]
+        target_log_prob, log_partition = softmax_target_log_prob(outputs.logits[:, :-1], targets)
+        vocab = VocabTerms(target_log_prob + log_partition, log_partition)
         rule = self.objective.rule
         uses_memory = self.objective.uses_memory(training, step)
         if rule == "long" and uses_memory and (doc_ids is None or segment_starts is None):

@@ -33,6 +33,7 @@ from fairseq.dataclass import ChoiceEnum
 from omegaconf import II
 
 from trime.core.objective import VocabTerms
+from trime.core.softmax import softmax_target_log_prob
 from trime.glue import vocab
 from trime.glue.criterion import TrimeCriterion
 from trime.glue.options import TrainingMemoryOptions
@@ -121,7 +122,7 @@ class TrimeMTLoss(TrimeCriterion):
                                  "--adaptive-softmax-cutoff")
             return VocabTerms(*vocab.target_scores(decoder, features, target))
         logits = decoder.output_layer(features)
-        target_log_prob, log_partition = vocab.softmax_target_log_prob(logits, target)
+        target_log_prob, log_partition = softmax_target_log_prob(logits, target)
         smoothing = None
         if label_smoothing > 0:  # Σ_v -log p(v) = V log Z - Σ_v s_v
             smoothing = self.vocab_size * log_partition - logits.float().sum(-1)
