@@ -17,6 +17,7 @@ import subprocess
 import time
 
 import trime
+from trime.repro.hf_table import HF_TABLES
 from trime.repro.paper_tables import PAPER_SCALE_TABLES
 from trime.repro.recipes import train_all
 from trime.repro.rows import (Table, memory_options as _memory, plain_row, tuned_row as _tuned_row,
@@ -433,7 +434,7 @@ TABLES = {table.name: table for table in (
     Table("table15", table15, render_table15, plot=plot_table15),
     Table("table15-seeds", table15_seeds, render_table15_seeds),
     Table("figure3", figure3, render_figure3, plot=plot_figure3),
-    *PAPER_SCALE_TABLES)}
+    *PAPER_SCALE_TABLES, *HF_TABLES)}
 
 
 def commit_id() -> str:
