@@ -8,14 +8,28 @@
   --required-batch-size-multiple (default 8; facebookresearch/fairseq#5036), so evaluation and
   decoding would silently leave up to 7 segments or pairs out: outside the training split,
   ``get_batch_iterator`` cuts batches of any size.
-- ``--batching bm25`` and ``--bm25-batches FILE`` come together (``check_bm25_options``).
+- ``--bm25-batches FILE`` (``BM25BatchesOption``, both configs inherit it) and ``--batching bm25``
+  come together (``check_bm25_options``).
 """
 
 import inspect
+from dataclasses import dataclass, field
+from typing import Optional
 
+from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask
 
 from trime.glue.distributed import DUMMY_BATCH
+
+
+@dataclass
+class BM25BatchesOption(FairseqDataclass):
+    bm25_batches: Optional[str] = field(
+        default=None,
+        metadata={"help": "with --batching bm25: the file trime-bm25-batches wrote for this training "
+                  "data (language modeling: with this --tokens-per-sample and --batch-size; "
+                  "translation: with --source-lang S --target-lang T)"},
+    )
 
 
 class TrimeTask:

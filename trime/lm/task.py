@@ -15,7 +15,6 @@ evaluation options (``--eval-memory``, ``--knn-*``, ...) are declared once in
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional
 
 from fairseq.data import LMContextWindowDataset, iterators
 from fairseq.dataclass import ChoiceEnum
@@ -26,7 +25,7 @@ from trime.core.batching import consecutive_batches, shuffled_batches, worker_sl
 from trime.core.documents import DOC_BOUNDARIES
 from trime.settings import EvalOptions, EvalSettings
 from trime.glue.query import last_ffn
-from trime.glue.task import TrimeTask
+from trime.glue.task import BM25BatchesOption, TrimeTask
 from trime.lm.data import EvalStreamDataset, SegmentPositionsDataset, StreamShard
 from trime.lm.model import TrimeLanguageModel
 from trime.progress import logged_progress
@@ -35,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TrimeLMConfig(EvalOptions, LanguageModelingConfig):
+class TrimeLMConfig(EvalOptions, BM25BatchesOption, LanguageModelingConfig):
     """fairseq's language_modeling options, the evaluation options (``EvalOptions``) and
     how training segments are batched and documents delimited."""
 
@@ -46,11 +45,6 @@ class TrimeLMConfig(EvalOptions, LanguageModelingConfig):
                   "segments of one document (Fig. 2b, for --memory long); bm25 = the batches "
                   "of --bm25-batches FILE, similar segments together (Fig. 2c, Algorithm 1, "
                   "for --memory ext)"},
-    )
-    bm25_batches: Optional[str] = field(
-        default=None,
-        metadata={"help": "with --batching bm25: the file written by trime-bm25-batches for this "
-                  "data, --tokens-per-sample and --batch-size"},
     )
     consecutive_segments: int = field(
         default=1,

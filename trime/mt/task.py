@@ -19,7 +19,6 @@ all). What it adds:
 
 import logging
 from dataclasses import dataclass, field, make_dataclass
-from typing import Optional
 
 import numpy as np
 from fairseq.data import BaseWrapperDataset
@@ -28,7 +27,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from trime.settings import EvalOptions, EvalSettings, choice_enum, declared_fields
-from trime.glue.task import TrimeTask
+from trime.glue.task import BM25BatchesOption, TrimeTask
 
 # the LM's evaluation options that decoding with a datastore uses, declared there once
 MT_MEMORY_OPTIONS = ("eval_memory", "eval_scoring", "memory_temp", "dstore", "knn_k", "knn_sim",
@@ -56,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TrimeTranslationConfig(MTMemoryOptions, TranslationConfig):
+class TrimeTranslationConfig(MTMemoryOptions, BM25BatchesOption, TranslationConfig):
     """fairseq's translation options, how training pairs are batched, and the memory options
     (``--memory-temp``: τ of Eq. 5 in training and of Eq. 6 in decoding)."""
 
@@ -66,11 +65,6 @@ class TrimeTranslationConfig(MTMemoryOptions, TranslationConfig):
                   "(pairs of similar length, batches shuffled); bm25 = the order of --bm25-batches "
                   "FILE, similar target sentences next to each other, cut into batches by "
                   "--max-tokens (paper §5.4, Algorithm 1)"},
-    )
-    bm25_batches: Optional[str] = field(
-        default=None,
-        metadata={"help": "with --batching bm25: the file written by `trime-bm25-batches DATA "
-                  "--source-lang S --target-lang T` for this training data"},
     )
 
 
