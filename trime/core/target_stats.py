@@ -150,6 +150,10 @@ def memory_target_stats(target_score, log_z_vocab, queries, keys, key_labels, vi
         for name, (sims, positive) in found.items():
             if name not in sets:
                 continue
+            if name == "eval" and "span" in sets and found["eval"] is found.get("span"):
+                for lse in (stats.lse_all, stats.lse_pos):  # eval is the span memory: copy it
+                    lse["eval"][:, q0:q1] = lse["span"][:, q0:q1]
+                continue
             _store(stats, name, q0, q1, sims, positive)
     if CACHE_SET in sets:  # raw h·h_j: temperature t is the cache's 1/θ
         for q0, q1, sims, labels in span_chunks(cache_queries, cache_keys, key_labels, visibility,

@@ -130,8 +130,10 @@ class MemoryScorer:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def target_stats(self, decoder_out, extra, sample, temperatures):
-        """(``TargetStats`` [B, T] of every memory set at these temperatures, the rank of the
-        first retrieved entry labelled w* [B, T]: K if none, -1 without external memory)."""
+        """(``TargetStats`` [B, T] of the memory sets the scoring reads, at these temperatures;
+        the rank of the first retrieved entry labelled w* [B, T]: K if none, -1 without external
+        memory). Sets: trime, every one (Eq. 6 over eval, span or ext; Eq. 9 over eval or ext);
+        knnlm, the retrieved entries (and the cache with span memory); cache, the cache alone."""
         target = sample["target"]
         retrieved = self._retrieve(extra["trime_query"], sample) if self.settings.uses_ext else None
         if retrieved is None:
@@ -140,7 +142,8 @@ class MemoryScorer:
             hits = retrieved.labels == target[..., None]
             first_hit = torch.where(hits.any(-1), hits.float().argmax(-1),
                                     torch.full_like(target, hits.shape[-1]))
-        sets = MEMORY_SETS + ((CACHE_SET,) if self.settings.uses_cache else ())
+        cache = (CACHE_SET,) if self.settings.uses_cache else ()
+        sets = {"trime": MEMORY_SETS, "knnlm": ("ext",) + cache, "cache": cache}[self.settings.eval_scoring]
         stats = self._stats(decoder_out, extra, sample, temperatures, sets, retrieved)
         return stats, first_hit
 
