@@ -119,14 +119,14 @@ class EvalOptions:
     )
     knn_sim: Optional[choice_enum(["ip", "l2"])] = field(
         default=None,
-        metadata={"help": "similarity of retrieved entries: ip = g·g'/√d (TRIME's sim, default "
-                  "with --eval-scoring trime), l2 = -‖g-g'‖² (kNN-LM, default with knnlm); the "
+        metadata={"help": "similarity of retrieved entries: ip = g·g'/√d (TRIME's sim) or l2 = "
+                  "-‖g-g'‖² (kNN-LM's); default: ip with --eval-scoring trime, l2 with knnlm; the "
                   "datastore needs an index built with the same trime-build-index --metric"},
     )
     knn_lambda: Optional[float] = field(
         default=None,
-        metadata={"help": "λ in [0, 1): weight of the memory distribution (Eq. 9 for trime, "
-                  "default 0.3; kNN-LM's λ, default 0.25); tune with trime-tune"},
+        metadata={"help": "λ in [0, 1): weight of the memory distribution (Eq. 9 for trime; "
+                  "kNN-LM's λ); default: 0.3 for trime, 0.25 for knnlm; tune with trime-tune"},
     )
     knn_temp: Optional[float] = field(
         default=None,

@@ -68,15 +68,15 @@ def main(argv=None):
     parser.add_argument("--doc-boundary", choices=DOC_BOUNDARIES, default="title",
                         help="how documents are delimited in the file (long memory and consecutive "
                              "batches never cross one)")
-    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--layers", type=int, default=8, help="Transformer layers")
     parser.add_argument("--dim", type=int, default=128, help="model width d")
     parser.add_argument("--ffn", type=int, default=512, help="FFN width")
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--heads", type=int, default=4, help="attention heads")
+    parser.add_argument("--dropout", type=float, default=0.1, help="dropout of the residuals, embeddings and attention")
     parser.add_argument("--tokens-per-sample", type=int, default=512, metavar="L", help="targets per segment")
     parser.add_argument("--batch-size", type=int, default=8, help="segments per step")
-    parser.add_argument("--max-steps", type=int, default=800)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--max-steps", type=int, default=800, help="optimiser steps")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (Adam, inverse-sqrt decay)")
     parser.add_argument("--warmup-steps", type=int, default=80, help="learning-rate warm-up")
     parser.add_argument("--ce-warmup-steps", type=int, default=40,
                         help="steps of the plain LM loss first (§5.2; ignored with --memory none)")
@@ -86,7 +86,7 @@ def main(argv=None):
                         help="--memory long: segments per group")
     parser.add_argument("--bm25-k", type=int, default=20, help="--memory ext: BM25 neighbours per segment")
     parser.add_argument("--save-steps", type=int, default=80, help="checkpoint every this many steps")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="seed of the weights, the batches and the local-drop draw")
     parser.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is available")
     args = parser.parse_args(argv)
     for name in ("layers", "dim", "ffn", "heads", "tokens_per_sample", "batch_size", "max_steps",
