@@ -163,24 +163,24 @@ def memory_target_stats(target_score, log_z_vocab, queries, keys, key_labels, vi
 
 
 def _store(stats: TargetStats, name, q0, q1, sims, positive):
-    """Write a chunk's log-sum-exps of one memory set at every temperature."""
-    for i, t in enumerate(stats.temperatures):
-        lse_all, lse_pos = _logsumexp_all_and_positive(sims, positive, 1.0 / t)
-        stats.lse_all[name][:, q0:q1, i] = lse_all
-        stats.lse_pos[name][:, q0:q1, i] = lse_pos
-
-
-def _logsumexp_all_and_positive(sims, positive, scale):
-    """(log Σ_j exp(scale·sim_j), the same over the positive j), [..., K] -> [...]: one exp pass."""
+    """Write a chunk's log-sum-exps of one memory set at every temperature: the peak is taken
+    and subtracted once, and every temperature reuses one buffer (a chunk holds up to
+    G × 512 × S similarities, so each fresh [..., K] tensor costs as much as the exp itself)."""
     peak = finite_or_zero(sims.amax(-1, keepdim=True))
-    weights = torch.exp((sims - peak) * scale) if scale != 1.0 else torch.exp(sims - peak)
-    peak = peak[..., 0] * scale
-    lse_all = torch.log(weights.sum(-1)) + peak
-    positive_mass = (weights * positive).sum(-1)
-    lse_pos = torch.log(positive_mass) + peak
-    # positives far below the peak (denormal or zero mass): recompute those rows exactly
-    underflow = (positive_mass < 1e-30) & positive.any(-1)
-    if underflow.any():
-        lse_pos[underflow] = (sims[underflow].masked_fill(~positive[underflow], NEG_INF)
-                              * scale).logsumexp(-1)
-    return lse_all, lse_pos
+    shifted = sims - peak
+    negative = ~positive
+    has_positive = positive.any(-1)
+    weights = torch.empty_like(shifted)
+    for i, t in enumerate(stats.temperatures):
+        scale = 1.0 / t
+        torch.mul(shifted, scale, out=weights).exp_()
+        top = peak[..., 0] * scale
+        stats.lse_all[name][:, q0:q1, i] = torch.log(weights.sum(-1)) + top
+        positive_mass = weights.masked_fill_(negative, 0.0).sum(-1)
+        lse_pos = torch.log(positive_mass) + top
+        # positives far below the peak (denormal or zero mass): recompute those rows exactly
+        underflow = (positive_mass < 1e-30) & has_positive
+        if underflow.any():
+            lse_pos[underflow] = (sims[underflow].masked_fill(negative[underflow], NEG_INF)
+                                  * scale).logsumexp(-1)
+        stats.lse_pos[name][:, q0:q1, i] = lse_pos
