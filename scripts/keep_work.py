@@ -6,7 +6,8 @@ machine in them, and the trained models as trime-keep-model copies (weights only
 
 Text files have the work folder written as {work}, trime's user dir as {user_dir}, the Python
 site-packages as {site-packages} and this checkout as a relative path (tests/test_results_travel.py
-checks results/ for absolute paths). Datastores, indexes and binarised data are not kept: the
+checks results/ for absolute paths); a folder outside the work folder that the records name (e.g.
+``--books``) is written as the word given with ``--outside PATH=WORD``. Datastores, indexes and binarised data are not kept: the
 harness rebuilds them. Files already kept are overwritten with the work folder's newer copy.
 """
 
@@ -23,16 +24,17 @@ TEXT = (".json", ".md", ".log", ".csv", ".args", ".txt", ".jsonl")
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def portable(text: str, work: str) -> str:
-    for path, word in ((work, "{work}"), (trime.USER_DIR, "{user_dir}"),
+def portable(text: str, work: str, outside=()) -> str:
+    for path, word in ((work, "{work}"), *outside, (trime.USER_DIR, "{user_dir}"),
                        *((p, "{site-packages}") for p in site.getsitepackages()),
                        (CHECKOUT + os.sep, "")):
         text = text.replace(path, word)
     return text
 
 
-def keep(work: str, out: str, models) -> None:
+def keep(work: str, out: str, models, outside=()) -> None:
     work = os.path.abspath(work)
+    outside = [(os.path.abspath(path), word) for path, word in outside]
     for folder in FOLDERS:
         for root, _, names in os.walk(os.path.join(work, folder)):
             for name in names:
@@ -41,7 +43,7 @@ def keep(work: str, out: str, models) -> None:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 if name.endswith(TEXT):
                     with open(source, encoding="utf-8", errors="replace") as f:
-                        text = portable(f.read(), work)
+                        text = portable(f.read(), work, outside)
                     with open(target, "w", encoding="utf-8") as f:
                         f.write(text)
                 else:
@@ -57,10 +59,16 @@ def main(argv=None):
     parser.add_argument("out", help="where its records are kept (e.g. results/bytes-work)")
     parser.add_argument("--models", nargs="*", default=[],
                         help="models (folders of WORK/models) to keep, weights only in fp16")
+    parser.add_argument("--outside", nargs="*", default=[], metavar="PATH=WORD",
+                        help="a folder outside WORK that the records name, and the word written "
+                             "for it (e.g. ../runs/books={books})")
     args = parser.parse_args(argv)
+    outside = [pair.split("=", 1) for pair in args.outside]
+    if any(len(pair) != 2 or not all(pair) for pair in outside):
+        parser.error("--outside takes PATH=WORD pairs, e.g. ../runs/books={books}")
     if not os.path.isdir(os.path.join(args.work, "steps")):
         parser.error(f"{args.work} is not a trime-repro work folder (no steps/)")
-    keep(args.work, args.out, args.models)
+    keep(args.work, args.out, args.models, outside)
 
 
 if __name__ == "__main__":

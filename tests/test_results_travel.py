@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 
+import pytest
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 # an absolute path where a word starts; fairseq's printed configs hold its default plasma path,
 # which is not a path of this machine
@@ -119,3 +121,21 @@ def test_keep_work_writes_records_without_machine_paths(tmp_path):
         "x", "{work}/bin", "{user_dir}"]
     assert (tmp_path / "kept" / "logs" / "s.log").read_text() == "read {work}/bin/dict.txt with {user_dir}\n"
     assert (tmp_path / "kept" / "logs" / "plot.png").read_bytes() == (work / "logs" / "plot.png").read_bytes()
+
+
+def test_keep_work_names_a_folder_outside_the_work_folder_by_its_word(tmp_path):
+    """keep_work --outside PATH=WORD: a data folder the records name (e.g. --books) is written as WORD."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("keep_work", os.path.join(ROOT, "scripts", "keep_work.py"))
+    keep_work = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(keep_work)
+    work, books = tmp_path / "work", tmp_path / "books"
+    (work / "logs").mkdir(parents=True)
+    (work / "steps").mkdir()
+    (work / "logs" / "s.log").write_text(f"scored {books}/data-bin/test with {work}/bin\n")
+    with pytest.raises(SystemExit):  # a pair without "=" is refused before anything is written
+        keep_work.main([str(work), str(tmp_path / "kept"), "--outside", str(books)])
+    assert not (tmp_path / "kept").exists()
+    keep_work.main([str(work), str(tmp_path / "kept"), "--outside", f"{books}={{books}}"])
+    assert (tmp_path / "kept" / "logs" / "s.log").read_text() == "scored {books}/data-bin/test with {work}/bin\n"

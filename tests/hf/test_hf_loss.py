@@ -10,7 +10,7 @@ transformers = pytest.importorskip("transformers")
 
 from naive import long_memory, naive_loss_over_memory  # noqa: E402
 from trime.hf import TrimeLoss  # noqa: E402
-from trime.hf.architectures import ARCHITECTURES  # noqa: E402
+from trime.hf.architectures import ARCHITECTURES, LastFFNInput, ffn_input_dim  # noqa: E402
 
 V, D, T = 23, 16, 7
 IGNORE = -100
@@ -150,6 +150,11 @@ def test_every_family_of_the_table_exposes_g(model_type):
     input_ids, labels = batch(4)
     out = loss(input_ids, labels=labels)
     assert torch.isfinite(out.loss) and out.num_tokens > 0
+    capture = LastFFNInput(model)
+    model(input_ids)
+    g = capture.pop(input_ids.shape)
+    capture.remove()
+    assert g.shape == (*input_ids.shape, ffn_input_dim(model)) and ffn_input_dim(model) == model.config.hidden_size
 
 
 def test_unknown_architecture_names_the_class_and_the_fix():

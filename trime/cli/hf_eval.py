@@ -26,15 +26,6 @@ EVAL_OPTIONS = ("eval_memory", "memory_temp", "long_memory_size", "long_memory_r
                 "knn_interp_memory", "save_dstore")
 
 
-def read_segments(path, tokenizer, boundary, length):
-    from trime.hf.data import Segments, text_documents
-
-    with open(path, encoding="utf-8") as f:
-        documents = text_documents(f.readlines(), boundary)
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in documents]
-    return Segments(ids, length)
-
-
 @console_script
 def main(argv=None):
     from trime.core.documents import DOC_BOUNDARIES
@@ -67,6 +58,7 @@ def main(argv=None):
     import torch
     import transformers
 
+    from trime.hf.data import read_segments
     from trime.hf.evaluation import Vocabulary, evaluate, save_datastore
 
     model = transformers.AutoModelForCausalLM.from_pretrained(args.model)
@@ -86,11 +78,9 @@ def main(argv=None):
     if settings.uses_ext:
         from trime.extmem.datastore import Datastore
         from trime.extmem.retrieval import retriever_for
-        from trime.hf.architectures import LastFFNInput
+        from trime.hf.architectures import ffn_input_dim
 
-        capture = LastFFNInput(model, args.ffn_module)
-        dim = capture.dim(model)
-        capture.remove()
+        dim = ffn_input_dim(model, args.ffn_module)
         retriever = retriever_for(Datastore.open(settings.dstore, Vocabulary(model, tokenizer), dim),
                                   settings)
     result = evaluate(model, segments, settings, retriever, args.batch_size, args.ffn_module)

@@ -99,7 +99,7 @@ def main(argv=None):
     import torch
     import transformers
 
-    from trime.cli.hf_eval import read_segments
+    from trime.hf.data import read_segments
     from trime.hf import TrimeLoss
     from trime.hf.data import BM25Batches, ConsecutiveBatches
     from trime.hf.trainer import TrimeTrainer

@@ -42,6 +42,15 @@ def last_ffn_name(model, ffn_module: str = None) -> str:
     return f"{layers_name}.{len(layers) - 1}.{ffn}"
 
 
+def ffn_input_dim(model, ffn_module: str = None) -> int:
+    """d, the width of g(c): the input features of the module ``last_ffn_name`` names."""
+    module = model.get_submodule(last_ffn_name(model, ffn_module))
+    for name in ("in_features", "nx"):  # nn.Linear; GPT-2's Conv1D
+        if hasattr(module, name):
+            return int(getattr(module, name))
+    return int(model.config.hidden_size)  # an FFN block: its input is the hidden state
+
+
 class LastFFNInput:
     """Captures g(c) [B, T, d] on every forward pass of ``model`` (a forward pre-hook on the module
     ``last_ffn_name`` names); ``remove()`` takes the hook off."""
@@ -61,14 +70,6 @@ class LastFFNInput:
             raise RuntimeError(f"{self.name} did not run in this forward pass, so g(c) is missing "
                                "(is the hook on a module of this model?)")
         return captured.reshape(*batch_shape, captured.shape[-1])
-
-    def dim(self, model) -> int:
-        """d, the width of g(c): the hooked module's input features."""
-        module = model.get_submodule(self.name)
-        for name in ("in_features", "nx"):  # nn.Linear; GPT-2's Conv1D
-            if hasattr(module, name):
-                return int(getattr(module, name))
-        return int(model.config.hidden_size)  # an FFN block: its input is the hidden state
 
     def remove(self):
         self.handle.remove()

@@ -1,6 +1,7 @@
 """Training batches for ``trime.hf``: a tokenised corpus as segments, and the batchings of paper §4
 (Fig. 2) on the rules of ``trime.core.batching``.
 
+- ``read_segments``: a text file's documents (``text_documents``), tokenised, as ``Segments``.
 - ``Segments``: the documents (lists of token ids) concatenated into one stream and cut into
   segments of L scored tokens; segment i holds stream tokens [iL, iL + L], so each token is a
   target once (position t predicts t + 1, as ``transformers`` does), with each position's
@@ -74,6 +75,14 @@ class Segments(torch.utils.data.Dataset):
         """The tokens segment i predicts (what BM25 compares, as the fairseq side's segments)."""
         start = i * self.length
         return self.stream[start + 1:start + self.length + 1]
+
+
+def read_segments(path: str, tokenizer, boundary: str, length: int) -> Segments:
+    """The ``Segments`` of L = ``length`` targets of a text file: its documents under
+    ``--doc-boundary`` ``boundary``, each tokenised by ``tokenizer`` without special tokens."""
+    with open(path, encoding="utf-8") as f:
+        documents = text_documents(f.readlines(), boundary)
+    return Segments([tokenizer(text, add_special_tokens=False)["input_ids"] for text in documents], length)
 
 
 def collate_segments(items: List[dict], pad_id: int = 0) -> dict:

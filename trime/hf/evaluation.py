@@ -24,7 +24,7 @@ import torch
 from trime.extmem.datastore import DatastoreWriter
 from trime.extmem.fingerprints import dictionary_checksum, model_fingerprint, stream_checksum
 from trime.glue.scorer import MemoryScorer
-from trime.hf.architectures import LastFFNInput
+from trime.hf.architectures import LastFFNInput, ffn_input_dim
 from trime.hf.data import collate_segments
 from trime.settings import EvalSettings
 
@@ -78,7 +78,7 @@ def save_datastore(model, segments, path: str, batch_size: int = 8, ffn_module: 
     was_training = model.training
     model.eval()
     values = segments.stream[1:]
-    writer = DatastoreWriter(path, len(values), capture.dim(model), {
+    writer = DatastoreWriter(path, len(values), ffn_input_dim(model, capture.name), {
         "split": split, "dictionary_size": model.config.vocab_size,
         "dictionary_checksum": dictionary_checksum(Vocabulary(model, tokenizer)),
         "model_fingerprint": model_fingerprint(model),

@@ -76,7 +76,7 @@ def _step_time(recipes, vanilla_folder):
     if not os.path.exists(path):
         import transformers
 
-        from trime.cli.hf_eval import read_segments
+        from trime.hf.data import read_segments
         from trime.hf.bench import step_seconds
 
         b = recipes.budget
