@@ -163,24 +163,29 @@ def memory_target_stats(target_score, log_z_vocab, queries, keys, key_labels, vi
 
 
 def _store(stats: TargetStats, name, q0, q1, sims, positive):
-    """Write a chunk's log-sum-exps of one memory set at every temperature: the peak is taken
-    and subtracted once, and every temperature reuses one buffer (a chunk holds up to
-    G × 512 × S similarities, so each fresh [..., K] tensor costs as much as the exp itself)."""
+    """Write a chunk's log-sum-exps of one memory set at every temperature. A chunk holds up to
+    G × 512 × S similarities, so every pass over it counts: the peak is subtracted once, each
+    temperature reuses one buffer for exp(sim / t), and the positive entries (those labelled w*,
+    a few per cent of them) are gathered once and summed per query on their own."""
     peak = finite_or_zero(sims.amax(-1, keepdim=True))
     shifted = sims - peak
-    negative = ~positive
+    positive_at = positive.reshape(-1).nonzero().squeeze(1)
+    positive_shifted = shifted.reshape(-1)[positive_at]
+    query_of_positive = positive_at // sims.shape[-1]
     has_positive = positive.any(-1)
     weights = torch.empty_like(shifted)
     for i, t in enumerate(stats.temperatures):
         scale = 1.0 / t
-        torch.mul(shifted, scale, out=weights).exp_()
         top = peak[..., 0] * scale
+        torch.mul(shifted, scale, out=weights).exp_()
         stats.lse_all[name][:, q0:q1, i] = torch.log(weights.sum(-1)) + top
-        positive_mass = weights.masked_fill_(negative, 0.0).sum(-1)
+        positive_mass = torch.zeros(has_positive.numel(), dtype=weights.dtype, device=weights.device)
+        positive_mass.index_add_(0, query_of_positive, (positive_shifted * scale).exp_())
+        positive_mass = positive_mass.view(has_positive.shape)
         lse_pos = torch.log(positive_mass) + top
         # positives far below the peak (denormal or zero mass): recompute those rows exactly
         underflow = (positive_mass < 1e-30) & has_positive
         if underflow.any():
-            lse_pos[underflow] = (sims[underflow].masked_fill(negative[underflow], NEG_INF)
+            lse_pos[underflow] = (sims[underflow].masked_fill(~positive[underflow], NEG_INF)
                                   * scale).logsumexp(-1)
         stats.lse_pos[name][:, q0:q1, i] = lse_pos
