@@ -38,6 +38,8 @@ def keep(work: str, out: str, models, outside=()) -> None:
     for folder in FOLDERS:
         for root, _, names in os.walk(os.path.join(work, folder)):
             for name in names:
+                if name.endswith((".pt", ".tmp")):  # a pass's partial results (trime-tune)
+                    continue
                 source = os.path.join(root, name)
                 target = os.path.join(out, os.path.relpath(source, work))
                 os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -117,3 +117,75 @@ def test_memory_size_curve_writes_csv_and_plot(trained):
         assert (root / "curve" / "curve.png").stat().st_size > 0
     else:
         assert "pip install 'trime[plots]'" in out
+
+
+def test_an_interrupted_tuning_pass_resumes_after_its_last_saved_batch(trained, tmp_path):
+    """trime.lm.tuning.collect with a partial file: a pass stopped after 3 batches (its FIFO of
+    long memory saved with it) goes on from batch 4 and ends with the statistics of an
+    uninterrupted pass, bit for bit; a partial file of another fingerprint is not used."""
+    import os
+
+    import torch
+
+    from trime.lm.harness import load_for_eval
+    from trime.lm.tuning import collect
+
+    root, _ = trained
+    task, model, cfg, dataset = load_for_eval(
+        root / "bin", root / "ckpt" / "checkpoint_last.pt", "valid", L, 0, 4, True,
+        ("--doc-boundary", "empty-line", "--eval-memory", "local,long", "--long-memory-size", 100))
+    forwards = []
+    model.register_forward_pre_hook(lambda module, inputs: forwards.append(1))
+    temperatures = [0.5, 1.0]
+
+    def run(**resume):
+        forwards.clear()
+        return collect(task, model, cfg, dataset, temperatures, **resume), len(forwards)
+
+    (whole, hits, targets), all_batches = run()
+    assert all_batches == 6 and len(model.evaluation.scorer.fifo) == 100
+    partial = str(tmp_path / "scoring.partial.pt")
+    _, first = run(max_batches=3, resume_file=partial, fingerprint="A", save_every=0)
+    assert first == 3
+    (resumed, resumed_hits, resumed_targets), rest = run(resume_file=partial, fingerprint="A", save_every=0)
+    assert rest == 3  # batches 4-6 only
+    assert torch.equal(resumed.target_score, whole.target_score) and torch.equal(resumed_targets, targets)
+    assert torch.equal(resumed_hits, hits)
+    for name in whole.lse_all:
+        assert torch.equal(resumed.lse_all[name], whole.lse_all[name])
+        assert torch.equal(resumed.lse_pos[name], whole.lse_pos[name])
+    # the saved FIFO matters: resumed with an empty one, batch 4 is scored differently
+    os.remove(partial)
+    run(max_batches=3, resume_file=partial, fingerprint="A", save_every=0)  # batches 1-3 saved again
+    saved = torch.load(partial, weights_only=True)
+    assert saved["batches"] == 3 and len(saved["fifo"]["labels"]) == 100
+    torch.save(dict(saved, fifo=None), partial)
+    (forgetful, _, _), _ = run(resume_file=partial, fingerprint="A", save_every=0)
+    assert not torch.equal(forgetful.lse_all["span"], whole.lse_all["span"])
+    (other, _, _), again = run(resume_file=partial, fingerprint="B", save_every=0)
+    assert again == 6 and torch.equal(other.lse_all["span"], whole.lse_all["span"])
+
+
+def test_trime_tune_passes_one_fingerprint_per_command_and_cleans_up(trained, tmp_path, monkeypatch):
+    """trime-tune resumes through collect's partial file in --out-dir: the same command gives the
+    same fingerprint, another grid another one, and a finished tuning leaves no partial file."""
+    import trime.cli.tune as tune
+
+    root, _ = trained
+    calls, real_collect = [], tune.collect
+
+    def spy(*args):
+        calls.append(args[-2:])  # (resume_file, fingerprint)
+        return real_collect(*args, save_every=0)  # a partial file after every batch
+
+    monkeypatch.setattr(tune, "collect", spy)
+    out = tmp_path / "tune"
+    argv = [str(root / "bin"), "--path", str(root / "ckpt" / "checkpoint_last.pt"), "--tokens-per-sample",
+            str(L), "--batch-size", "4", "--cpu", "--taus", "0.5,1", "--out-dir", str(out), "--",
+            "--doc-boundary", "empty-line", "--eval-memory", "local,long", "--long-memory-size", "100"]
+    tune.main(argv)
+    tune.main(argv)
+    tune.main([a if a != "0.5,1" else "1,2" for a in argv])
+    assert calls[0] == calls[1] and calls[0][0] == str(out / tune.PARTIAL)
+    assert calls[2][1] != calls[0][1]
+    assert (out / "best.json").exists() and not (out / tune.PARTIAL).exists()

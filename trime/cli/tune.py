@@ -12,7 +12,9 @@ chosen options on one line: ``fairseq-eval-lm ... $(cat OUT/best.args)``), a hea
 ``tune.png`` (λ × τ′ at the best τ, or perplexity vs τ without a datastore), and, with
 external memory, ``retrieval_accuracy.csv`` (paper Table 13: share of tokens whose
 target is among the top-K retrieved values) and ``frequency_buckets.csv`` (Table 14:
-perplexity by the target's frequency in the tuned split, as in the paper).
+perplexity by the target's frequency in the tuned split, as in the paper). While the pass runs,
+``scoring.partial.pt`` holds what it has scored every five minutes: run the same command again
+after an interruption and it goes on from there.
 
     trime-tune data-bin --path ckpt/checkpoint_best.pt --gen-subset valid --tokens-per-sample 512 \\
         --taus 1.0,1.1,1.2,1.3 --interp-temps 0.5,1,2,5,10 --lambdas 0.1,0.2,0.3,0.4 \\
@@ -35,6 +37,7 @@ from trime.errors import console_script, one_line
 from trime.lm.tuning import ACCURACY_KS, collect, frequency_table, grid
 
 logger = logging.getLogger("trime.tune")
+PARTIAL = "scoring.partial.pt"  # the pass so far, while it runs (trime.lm.tuning.collect)
 
 def warn_on_edges(grids, best, kinds=LM_GRIDS) -> list:
     """Log a warning for each grid {option name: values} whose value in the ``best`` row sits
@@ -169,8 +172,14 @@ def main(argv=None):
     temperatures = set(taus) | set(interp_temps)
     if settings.uses_cache:  # the cache set is summarised at t = 1/θ
         temperatures |= {1.0 / theta for theta in cache_thetas}
+    os.makedirs(args.out_dir, exist_ok=True)
+    # an interrupted pass resumes from here when the same command runs again (same checkpoint)
+    partial = os.path.join(args.out_dir, PARTIAL)
+    checkpoint = os.stat(args.path)
+    fingerprint = json.dumps({"argv": argv, "task_options": task_options,
+                              "checkpoint": [checkpoint.st_size, checkpoint.st_mtime_ns]})
     stats, first_hit, targets = collect(task, model, cfg, dataset, sorted(temperatures),
-                                        args.max_batches)
+                                        args.max_batches, partial, fingerprint)
     logger.info(f"{len(targets)} scored tokens of {args.gen_subset}; {settings.describe()}")
     rows = grid(stats, args.scoring, settings, taus, interp_temps, lambdas, cache_lambdas,
                 cache_thetas)
@@ -178,7 +187,6 @@ def main(argv=None):
     searched = {"taus": taus, "interp_temps": interp_temps, "lambdas": lambdas,
                 "cache_lambdas": cache_lambdas, "cache_thetas": cache_thetas}
     on_edge = warn_on_edges(searched, best)
-    os.makedirs(args.out_dir, exist_ok=True)
     write_csv(os.path.join(args.out_dir, "tune.csv"), rows)
     best_options = {"--memory-temp": best["tau"], "--knn-lambda": best["lambda"],
                     "--knn-temp": best["interp_temp"], "--cache-lambda": best["cache_lambda"],
@@ -202,6 +210,8 @@ def main(argv=None):
     write_best_args(args.out_dir, best_options)
     with open(os.path.join(args.out_dir, "best.json"), "w") as f:  # last: it marks the run done
         json.dump(report, f, indent=2)
+    if os.path.exists(partial):
+        os.remove(partial)
     plot(rows, best, settings.uses_ext, os.path.join(args.out_dir, "tune.png"))
     for row in buckets:
         print("frequency " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"

@@ -35,6 +35,15 @@ class FifoMemory:
     def __len__(self) -> int:
         return 0 if self.labels is None else len(self.labels)
 
+    def state(self) -> dict:
+        """What the FIFO holds, as a dict of tensors (to save a pass and resume it)."""
+        return {"keys": self.keys, "labels": self.labels, "offsets": self.offsets, "docs": self.docs}
+
+    def load_state(self, state: dict) -> None:
+        """Hold what ``state()`` returned (the size and reset rule are this FIFO's own)."""
+        self.keys, self.labels, self.offsets, self.docs = (state[name] for name in
+                                                           ("keys", "labels", "offsets", "docs"))
+
     def append(self, keys, labels, offsets, docs):
         """Add scored positions (in stream order), then keep the last ``size`` of the document."""
         if len(labels) == 0:
