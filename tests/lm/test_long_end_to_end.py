@@ -119,6 +119,47 @@ def test_memory_size_curve_writes_csv_and_plot(trained):
         assert "pip install 'trime[plots]'" in out
 
 
+def test_an_interrupted_memory_curve_scores_only_the_missing_sizes(trained, tmp_path, monkeypatch):
+    """trime-memory-curve stopped after two sizes: the same command scores the other four and
+    writes the curve an uninterrupted run writes; a finished curve leaves no partial file."""
+    import trime.cli.memory_curve as memory_curve
+    import trime.lm.harness as harness
+
+    root, _ = trained
+    real_evaluate, scored = harness.evaluate, []
+
+    def evaluate(*args, **kwargs):
+        if len(scored) == stop_after:
+            raise KeyboardInterrupt  # the session ends
+        scored.append(args[-1].long_memory_size)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(harness, "evaluate", evaluate)
+
+    def curve(out):
+        return [str(root / "bin"), "--path", str(root / "ckpt" / "checkpoint_last.pt"), "--sizes", "0,64,256",
+                "--tokens-per-sample", str(L), "--batch-size", "4", "--doc-boundary", "empty-line",
+                "--scorings", "trime,cache", "--cpu", "--out-dir", str(out)]
+
+    stop_after = None
+    memory_curve.main(curve(tmp_path / "whole"))
+    scored.clear()
+    stop_after = 2
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        memory_curve.main(curve(tmp_path / "cut"))
+    assert scored == [0, 64] and not (tmp_path / "cut" / "curve.csv").exists()
+    scored.clear()
+    stop_after = None
+    memory_curve.main(curve(tmp_path / "cut"))
+    assert scored == [256, 0, 64, 256]  # trime's S = 256, then the cache's three sizes
+    assert (tmp_path / "cut" / "curve.csv").read_text().split("\n")[0] == \
+        (tmp_path / "whole" / "curve.csv").read_text().split("\n")[0]
+    cut, whole = ([line.split(",")[:4] for line in (tmp_path / name / "curve.csv").read_text().splitlines()]
+                  for name in ("cut", "whole"))
+    assert cut == whole  # scoring, size, loss, perplexity (not the seconds)
+    assert not (tmp_path / "cut" / "curve.partial.json").exists()
+
+
 def test_an_interrupted_tuning_pass_resumes_after_its_last_saved_batch(trained, tmp_path):
     """trime.lm.tuning.collect with a partial file: a pass stopped after 3 batches (its FIFO of
     long memory saved with it) goes on from batch 4 and ends with the statistics of an
