@@ -389,6 +389,39 @@ def test_tuning_statistics_keep_positives_far_below_the_strongest_entry():
         stats.memory_lse("eval", 1.0)
 
 
+def test_target_stats_at_cache_magnitudes_equal_a_float64_sum():
+    """Similarities of hundreds (the cache's raw h·h_j) at t from 1/4 to 100: most exp terms fall
+    below float32's normal range, where the exponent is floored; every log-sum-exp still equals
+    the explicit float64 one, a query with no visible entry gets -inf, one with no entry labelled
+    w* gets -inf for the positive sum only."""
+    from trime.core.target_stats import memory_target_stats
+
+    gen = torch.Generator().manual_seed(0)
+    K, Q = 40, 6
+    sims = torch.randn(1, Q, K, generator=gen) * 300
+    sims[0, 0] = float("-inf")  # nothing visible
+    sims[0, 1, ::2] = float("-inf")  # half visible
+    labels = torch.randint(0, 5, (1, Q, K), generator=gen)
+    targets = torch.randint(0, 5, (1, Q), generator=gen)
+    labels[0, 2] = (targets[0, 2] + 1) % 5  # no entry labelled w*
+    temperatures = [0.25, 1.0, 10.0, 100.0]
+    stats = memory_target_stats(torch.zeros(1, Q), torch.zeros(1, Q), torch.zeros(1, Q, D),
+                                torch.zeros(1, Q, D), torch.zeros(1, Q, dtype=torch.long), None,
+                                targets, temperatures, RetrievedMemory(sims, labels), sets=("ext",))
+    for i, t in enumerate(temperatures):
+        for q in range(Q):
+            scaled = sims[0, q].double() / t
+            positive = labels[0, q] == targets[0, q]
+            for got, expected in ((stats.lse_all["ext"][0, q, i], torch.logsumexp(scaled, 0)),
+                                  (stats.lse_pos["ext"][0, q, i], torch.logsumexp(scaled[positive], 0)
+                                   if positive.any() else torch.tensor(float("-inf")))):
+                if torch.isinf(expected):
+                    assert got == expected, (t, q)
+                else:
+                    assert abs(float(got) - float(expected)) <= 1e-6 * max(1.0, abs(float(expected))), (t, q)
+    assert torch.isneginf(stats.lse_all["ext"][0, 0]).all() and torch.isneginf(stats.lse_pos["ext"][0, 2]).all()
+
+
 # ---------------------------------------------------------------- kNN-LM + continuous cache
 
 def _naive_knnlm_cache(scores, retrieved, lam, temp, h, labels, visible, cache_lambda, theta):

@@ -162,30 +162,37 @@ def memory_target_stats(target_score, log_z_vocab, queries, keys, key_labels, vi
     return stats
 
 
+# exp below this is denormal in float32, and CPU's exp is ~30x slower there; such a term is under
+# 1.7e-38 of the peak's exp(0) = 1 in the same sum, which no float sum can see, so the exponents
+# are floored here (the raw h·h_j of the cache at a large θ put most entries there)
+EXP_FLOOR = -87.0
+
+
 def _store(stats: TargetStats, name, q0, q1, sims, positive):
     """Write a chunk's log-sum-exps of one memory set at every temperature. A chunk holds up to
-    G × 512 × S similarities, so every pass over it counts: the peak is subtracted once, each
-    temperature reuses one buffer for exp(sim / t), and the positive entries (those labelled w*,
-    a few per cent of them) are gathered once and summed per query on their own."""
-    peak = finite_or_zero(sims.amax(-1, keepdim=True))
+    G × 512 × S similarities, so every pass over it counts: the peak is subtracted once and each
+    temperature reuses one buffer for exp(sim / t). The positive entries (those labelled w*, a
+    few per cent) are gathered once, and their log-sum-exp is taken per query from their own
+    maximum, so that it stays exact however far below the peak they lie (raw h·h_j of the cache
+    at a large θ) without another pass over the chunk."""
+    peak = sims.amax(-1, keepdim=True)
+    empty = ~torch.isfinite(peak[..., 0])  # no visible entry: the log-sum-exp is -inf
+    peak = finite_or_zero(peak)
     shifted = sims - peak
     positive_at = positive.reshape(-1).nonzero().squeeze(1)
     positive_shifted = shifted.reshape(-1)[positive_at]
     query_of_positive = positive_at // sims.shape[-1]
-    has_positive = positive.any(-1)
+    queries = positive.shape[:-1]
     weights = torch.empty_like(shifted)
     for i, t in enumerate(stats.temperatures):
         scale = 1.0 / t
         top = peak[..., 0] * scale
-        torch.mul(shifted, scale, out=weights).exp_()
-        stats.lse_all[name][:, q0:q1, i] = torch.log(weights.sum(-1)) + top
-        positive_mass = torch.zeros(has_positive.numel(), dtype=weights.dtype, device=weights.device)
-        positive_mass.index_add_(0, query_of_positive, (positive_shifted * scale).exp_())
-        positive_mass = positive_mass.view(has_positive.shape)
-        lse_pos = torch.log(positive_mass) + top
-        # positives far below the peak (denormal or zero mass): recompute those rows exactly
-        underflow = (positive_mass < 1e-30) & has_positive
-        if underflow.any():
-            lse_pos[underflow] = (sims[underflow].masked_fill(~positive[underflow], NEG_INF)
-                                  * scale).logsumexp(-1)
-        stats.lse_pos[name][:, q0:q1, i] = lse_pos
+        torch.mul(shifted, scale, out=weights).clamp_(min=EXP_FLOOR).exp_()
+        stats.lse_all[name][:, q0:q1, i] = (torch.log(weights.sum(-1)) + top).masked_fill_(empty, NEG_INF)
+        scaled = positive_shifted * scale
+        positive_max = torch.full((queries.numel(),), NEG_INF, dtype=scaled.dtype, device=scaled.device)
+        positive_max = finite_or_zero(positive_max.scatter_reduce_(0, query_of_positive, scaled, "amax"))
+        positive_mass = torch.zeros_like(positive_max).index_add_(
+            0, query_of_positive, (scaled - positive_max[query_of_positive]).exp_())
+        lse_pos = torch.log(positive_mass) + positive_max
+        stats.lse_pos[name][:, q0:q1, i] = lse_pos.view(queries) + top
