@@ -157,7 +157,7 @@ def test_an_interrupted_memory_curve_scores_only_the_missing_sizes(trained, tmp_
     cut, whole = ([line.split(",")[:4] for line in (tmp_path / name / "curve.csv").read_text().splitlines()]
                   for name in ("cut", "whole"))
     assert cut == whole  # scoring, size, loss, perplexity (not the seconds)
-    assert not (tmp_path / "cut" / "curve.partial.json").exists()
+    assert not (tmp_path / "cut" / "curve.partial.pt").exists()
 
 
 def test_an_interrupted_tuning_pass_resumes_after_its_last_saved_batch(trained, tmp_path):
@@ -170,6 +170,7 @@ def test_an_interrupted_tuning_pass_resumes_after_its_last_saved_batch(trained, 
 
     from trime.lm.harness import load_for_eval
     from trime.lm.tuning import collect
+    from trime.partial import Partial
 
     root, _ = trained
     task, model, cfg, dataset = load_for_eval(
@@ -185,10 +186,11 @@ def test_an_interrupted_tuning_pass_resumes_after_its_last_saved_batch(trained, 
 
     (whole, hits, targets), all_batches = run()
     assert all_batches == 6 and len(model.evaluation.scorer.fifo) == 100
-    partial = str(tmp_path / "scoring.partial.pt")
-    _, first = run(max_batches=3, resume_file=partial, fingerprint="A", save_every=0)
+    path = str(tmp_path / "scoring.partial.pt")
+    partial, other_command = Partial(path, "A"), Partial(path, "B")
+    _, first = run(max_batches=3, partial=partial, save_every=0)
     assert first == 3
-    (resumed, resumed_hits, resumed_targets), rest = run(resume_file=partial, fingerprint="A", save_every=0)
+    (resumed, resumed_hits, resumed_targets), rest = run(partial=partial, save_every=0)
     assert rest == 3  # batches 4-6 only
     assert torch.equal(resumed.target_score, whole.target_score) and torch.equal(resumed_targets, targets)
     assert torch.equal(resumed_hits, hits)
@@ -196,14 +198,14 @@ def test_an_interrupted_tuning_pass_resumes_after_its_last_saved_batch(trained, 
         assert torch.equal(resumed.lse_all[name], whole.lse_all[name])
         assert torch.equal(resumed.lse_pos[name], whole.lse_pos[name])
     # the saved FIFO matters: resumed with an empty one, batch 4 is scored differently
-    os.remove(partial)
-    run(max_batches=3, resume_file=partial, fingerprint="A", save_every=0)  # batches 1-3 saved again
-    saved = torch.load(partial, weights_only=True)
+    os.remove(path)
+    run(max_batches=3, partial=partial, save_every=0)  # batches 1-3 saved again
+    saved = partial.load()
     assert saved["batches"] == 3 and len(saved["fifo"]["labels"]) == 100
-    torch.save(dict(saved, fifo=None), partial)
-    (forgetful, _, _), _ = run(resume_file=partial, fingerprint="A", save_every=0)
+    partial.save(dict(saved, fifo=None))
+    (forgetful, _, _), _ = run(partial=partial, save_every=0)
     assert not torch.equal(forgetful.lse_all["span"], whole.lse_all["span"])
-    (other, _, _), again = run(resume_file=partial, fingerprint="B", save_every=0)
+    (other, _, _), again = run(partial=other_command, save_every=0)
     assert again == 6 and torch.equal(other.lse_all["span"], whole.lse_all["span"])
 
 
@@ -216,7 +218,7 @@ def test_trime_tune_passes_one_fingerprint_per_command_and_cleans_up(trained, tm
     calls, real_collect = [], tune.collect
 
     def spy(*args):
-        calls.append(args[-2:])  # (resume_file, fingerprint)
+        calls.append((args[-1].path, args[-1].fingerprint))
         return real_collect(*args, save_every=0)  # a partial file after every batch
 
     monkeypatch.setattr(tune, "collect", spy)

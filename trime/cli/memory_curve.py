@@ -4,7 +4,7 @@ Loads a checkpoint once and runs fairseq's own eval-lm loop (``trime.lm.harness`
 for every memory size S with ``--eval-memory local,long`` (S = 0 is local memory alone),
 with TRIME scoring (Eq. 6, τ = --memory-temp) and, with ``--scorings trime,cache``, the
 continuous-cache baseline over the same memory too. Writes ``curve.csv`` and ``curve.png`` to --out-dir.
-Each size scored is kept in ``curve.partial.json`` until the curve is written, so the same
+Each size scored is kept in ``curve.partial.pt`` until the curve is written, so the same
 command run again after an interruption scores only the sizes still missing.
 
     trime-memory-curve data-bin --path ckpt/checkpoint_best.pt --sizes 0,1024,2048,4096,8192,16384 \\
@@ -13,12 +13,12 @@ command run again after an interruption scores only the sizes still missing.
 
 import argparse
 import csv
-import json
 import os
 import sys
 
-from trime.cli.parsing import HelpFormatter, add_eval_arguments
+from trime.cli.parsing import HelpFormatter, add_eval_arguments, command_fingerprint
 from trime.errors import console_script, one_line
+from trime.partial import Partial
 
 
 def plot(rows, png):
@@ -30,32 +30,6 @@ def plot(rows, png):
         if points:
             curves[label] = (*zip(*points), "-")
     return line_plot(png, curves, "long-memory size S (tokens)", "perplexity")
-
-
-class Partial:
-    """The sizes scored so far by one command (``fingerprint``), kept at ``path`` between runs."""
-
-    def __init__(self, path: str, fingerprint: str):
-        self.path, self.fingerprint = path, fingerprint
-
-    def load(self) -> list:
-        if not os.path.exists(self.path):
-            return []
-        with open(self.path) as f:
-            saved = json.load(f)
-        if saved["fingerprint"] != self.fingerprint:
-            print(f"{self.path} is from another command or checkpoint: scoring every size again")
-            return []
-        return saved["rows"]
-
-    def save(self, rows: list) -> None:
-        with open(self.path + ".tmp", "w") as f:  # then renamed: never left half written
-            json.dump({"fingerprint": self.fingerprint, "rows": rows}, f)
-        os.replace(self.path + ".tmp", self.path)
-
-    def remove(self) -> None:
-        if os.path.exists(self.path):
-            os.remove(self.path)
 
 
 TASK_OPTIONS = ("memory_temp", "doc_boundary", "long_memory_reset", "cache_lambda", "cache_theta",
@@ -104,11 +78,9 @@ def main(argv=None):
     base = model.settings  # the task's: --eval-memory local,long and the options above
     runs = [(scoring, size) for scoring in scorings for size in sizes]
     os.makedirs(args.out_dir, exist_ok=True)
-    checkpoint = os.stat(args.path)
-    partial = Partial(os.path.join(args.out_dir, "curve.partial.json"), json.dumps(
-        {"argv": sys.argv[1:] if argv is None else list(argv),
-         "checkpoint": [checkpoint.st_size, checkpoint.st_mtime_ns]}))
-    rows = partial.load()
+    partial = Partial(os.path.join(args.out_dir, "curve.partial.pt"),
+                      command_fingerprint(sys.argv[1:] if argv is None else argv, args.path))
+    rows = partial.load() or []
     if rows:
         print(f"resuming: {len(rows)} of {len(runs)} sizes were scored before ({partial.path})")
     for scoring, size in tqdm(runs, desc="memory sizes"):

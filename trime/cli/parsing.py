@@ -1,7 +1,10 @@
 """What every ``trime-*`` command's ``--help`` shares: one formatter, and the options of the
-scripts that evaluate a checkpoint split by split (``trime-tune``, ``trime-memory-curve``)."""
+scripts that evaluate a checkpoint split by split (``trime-tune``, ``trime-memory-curve``), and
+the fingerprint that ties their partial work (``trime.partial``) to the command."""
 
 import argparse
+import json
+import os
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -34,3 +37,10 @@ def add_eval_arguments(parser, gen_subset_help: str) -> None:
                         help="inputs per batch (default: fairseq's, by --max-tokens 36000)")
     parser.add_argument("--cpu", action="store_true",
                         help="evaluate on CPU even when a GPU is available")
+
+
+def command_fingerprint(argv, checkpoint: str, **more) -> str:
+    """The command a partial file belongs to: its words, what ``more`` adds, and the checkpoint's
+    size and modification time (a checkpoint trained further starts the work over)."""
+    stat = os.stat(checkpoint)
+    return json.dumps({"argv": list(argv), **more, "checkpoint": [stat.st_size, stat.st_mtime_ns]})

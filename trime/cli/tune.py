@@ -31,10 +31,11 @@ import logging
 import os
 import sys
 
-from trime.cli.parsing import HelpFormatter, add_eval_arguments
+from trime.cli.parsing import HelpFormatter, add_eval_arguments, command_fingerprint
 from trime.core.grids import LM_GRIDS, edge_warning, edges_of
 from trime.errors import console_script, one_line
 from trime.lm.tuning import ACCURACY_KS, collect, frequency_table, grid
+from trime.partial import Partial
 
 logger = logging.getLogger("trime.tune")
 PARTIAL = "scoring.partial.pt"  # the pass so far, while it runs (trime.lm.tuning.collect)
@@ -174,12 +175,10 @@ def main(argv=None):
         temperatures |= {1.0 / theta for theta in cache_thetas}
     os.makedirs(args.out_dir, exist_ok=True)
     # an interrupted pass resumes from here when the same command runs again (same checkpoint)
-    partial = os.path.join(args.out_dir, PARTIAL)
-    checkpoint = os.stat(args.path)
-    fingerprint = json.dumps({"argv": argv, "task_options": task_options,
-                              "checkpoint": [checkpoint.st_size, checkpoint.st_mtime_ns]})
+    partial = Partial(os.path.join(args.out_dir, PARTIAL),
+                      command_fingerprint(argv, args.path, task_options=task_options))
     stats, first_hit, targets = collect(task, model, cfg, dataset, sorted(temperatures),
-                                        args.max_batches, partial, fingerprint)
+                                        args.max_batches, partial)
     logger.info(f"{len(targets)} scored tokens of {args.gen_subset}; {settings.describe()}")
     rows = grid(stats, args.scoring, settings, taus, interp_temps, lambdas, cache_lambdas,
                 cache_thetas)
@@ -210,8 +209,7 @@ def main(argv=None):
     write_best_args(args.out_dir, best_options)
     with open(os.path.join(args.out_dir, "best.json"), "w") as f:  # last: it marks the run done
         json.dump(report, f, indent=2)
-    if os.path.exists(partial):
-        os.remove(partial)
+    partial.remove()
     plot(rows, best, settings.uses_ext, os.path.join(args.out_dir, "tune.png"))
     for row in buckets:
         print("frequency " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"

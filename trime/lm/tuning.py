@@ -6,7 +6,6 @@ perplexity of every grid point (τ; λ and τ′ / T with a datastore; λ_c and 
 
 import logging
 import math
-import os
 import sys
 import time
 
@@ -17,13 +16,13 @@ FREQUENCY_BUCKETS = ((10_000, math.inf, "> 10k"), (1_000, 10_000, "1k-10k"),
 ACCURACY_KS = (1, 8, 64, 1024)
 
 
-def collect(task, model, cfg, dataset, temperatures, max_batches=None, resume_file=None,
-            fingerprint="", save_every=300.0):
+def collect(task, model, cfg, dataset, temperatures, max_batches=None, partial=None,
+            save_every=300.0):
     """One pass over the split: (TargetStats [N], first_hit [N], targets [N]) of every scored token.
 
-    With ``resume_file``, what has been scored (and the long-memory FIFO) is saved there every
-    ``save_every`` seconds, and a pass that finds the file from the same ``fingerprint`` (e.g. the
-    command line) goes on after its last saved batch instead of scoring the split from the start."""
+    With ``partial`` (a ``trime.partial.Partial``), what has been scored (and the long-memory FIFO)
+    is saved there every ``save_every`` seconds, and a pass that finds it saved by the same command
+    goes on after its last saved batch instead of scoring the split from the start."""
     import torch
     from fairseq import utils
     from tqdm import tqdm
@@ -35,7 +34,7 @@ def collect(task, model, cfg, dataset, temperatures, max_batches=None, resume_fi
     scorer = model.evaluation.scorer
     device = next(model.parameters()).device
     stats, hits, targets = [], [], []
-    done = _resume(resume_file, fingerprint, scorer, stats, hits, targets)
+    done = _resume(partial, scorer, stats, hits, targets)
     last_save = time.monotonic()
     pad = task.source_dictionary.pad()
     for i, sample in enumerate(tqdm(itr, desc="scoring", unit="batch")):
@@ -51,17 +50,16 @@ def collect(task, model, cfg, dataset, temperatures, max_batches=None, resume_fi
         stats.append(batch_stats[scored].to("cpu"))
         hits.append(first_hit[scored].cpu())
         targets.append(sample["target"][scored].cpu())
-        if resume_file and time.monotonic() - last_save >= save_every:
-            _save_progress(resume_file, fingerprint, i + 1, scorer, stats, hits, targets)
+        if partial is not None and time.monotonic() - last_save >= save_every:
+            _save_progress(partial, i + 1, scorer, stats, hits, targets)
             last_save = time.monotonic()
     if not stats:
         raise ValueError("no token of the split was scored: is the split empty?")
     return TargetStats.cat(stats), torch.cat(hits), torch.cat(targets)
 
 
-def _save_progress(path, fingerprint, batches, scorer, stats, hits, targets):
-    """Write the pass so far to ``path`` (atomically: a partial file is never left half written);
-    the lists are compacted to one entry each on the way."""
+def _save_progress(partial, batches, scorer, stats, hits, targets):
+    """Keep the pass so far in ``partial``; the lists are compacted to one entry each on the way."""
     import torch
 
     from trime.core.target_stats import TargetStats
@@ -71,24 +69,17 @@ def _save_progress(path, fingerprint, batches, scorer, stats, hits, targets):
               "temperatures": list(stats[0].temperatures), "lse_all": stats[0].lse_all,
               "lse_pos": stats[0].lse_pos}
     fifo = scorer.fifo.state() if scorer.fifo is not None else None
-    torch.save({"fingerprint": fingerprint, "batches": batches, "stats": fields, "first_hit": hits[0],
-                "targets": targets[0], "fifo": fifo}, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    partial.save({"batches": batches, "stats": fields, "first_hit": hits[0], "targets": targets[0],
+                  "fifo": fifo})
 
 
-def _resume(path, fingerprint, scorer, stats, hits, targets) -> int:
-    """Batches already scored by an interrupted pass of the same fingerprint (their results put
-    in the lists, the FIFO restored); 0 when there is none."""
-    import torch
-
+def _resume(partial, scorer, stats, hits, targets) -> int:
+    """Batches already scored by an interrupted pass of the same command (their results put in
+    the lists, the FIFO restored); 0 when there is none."""
     from trime.core.target_stats import TargetStats
 
-    if not path or not os.path.exists(path):
-        return 0
-    saved = torch.load(path, weights_only=True)
-    if saved["fingerprint"] != fingerprint:
-        logger.warning(f"TRIME: {path} is from another tuning (other options or checkpoint): "
-                       "scoring the split from the start")
+    saved = partial.load() if partial is not None else None
+    if saved is None:
         return 0
     fields = saved["stats"]
     stats.append(TargetStats(fields["target_score"], fields["log_z_vocab"],
@@ -97,7 +88,8 @@ def _resume(path, fingerprint, scorer, stats, hits, targets) -> int:
     targets.append(saved["targets"])
     if saved["fifo"] is not None:
         scorer.fifo.load_state(saved["fifo"])
-    logger.info(f"TRIME: resuming the interrupted scoring after batch {saved['batches']} ({path})")
+    logger.info(f"TRIME: resuming the interrupted scoring after batch {saved['batches']} "
+                f"({partial.path})")
     return saved["batches"]
 
 
