@@ -102,7 +102,7 @@ def main(argv=None):
     from trime.hf.data import read_segments
     from trime.hf import TrimeLoss
     from trime.hf.data import BM25Batches, ConsecutiveBatches
-    from trime.hf.trainer import TrimeTrainer
+    from trime.hf.trainer import ProgressLines, TrimeTrainer
 
     command = ["trime-hf-train", *(sys.argv[1:] if argv is None else argv)]
     record_path = os.path.join(args.out, "train.json")
@@ -141,6 +141,8 @@ def main(argv=None):
         save_total_limit=1, report_to=[], use_cpu=args.cpu, disable_tqdm=True)
     trainer = TrimeTrainer(model=model, args=training, train_dataset=segments, trime_loss=trime_loss,
                            train_batches=batches)
+    trainer.remove_callback(transformers.PrinterCallback)  # its lines wait in stdout's buffer
+    trainer.add_callback(ProgressLines())
     resume = bool(glob.glob(os.path.join(checkpoints, "checkpoint-*")))
     start = time.time()
     output = trainer.train(resume_from_checkpoint=resume or None)

@@ -15,11 +15,14 @@ unused columns is bypassed, as the loss reads doc_ids and segment_starts. Under 
 processes, ``accelerate`` deals whole batches to the workers in turn.
 """
 
+import time
+
 import torch
 import transformers
 
 from trime.hf.data import collate_segments
 from trime.hf.loss import TrimeLoss
+from trime.progress import duration
 
 
 class TrimeTrainer(transformers.Trainer):
@@ -65,3 +68,28 @@ class TrimeTrainer(transformers.Trainer):
     def get_eval_dataloader(self, eval_dataset=None):
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         return self._loader(dataset, batch_size=self.args.eval_batch_size)
+
+
+class ProgressLines(transformers.TrainerCallback):
+    """One flushed line per Trainer log (every ``logging_steps``): the step out of ``max_steps``,
+    the logged numbers, seconds per step and the time left. It reads the same on a terminal and
+    in a log file, where the Trainer's own printer (``disable_tqdm=True``) sits in stdout's buffer
+    until the run ends; pass it in place of ``transformers.PrinterCallback``."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.start = self.first_step = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.first_step = self.clock(), state.global_step  # resumed runs start later
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_local_process_zero or not logs:
+            return
+        done, total = state.global_step, state.max_steps
+        numbers = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items())
+        line = f"step {done}/{total}: {numbers}"
+        if self.start is not None and done > self.first_step:
+            per_step = (self.clock() - self.start) / (done - self.first_step)
+            line += f" ({per_step:.2f} s/step, {duration(per_step * max(total - done, 0))} left)"
+        print(line, flush=True)
