@@ -7,6 +7,8 @@ checkpoint) left behind is not used. Written with ``torch.save``, read back with
 import logging
 import os
 
+from trime.files import written_whole
+
 logger = logging.getLogger("trime.partial")
 
 
@@ -33,8 +35,8 @@ class Partial:
     def save(self, state: dict) -> None:
         import torch
 
-        torch.save({"fingerprint": self.fingerprint, "state": state}, self.path + ".tmp")
-        os.replace(self.path + ".tmp", self.path)  # never left half written
+        with written_whole(self.path) as temporary:
+            torch.save({"fingerprint": self.fingerprint, "state": state}, temporary)
 
     def remove(self) -> None:
         """The command finished: its outputs replace the partial file."""

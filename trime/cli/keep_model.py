@@ -13,6 +13,8 @@ import sys
 
 import torch
 
+from trime.files import written_whole
+
 # what a fairseq checkpoint holds besides the weights that only training needs
 TRAINING_STATE = ("last_optimizer_state",)
 
@@ -44,9 +46,8 @@ def main(argv=None) -> int:
     if not isinstance(state, dict) or "model" not in state:
         parser.error(f"{args.checkpoint} is not a fairseq checkpoint (no 'model' weights)")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    partial = args.out + ".partial"  # renamed when whole: an interrupted run leaves no kept model
-    torch.save(kept(state), partial)
-    os.replace(partial, args.out)
+    with written_whole(args.out, ".partial") as partial:  # an interrupted run leaves no kept model
+        torch.save(kept(state), partial)
     print(f"{args.out}: {os.path.getsize(args.out) / 2**20:.1f} MiB "
           f"(from {os.path.getsize(args.checkpoint) / 2**20:.1f} MiB)")
     return 0

@@ -22,6 +22,7 @@ import re
 
 from trime.cli.parsing import HelpFormatter
 from trime.errors import console_script
+from trime.files import open_whole
 
 SPLITS = ("test", "valid", "train")  # dealt in this order: the small shares first
 PAPER_TOKENS = {"train": 100_000_000, "valid": 250_000, "test": 250_000}
@@ -139,11 +140,10 @@ def main(argv=None):
                          "copy or smaller --*-tokens")
         for split in SPLITS:
             os.replace(files[split] + ".partial", files[split])
-        with open(listing + ".tmp", "w") as f:
+        with open_whole(listing) as f:
             json.dump({"seed": args.seed, "quotas": quotas,
                        "tokens": {s: sum(b["tokens"] for b in chosen[s]) for s in SPLITS},
                        "books": chosen}, f, indent=1)
-        os.replace(listing + ".tmp", listing)
     with open(listing) as f:
         prepared = json.load(f)
     if (prepared["seed"], prepared["quotas"]) != (args.seed, quotas):

@@ -26,6 +26,7 @@ import numpy as np
 
 from trime.cli.parsing import HelpFormatter
 from trime.errors import console_script
+from trime.files import open_whole
 
 URL = "http://mattmahoney.net/dc/enwik8.zip"
 ENWIK8_BYTES = 100_000_000  # enwik8 = the first 10^8 bytes of an English Wikipedia dump
@@ -51,7 +52,7 @@ def split_bytes(data: bytes, held_out: int = HELD_OUT_BYTES):
 def write_symbols(data: bytes, path: str, chunk: int = 1 << 20, progress=None) -> None:
     """``data`` as prep_enwik8.py writes it (``' '.join(str(c) if c != 10 else '\\n')``), in
     chunks; through ``path.partial``."""
-    with open(path + ".partial", "wb") as out:
+    with open_whole(path, "wb", ".partial") as out:
         for start in range(0, len(data), chunk):
             if start:
                 out.write(b" ")
@@ -60,7 +61,6 @@ def write_symbols(data: bytes, path: str, chunk: int = 1 << 20, progress=None) -
             out.write(b" ".join(_SYMBOLS[block]))
             if progress is not None:
                 progress.update(len(block))
-    os.replace(path + ".partial", path)
 
 
 def book_bytes(folder: str, valid: list, test: list) -> dict:
@@ -158,9 +158,8 @@ def main(argv=None):
         check_free_space(raw, 4 * len(data), "writing the splits")
         with tqdm(total=len(data), unit="B", unit_scale=True, desc="bytes to symbols") as bar:
             for split, part in parts.items():
-                with open(files[split] + ".raw.partial", "wb") as f:
+                with open_whole(files[split] + ".raw", "wb", ".partial") as f:
                     f.write(part)
-                os.replace(files[split] + ".raw.partial", files[split] + ".raw")
                 write_symbols(part, files[split], progress=bar)
         logger.info("bytes: " + ", ".join(f"{split} {len(part):,}" for split, part in parts.items()))
     print(fairseq_preprocess(["--only-source", "--trainpref", files["train"], "--validpref",

@@ -21,6 +21,7 @@ import os
 from trime.cli.parsing import HelpFormatter
 from trime.cli.preprocess import fairseq_preprocess
 from trime.errors import console_script
+from trime.files import open_whole
 
 logger = logging.getLogger("trime.prepare_translation")
 
@@ -40,10 +41,8 @@ def read_lines(path):
 
 
 def write_lines(path, lines):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open_whole(path, encoding="utf-8") as f:
         f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
 
 
 def tokenize(lines, lang, lowercase):
@@ -67,9 +66,8 @@ def apply_joint_bpe(out, langs, roles, merges):
     codes = os.path.join(out, "bpe.codes")
     if not os.path.exists(codes):
         joint = [line for lang in langs for line in read_lines(os.path.join(out, f"train.tok.{lang}"))]
-        with open(codes + ".tmp", "w", encoding="utf-8") as f:
+        with open_whole(codes, encoding="utf-8") as f:
             learn_bpe(joint, f, merges)
-        os.replace(codes + ".tmp", codes)
         logger.info(f"learnt {merges:,} joint BPE merges -> {codes}")
     with open(codes, encoding="utf-8") as f:
         bpe = BPE(f)

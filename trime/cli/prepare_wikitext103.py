@@ -16,6 +16,7 @@ import os
 
 from trime.cli.parsing import HelpFormatter
 from trime.errors import console_script
+from trime.files import open_whole
 
 URL = "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-v1.zip"
 SPLITS = ("train", "valid", "test")
@@ -47,10 +48,9 @@ def unpack_splits(archive: str, raw: str) -> dict:
             if os.path.exists(path):
                 continue
             with opened.open(members[os.path.basename(path)]) as source, \
-                    open(path + ".partial", "wb") as out:
+                    open_whole(path, "wb", ".partial") as out:
                 while block := source.read(1 << 22):  # the CRC-32 is checked at the member's end
                     out.write(block)
-            os.replace(path + ".partial", path)
     return paths
 
 

@@ -33,6 +33,7 @@ import torch
 
 from trime.extmem.datastore import DatastoreWriter, checked_memmap
 from trime.extmem.index import index_paths
+from trime.files import written_whole
 
 logger = logging.getLogger(__name__)
 
@@ -255,11 +256,11 @@ def place_index(index_file: str, datastore_dir: str) -> str:
     index = _read_index(index_file)
     metric = index_metric(index)
     index_path, info_path = index_paths(datastore_dir, metric)
-    try:
-        os.link(index_file, index_path + ".tmp")
-    except OSError:
-        shutil.copyfile(index_file, index_path + ".tmp")
-    os.replace(index_path + ".tmp", index_path)
+    with written_whole(index_path) as temporary:
+        try:
+            os.link(index_file, temporary)
+        except OSError:
+            shutil.copyfile(index_file, temporary)
     info = {"metric": metric, "index_type": type(faiss.downcast_index(index)).__name__,
             "num_keys": int(index.ntotal), "dim": int(index.d),
             "imported_from": os.path.abspath(index_file)}

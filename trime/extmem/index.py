@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from trime.extmem.datastore import Datastore
+from trime.files import open_whole, written_whole
 
 logger = logging.getLogger(__name__)
 
@@ -160,11 +161,10 @@ def _stage_paths(datastore_dir: str, metric: str) -> dict:
 def _write_stage(index, on_gpu: bool, path: str, identity: dict) -> None:
     """Save a stage of the build atomically, with the settings it belongs to."""
     faiss = _faiss()
-    faiss.write_index(faiss.index_gpu_to_cpu(index) if on_gpu else index, path + ".tmp")
-    with open(path + ".json.tmp", "w") as f:
+    with written_whole(path) as temporary:
+        faiss.write_index(faiss.index_gpu_to_cpu(index) if on_gpu else index, temporary)
+    with open_whole(path + ".json") as f:  # after the index: a .json names a complete stage
         json.dump(identity, f)
-    os.replace(path + ".tmp", path)
-    os.replace(path + ".json.tmp", path + ".json")
 
 
 def _restore(stages: dict, identity: dict):
@@ -197,11 +197,10 @@ def save_index(index, info: dict, datastore_dir: str) -> str:
     """Write ``index.{metric}.faiss`` + ``.json`` atomically (temporary files, then rename)."""
     faiss = _faiss()
     index_path, info_path = index_paths(datastore_dir, info["metric"])
-    faiss.write_index(index, index_path + ".tmp")
-    with open(info_path + ".tmp", "w") as f:
+    with written_whole(index_path) as temporary:
+        faiss.write_index(index, temporary)
+    with open_whole(info_path) as f:
         json.dump(info, f, indent=2)
-    os.replace(index_path + ".tmp", index_path)
-    os.replace(info_path + ".tmp", info_path)
     remove_stages(datastore_dir, info["metric"])
     return index_path
 

@@ -16,6 +16,7 @@ from typing import List
 import numpy as np
 
 from trime.extmem.fingerprints import dictionary_checksum
+from trime.files import open_whole
 
 FORMAT = "trime-bm25-batches/1"
 
@@ -58,12 +59,10 @@ def write_bm25_file(path: str, file_format: str, key: str, rows: list, **fields)
     else:
         body = json.dumps(rows, separators=(",", ":"))
     text = header[:-2] + f',\n "{key}": ' + body + "\n}\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open_whole(path, encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_bm25_batches(path: str, batches: List[List[int]], **fields) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+from trime.files import open_whole
 
 WORK_WORD, USER_DIR_WORD = "{work}", "{user_dir}"  # in step records (Runner.portable)
 
@@ -73,10 +74,8 @@ def run_in_process(argv, log) -> int:
 
 
 def _write_json(path, content):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with open_whole(path) as f:
         json.dump(content, f, indent=1)
-    os.replace(tmp, path)
 
 
 class Runner:
