@@ -64,3 +64,34 @@ def test_progress_lines_give_the_rate_and_time_left_from_the_steps_of_this_run(c
     progress.on_log(None, state, None, logs={"loss": 5.25, "lm_loss": 5.5, "epoch": 3})
     assert capsys.readouterr().out == \
         "step 130/400: loss 5.25, lm_loss 5.5, epoch 3 (10.00 s/step, 45 min 00 s left)\n"
+
+
+def test_the_word_tokenizer_keeps_every_word_and_reads_line_ends_as_eos(tmp_path):
+    """40,000 distinct words (more than the 30,000 tokenizers' WordLevelTrainer keeps) all get an
+    id, ids run 0..len-1 (the model's vocabulary is len(tokenizer)), and a line end is </s>."""
+    import transformers
+
+    from trime.cli.hf_train import word_tokenizer
+
+    lines = [" ".join(f"w{i}" for i in range(j * 10_000, (j + 1) * 10_000)) + " \n" for j in range(4)]
+    lines.append(" <unk> w3 </s> \n")  # the special words of the text are the special tokens
+    word_tokenizer(lines, tmp_path / "words")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "words")
+    vocab = tokenizer.get_vocab()
+    assert len(tokenizer) == 40_002 and sorted(vocab.values()) == list(range(40_002))
+    assert tokenizer("w3 <unk>\n w39999 unseen\n", add_special_tokens=False)["input_ids"] == \
+        [vocab["w3"], vocab["<unk>"], vocab["</s>"], vocab["w39999"], vocab["<unk>"], vocab["</s>"]]
+
+
+def test_a_wikitext_file_has_as_many_tokens_as_fairseq_gives_it(tmp_path):
+    """Words plus one </s> per line, as fairseq-preprocess binarises WikiText; only the empty line
+    before the first title, a document of no text, is left out."""
+    from trime.cli.hf_train import word_tokenizer
+    from trime.hf.data import read_segments
+
+    text = tmp_path / "train.txt"
+    lines = wikitext_like(text)
+    tokenizer = word_tokenizer(text.read_text().splitlines(keepends=True), tmp_path / "words")
+    segments = read_segments(str(text), tokenizer, "title", 8)
+    assert lines[0] == "" and len(segments.stream) == sum(len(line.split()) + 1 for line in lines) - 1
+    assert (segments.stream == tokenizer.convert_tokens_to_ids("</s>")).sum() == len(lines) - 1

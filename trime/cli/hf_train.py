@@ -1,9 +1,9 @@
 """`trime-hf-train`: train a GPT-2-style ``transformers`` model from a config (nothing from a hub)
 on a text file with the TRIME loss (``trime.hf``), resumable, on CPU or GPU.
 
-The tokenizer is a word-level ``tokenizers`` model over the training file's whitespace-separated
-words (WikiText is tokenised already, so perplexities are per word, as fairseq's), trained
-into OUT/tokenizer unless --tokenizer names one. --memory picks the memory and the batches of
+The tokenizer is a word-level ``tokenizers`` model with every whitespace-separated word of the
+training file and a line-end token </s> (WikiText is tokenised already, so perplexities are per
+word and line end, as fairseq's), built into OUT/tokenizer unless --tokenizer names one. --memory picks the memory and the batches of
 paper §4: none (the plain LM loss, random batches), local (TrimeLM, random batches), long
 (TrimeLM_long, --consecutive-segments consecutive segments of a document), ext (TrimeLM_ext,
 Algorithm 1's BM25 batches, own segment dropped with --local-drop-prob). Checkpoints go to
@@ -28,16 +28,26 @@ from trime.errors import console_script
 
 BATCHING = {"none": "random", "local": "random", "long": "consecutive", "ext": "bm25"}
 UNKNOWN = "<unk>"  # WikiText's own unknown-word token
+LINE_END = "</s>"  # each line's end, a token as in fairseq's dictionaries
 
 
 def word_tokenizer(lines, folder):
-    """A word-level tokenizer over these lines' words (every word of the file), saved to folder."""
+    """A word-level tokenizer whose vocabulary is <unk>, </s> and every word of these lines (most
+    frequent first), saved to folder. A line end reads as </s>. (The tokenizers' WordLevelTrainer
+    is not used: it keeps 30,000 words by default, fewer than WikiText-2's 33,278.)"""
+    import collections
+
     import tokenizers
     import transformers
 
-    words = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token=UNKNOWN))
+    counts = collections.Counter(word for line in lines for word in line.split())
+    for special in (UNKNOWN, LINE_END):
+        counts.pop(special, None)
+    ranked = sorted(counts, key=lambda word: (-counts[word], word))
+    vocab = {word: i for i, word in enumerate([UNKNOWN, LINE_END, *ranked])}
+    words = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token=UNKNOWN))
+    words.normalizer = tokenizers.normalizers.Replace("\n", f" {LINE_END} ")
     words.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    words.train_from_iterator(lines, tokenizers.trainers.WordLevelTrainer(special_tokens=[UNKNOWN]))
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=words, unk_token=UNKNOWN)
     tokenizer.save_pretrained(folder)
     return tokenizer
@@ -123,6 +133,9 @@ def main(argv=None):
     else:
         tokenizer = word_tokenizer(lines, tokenizer_dir)
     segments = read_segments(args.train, tokenizer, args.doc_boundary, args.tokens_per_sample)
+    if segments.stream.max() >= len(tokenizer):  # the model's vocabulary is len(tokenizer)
+        parser.error(f"the tokenizer in {tokenizer_dir} gives token id {segments.stream.max()} but has "
+                     f"{len(tokenizer)} tokens: give a tokenizer whose ids run 0..len-1")
     torch.manual_seed(args.seed)
     model = transformers.AutoModelForCausalLM.from_config(gpt2_config(len(tokenizer), args))
     batches = None

@@ -30,7 +30,8 @@ IGNORE = -100
 def text_documents(lines: Sequence[str], boundary: str = "title") -> List[str]:
     """The documents of a text file's ``lines`` under ``--doc-boundary`` (``trime.core.documents``'
     rules, on whitespace-separated words: a WikiText `` = Title = `` line between empty lines
-    starts one; an empty line ends one; none = one document), each as one string."""
+    starts one; an empty line ends one; none = one document), each as one string whose every
+    line, the last included, ends in a line end (a token for tokenizers that keep one)."""
     from trime.core.documents import document_starts
 
     words = [line.split() for line in lines]
@@ -39,7 +40,7 @@ def text_documents(lines: Sequence[str], boundary: str = "title") -> List[str]:
     line_starts = np.r_[0, np.cumsum(sizes)[:-1]]
     starts = np.searchsorted(line_starts, document_starts(tokens, sizes, boundary, equals_id=1))
     bounds = [*starts.tolist(), len(lines)]
-    documents = ["\n".join(line.rstrip("\n") for line in lines[a:b]) for a, b in zip(bounds, bounds[1:])]
+    documents = ["".join(line.rstrip("\n") + "\n" for line in lines[a:b]) for a, b in zip(bounds, bounds[1:])]
     return [d for d in documents if d.strip()]
 
 
