@@ -363,6 +363,19 @@ def test_table7_orderings_read_the_model_and_memory_cell():
     assert [c["holds"] for c in check_claims({"table7": rows})] == [True, False, False]
 
 
+def test_bleu_orderings_hold_when_higher():
+    """Multi30k's claims compare BLEU: the better row must score higher, ours and the paper's."""
+    from trime.repro.orderings import check_claims
+
+    rows = {name: {"test_bleu": bleu, "paper_test": bleu} for name, bleu in (
+        ("Transformer", 32.58), ("+ kNN-MT", 33.15), ("TrimeMT_ext, 16 length buckets", 33.73),
+        ("TrimeMT_ext, one chain", 33.73), ("TrimeMT_ext, one chain, 8192", 33.73))}
+    checked = check_claims({"multi30k": rows})
+    assert len(checked) == 4 and all(c["holds"] and c["holds_in_paper"] for c in checked)
+    rows["TrimeMT_ext, one chain"]["test_bleu"] = 33.0  # below kNN-MT: that claim alone fails
+    assert [c["holds"] for c in check_claims({"multi30k": rows})] == [True, True, False, True]
+
+
 def test_table12_orderings_name_the_lengths_of_the_table():
     from trime.repro.orderings import check_claims
     from trime.repro.tables import PAPER_TABLE12
