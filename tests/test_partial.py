@@ -18,6 +18,9 @@ def test_a_partial_file_is_read_back_only_by_its_own_command(tmp_path, caplog):
     assert loaded["rows"] == state["rows"] and torch.equal(loaded["scores"], state["scores"])
     assert not os.path.exists(path + ".tmp")
     assert Partial(path, "B").load() is None and "another command" in caplog.text
+    torch.save({"fingerprint": "A", "batches": 3}, path)  # an older layout of the same command
+    assert mine.load() is None
+    mine.save(state)
     mine.remove()
     assert not os.path.exists(path) and mine.load() is None
     mine.remove()  # nothing left to remove: no error

@@ -26,9 +26,9 @@ class Partial:
         if not os.path.exists(self.path):
             return None
         saved = torch.load(self.path, weights_only=True)
-        if saved["fingerprint"] != self.fingerprint:
-            logger.warning(f"{self.path} is from another command (other options or checkpoint): "
-                           "starting from the beginning")
+        if not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint or "state" not in saved:
+            logger.warning(f"{self.path} is from another command (other options or checkpoint, or "
+                           "another trime version): starting from the beginning")
             return None
         return saved["state"]
 
