@@ -2,15 +2,15 @@
 on a text file with the TRIME loss (``trime.hf``), resumable, on CPU or GPU.
 
 The tokenizer is a word-level ``tokenizers`` model with every whitespace-separated word of the
-training file and a line-end token </s> (WikiText is tokenised already, so perplexities are per
-word and line end, as fairseq's), built into OUT/tokenizer unless --tokenizer names one. --memory picks the memory and the batches of
-paper §4: none (the plain LM loss, random batches), local (TrimeLM, random batches), long
-(TrimeLM_long, --consecutive-segments consecutive segments of a document), ext (TrimeLM_ext,
-Algorithm 1's BM25 batches, own segment dropped with --local-drop-prob). Checkpoints go to
-OUT/checkpoints every --save-steps; run the same command again to resume (or with a larger
---max-steps to train on); a finished run is not repeated. At the end OUT holds
-the model and tokenizer (``save_pretrained``, for trime-hf-eval) and train.json (the command,
-the final losses and the time per step).
+training file and a line-end token </s> (WikiText is tokenised already, so perplexities are per word
+and line end, as fairseq's), built into OUT/tokenizer unless --tokenizer names one. --memory picks
+the memory and the batches of paper §4: none (the plain LM loss, random batches), local (TrimeLM,
+random batches), long (TrimeLM_long, --consecutive-segments consecutive segments of a document), ext
+(TrimeLM_ext, Algorithm 1's BM25 batches, own segment dropped with --local-drop-prob). Checkpoints
+go to OUT/checkpoints every --save-steps; run the same command again to resume (or with a larger
+--max-steps to train on); a finished run is not repeated. At the end OUT holds the model and
+tokenizer (``save_pretrained``, for trime-hf-eval) and train.json (the command, the final losses and
+the time per step).
 
     trime-hf-train wikitext-2/train.txt --out runs/hf/trime_ext --memory ext --max-steps 800
     trime-hf-eval runs/hf/trime_ext wikitext-2/valid.txt --eval-memory local,long
@@ -71,7 +71,8 @@ def main(argv=None):
     parser.add_argument("train", help="the training text file")
     parser.add_argument("--out", required=True, help="the model's folder (created; a rerun resumes)")
     parser.add_argument("--tokenizer", default=None,
-                        help="a tokenizer folder (default: a word-level one trained into OUT/tokenizer)")
+                        help="a tokenizer folder (default: a word-level one with every word of TRAIN, "
+                             "built into OUT/tokenizer)")
     parser.add_argument("--memory", choices=tuple(BATCHING), default="local",
                         help="training memory; it sets the batches (none, local: random; long: "
                              "consecutive; ext: BM25)")
@@ -133,8 +134,9 @@ def main(argv=None):
     else:
         tokenizer = word_tokenizer(lines, tokenizer_dir)
     segments = read_segments(args.train, tokenizer, args.doc_boundary, args.tokens_per_sample)
-    if segments.stream.max() >= len(tokenizer):  # the model's vocabulary is len(tokenizer)
-        parser.error(f"the tokenizer in {tokenizer_dir} gives token id {segments.stream.max()} but has "
+    largest_id = int(segments.stream.max())
+    if largest_id >= len(tokenizer):  # the model's vocabulary is len(tokenizer)
+        parser.error(f"the tokenizer in {tokenizer_dir} gives token id {largest_id} but has "
                      f"{len(tokenizer)} tokens: give a tokenizer whose ids run 0..len-1")
     torch.manual_seed(args.seed)
     model = transformers.AutoModelForCausalLM.from_config(gpt2_config(len(tokenizer), args))

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from trime.files import written_whole
 from trime.repro.recipes import LOSS
 
 BLEU = re.compile(r"BLEU = ([0-9.]+)")
@@ -195,9 +196,8 @@ def unpack(zip_path: str, folder: str) -> str:
             if bad is not None:
                 raise ValueError(f"{zip_path}: {bad} fails its CRC-32 check (a damaged download): "
                                  "delete the zip and run again")
-            partial = folder + ".partial"
-            archive.extractall(partial)
-        os.replace(partial, folder)
+            with written_whole(folder, ".partial") as partial:
+                archive.extractall(partial)
     found = [os.path.join(root, CHECKPOINT) for root, _, files in os.walk(folder) if CHECKPOINT in files]
     return sorted(found)[0]
 

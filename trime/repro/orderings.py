@@ -10,8 +10,9 @@ import os
 from typing import Dict, List, Optional
 
 # (table, claim, better row, worse row, split, factor): holds when better < factor * worse
-# (factor 1: strictly lower; 0.9: at least 10% lower), or better > worse for BLEU (a *_bleu split); a row of Table 7 is (model, test memory);
-# one of Table 12 is (row, i), the i-th shortest segment length L, named in the claim as {L[i]}
+# (factor 1: strictly lower; 0.9: at least 10% lower), or better > worse for BLEU (a *_bleu split);
+# a row of Table 7 is (model, test memory); one of Table 12 is (row, i), the i-th shortest segment
+# length L, named in the claim as {L[i]}
 CLAIMS = (
     ("table10", "+ continuous cache < Transformer", "+ continuous cache", "Transformer", "test", 1.0),
     ("table10", "TrimeLM < + continuous cache", "TrimeLM", "+ continuous cache", "test", 1.0),
@@ -81,10 +82,15 @@ def _cell(rows: Dict, key) -> Dict:
     return rows[row][_lengths(rows)[column] if isinstance(column, int) else column]
 
 
+def _holds(pair, split: str, factor: float) -> bool:
+    """(better, worse): higher BLEU (a *_bleu split), else a perplexity below factor × worse."""
+    return pair[0] > pair[1] if split.endswith("_bleu") else pair[0] < factor * pair[1]
+
+
 def check_claims(tables: Dict[str, Dict]) -> List[Dict]:
     """Every claim whose table is in ``tables`` (table name -> its table.json "rows"): our
-    perplexities (BLEU for a *_bleu split), the paper's, and whether the ordering holds in each (None where the paper
-    has no such cell: a preset's own segment lengths)."""
+    perplexities (BLEU for a *_bleu split), the paper's, and whether the ordering holds in each
+    (None where the paper has no such cell: a preset's own segment lengths)."""
     checked = []
     for table, claim, better, worse, split, factor in CLAIMS:
         rows = tables.get(table)
@@ -96,11 +102,9 @@ def check_claims(tables: Dict[str, Dict]) -> List[Dict]:
         cells = [_cell(rows, key) for key in (better, worse)]
         ours = tuple(cell[split] for cell in cells)
         paper = tuple(cell[paper_key] for cell in cells)
-        def holds(pair):
-            return pair[0] > pair[1] if split.endswith("_bleu") else pair[0] < factor * pair[1]
-
         checked.append({"table": table, "claim": claim, "split": split, "ours": ours, "paper": paper,
-                        "holds": holds(ours), "holds_in_paper": None if None in paper else holds(paper)})
+                        "holds": _holds(ours, split, factor),
+                        "holds_in_paper": None if None in paper else _holds(paper, split, factor)})
     return checked
 
 
