@@ -2,7 +2,7 @@
 machine) resumes it: the step records, tunings, memory curves and logs, with no path of this
 machine in them, and the trained models as trime-keep-model copies (weights only, fp16).
 
-    python scripts/keep_work.py WORK results/NAME-work [--models vanilla trime ...]
+    python scripts/keep_work.py WORK results/NAME-work [--models vanilla trime ...] [--hf-models none local ...]
 
 Text files have the work folder written as {work}, trime's user dir as {user_dir}, the Python
 site-packages as {site-packages} and this checkout as a relative path (tests/test_results_travel.py
@@ -32,7 +32,14 @@ def portable(text: str, work: str, outside=()) -> str:
     return text
 
 
-def keep(work: str, out: str, models, outside=()) -> None:
+def _portable_file(path: str, work: str, outside=()) -> None:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = portable(f.read(), work, outside)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def keep(work: str, out: str, models, outside=(), hf_models=()) -> None:
     work = os.path.abspath(work)
     outside = [(os.path.abspath(path), word) for path, word in outside]
     for folder in FOLDERS:
@@ -44,15 +51,19 @@ def keep(work: str, out: str, models, outside=()) -> None:
                 target = os.path.join(out, os.path.relpath(source, work))
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 if name.endswith(TEXT):
-                    with open(source, encoding="utf-8", errors="replace") as f:
-                        text = portable(f.read(), work, outside)
-                    with open(target, "w", encoding="utf-8") as f:
-                        f.write(text)
+                    shutil.copyfile(source, target)
+                    _portable_file(target, work, outside)
                 else:
                     shutil.copyfile(source, target)
     for model in models:  # trime-keep-model, in this process
         keep_model([os.path.join(work, "models", model, "checkpoint_last.pt"),
                     os.path.join(out, "models", model, "checkpoint_last.pt")])
+    for model in hf_models:  # trime-hf-train folders (trime-repro hf-wikitext2): no checkpoints/, fp16
+        keep_model([os.path.join(work, "hf", model), os.path.join(out, "hf", model)])
+        for root, _, names in os.walk(os.path.join(out, "hf", model)):
+            for name in names:
+                if name == "train.json":  # the command names the work folder
+                    _portable_file(os.path.join(root, name), work, outside)
 
 
 def main(argv=None):
@@ -61,6 +72,9 @@ def main(argv=None):
     parser.add_argument("out", help="where its records are kept (e.g. results/bytes-work)")
     parser.add_argument("--models", nargs="*", default=[],
                         help="models (folders of WORK/models) to keep, weights only in fp16")
+    parser.add_argument("--hf-models", nargs="*", default=[],
+                        help="trime-hf-train models (folders of WORK/hf, e.g. none local ext) to keep, "
+                             "weights only in fp16; put one back at WORK/hf/NAME and its training is skipped")
     parser.add_argument("--outside", nargs="*", default=[], metavar="PATH=WORD",
                         help="a folder outside WORK that the records name, and the word written "
                              "for it (e.g. ../runs/books={books})")
@@ -70,7 +84,7 @@ def main(argv=None):
         parser.error("--outside takes PATH=WORD pairs, e.g. ../runs/books={books}")
     if not os.path.isdir(os.path.join(args.work, "steps")):
         parser.error(f"{args.work} is not a trime-repro work folder (no steps/)")
-    keep(args.work, args.out, args.models, outside)
+    keep(args.work, args.out, args.models, outside, args.hf_models)
 
 
 if __name__ == "__main__":

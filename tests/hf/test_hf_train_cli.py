@@ -5,6 +5,7 @@ trime-hf-eval scores the saved model."""
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 
@@ -95,3 +96,49 @@ def test_a_wikitext_file_has_as_many_tokens_as_fairseq_gives_it(tmp_path):
     segments = read_segments(str(text), tokenizer, "title", 8)
     assert lines[0] == "" and len(segments.stream) == sum(len(line.split()) + 1 for line in lines) - 1
     assert (segments.stream == tokenizer.convert_tokens_to_ids("</s>")).sum() == len(lines) - 1
+
+
+def test_a_kept_model_is_fp16_weights_only_and_scores_as_the_original(tmp_path):
+    """trime-keep-model on trime-hf-train's folder: no Trainer checkpoints, fp16 safetensors, and
+    trime-hf-eval (which loads it in fp32) scores it as the original up to the fp16 rounding;
+    scripts/keep_work.py --hf-models keeps it with a train.json that names no path of the machine."""
+    import importlib.util
+    import os
+
+    from safetensors.torch import load_file
+
+    from trime.cli.keep_model import main as keep_model
+
+    text = tmp_path / "train.txt"
+    wikitext_like(text)
+    work = tmp_path / "work"
+    out = work / "hf" / "none"
+    hf_train([str(text), "--out", str(out), "--memory", "none", "--save-steps", "2", "--max-steps", "2", *TINY])
+    kept = tmp_path / "kept"
+    assert keep_model([str(out), str(kept)]) == 0
+    assert not (kept / "checkpoints").exists() and (kept / "tokenizer" / "tokenizer.json").is_file()
+    weights = load_file(kept / "model.safetensors")
+    assert {w.dtype for w in weights.values() if w.is_floating_point()} == {torch.float16}
+    original = load_file(out / "model.safetensors")
+    assert weights.keys() == original.keys()
+
+    def perplexity(model):
+        target = tmp_path / f"eval-{model.name}.json"
+        hf_eval([str(model), str(text), "--eval-memory", "local", "--tokens-per-sample", "8",
+                 "--out", str(target), "--cpu"])
+        return json.loads(target.read_text())["perplexity"]
+
+    before, after = perplexity(out), perplexity(kept)
+    assert before > 1 and abs(after - before) < 2e-3 * before
+    with pytest.raises(SystemExit):  # a folder without weights is refused
+        keep_model([str(out / "tokenizer"), str(tmp_path / "nothing")])
+    assert not (tmp_path / "nothing").exists()
+
+    spec = importlib.util.spec_from_file_location(
+        "keep_work", os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "keep_work.py"))
+    keep_work = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(keep_work)
+    (work / "steps").mkdir()
+    keep_work.main([str(work), str(tmp_path / "results"), "--hf-models", "none"])
+    record = (tmp_path / "results" / "hf" / "none" / "train.json").read_text()
+    assert str(work) not in record and "{work}/hf/none" in record

@@ -61,7 +61,9 @@ def main(argv=None):
     from trime.hf.data import read_segments
     from trime.hf.evaluation import Vocabulary, evaluate, save_datastore
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(args.model)
+    # in fp32 whatever the stored dtype (a trime-keep-model copy holds fp16 weights; transformers 5
+    # loads a model in its stored dtype by default)
+    model = transformers.AutoModelForCausalLM.from_pretrained(args.model).float()
     if torch.cuda.is_available() and not args.cpu:
         model.cuda()
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.tokenizer or args.model)

@@ -1,14 +1,18 @@
-"""trime-keep-model: a fairseq checkpoint as it is kept for resuming or re-scoring a table:
-weights only (no optimizer state), floating-point weights in fp16 (half the bytes).
+"""trime-keep-model: a trained model as it is kept for resuming or re-scoring a table: weights
+only (no optimizer state), floating-point weights in fp16 (half the bytes). The model is a fairseq
+checkpoint (a file), or a ``transformers`` ``save_pretrained`` folder such as trime-hf-train's OUT
+(kept: every file but the Trainer's ``checkpoints/``, with ``*.safetensors`` in fp16).
 
 fairseq loads it as any checkpoint: ``fairseq-eval-lm --path KEPT`` builds the model in fp32 (or
 fp16 with ``--fp16``) and copies the fp16 weights in, so scores differ from the original model's by
 the fp16 rounding of the weights only. It cannot resume *training* (no optimizer state); a harness
 step that trained the model is skipped once the kept checkpoint is back at its path.
+trime-hf-eval loads a kept folder in fp32 in the same way.
 """
 
 import argparse
 import os
+import shutil
 import sys
 
 import torch
@@ -27,15 +31,46 @@ def kept(state: dict) -> dict:
     return state
 
 
+def keep_hf_folder(folder: str, out: str) -> None:
+    """Copy a ``save_pretrained`` folder to ``out`` (replacing it once the copy is whole) without
+    the Trainer's ``checkpoints/``, its ``*.safetensors`` weights in fp16."""
+    from safetensors.torch import load_file, save_file
+
+    partial = out.rstrip(os.sep) + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(folder, partial, ignore=shutil.ignore_patterns("checkpoints", "*.safetensors"))
+    for name in os.listdir(folder):
+        if name.endswith(".safetensors"):
+            weights = load_file(os.path.join(folder, name))
+            save_file({key: value.half() if value.is_floating_point() else value
+                       for key, value in weights.items()}, os.path.join(partial, name), metadata={"format": "pt"})
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(partial, out)
+
+
+def _size(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="trime-keep-model", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a fairseq checkpoint (e.g. MODELS/NAME/checkpoint_last.pt)")
-    parser.add_argument("out", help="where the kept checkpoint goes (a file; its folder is made)")
+    parser.add_argument("checkpoint", help="a fairseq checkpoint (e.g. MODELS/NAME/checkpoint_last.pt), or a "
+                                           "transformers save_pretrained folder (e.g. trime-hf-train's OUT)")
+    parser.add_argument("out", help="where the kept copy goes (a file, or a folder for a folder; made)")
     args = parser.parse_args(argv)
     if os.path.abspath(args.checkpoint) == os.path.abspath(args.out):
         parser.error("OUT is the checkpoint itself: write the kept copy elsewhere, then move it")
+    if os.path.isdir(args.checkpoint):
+        if not any(name.endswith(".safetensors") for name in os.listdir(args.checkpoint)):
+            parser.error(f"{args.checkpoint} holds no *.safetensors weights: give a folder written by "
+                         f"save_pretrained (trime-hf-train's OUT once training ended)")
+        keep_hf_folder(args.checkpoint, args.out)
+        print(f"{args.out}: {_size(args.out) / 2**20:.1f} MiB (from {_size(args.checkpoint) / 2**20:.1f} MiB)")
+        return 0
     from trime.glue.checkpoints import allow_namespace_in_checkpoints
 
     allow_namespace_in_checkpoints()
