@@ -26,8 +26,17 @@ TRAINING_STATE = ("last_optimizer_state",)
 def kept(state: dict) -> dict:
     """The checkpoint dict with the training state dropped and floating weights in fp16."""
     state = {key: value for key, value in state.items() if key not in TRAINING_STATE}
-    state["model"] = {name: weight.half() if weight.is_floating_point() else weight
-                      for name, weight in state["model"].items()}
+    halves = {}  # tied weights (e.g. --share-decoder-input-output-embed) stay one tensor, stored once
+
+    def half(weight):
+        if not weight.is_floating_point():
+            return weight
+        tie = (weight.data_ptr(), weight.shape, weight.stride())
+        if tie not in halves:
+            halves[tie] = weight.half()
+        return halves[tie]
+
+    state["model"] = {name: half(weight) for name, weight in state["model"].items()}
     return state
 
 
