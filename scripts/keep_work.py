@@ -50,20 +50,16 @@ def keep(work: str, out: str, models, outside=(), hf_models=()) -> None:
                 source = os.path.join(root, name)
                 target = os.path.join(out, os.path.relpath(source, work))
                 os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copyfile(source, target)
                 if name.endswith(TEXT):
-                    shutil.copyfile(source, target)
                     _portable_file(target, work, outside)
-                else:
-                    shutil.copyfile(source, target)
     for model in models:  # trime-keep-model, in this process
         keep_model([os.path.join(work, "models", model, "checkpoint_last.pt"),
                     os.path.join(out, "models", model, "checkpoint_last.pt")])
     for model in hf_models:  # trime-hf-train folders (trime-repro hf-wikitext2): no checkpoints/, fp16
         keep_model([os.path.join(work, "hf", model), os.path.join(out, "hf", model)])
-        for root, _, names in os.walk(os.path.join(out, "hf", model)):
-            for name in names:
-                if name == "train.json":  # the command names the work folder
-                    _portable_file(os.path.join(root, name), work, outside)
+        # train.json's command names the work folder
+        _portable_file(os.path.join(out, "hf", model, "train.json"), work, outside)
 
 
 def main(argv=None):
