@@ -1,6 +1,7 @@
 """Results that travel: results/ names no path of the machine that made it, and a work folder (or
 checkout) that moved still resumes: step records keep {work} and {user_dir} (Runner.portable)."""
 
+import csv
 import json
 import os
 import re
@@ -139,3 +140,29 @@ def test_keep_work_names_a_folder_outside_the_work_folder_by_its_word(tmp_path):
     assert not (tmp_path / "kept").exists()
     keep_work.main([str(work), str(tmp_path / "kept"), "--outside", f"{books}={{books}}"])
     assert (tmp_path / "kept" / "logs" / "s.log").read_text() == "scored {books}/data-bin/test with {work}/bin\n"
+
+
+def test_every_reported_test_bleu_rescores_from_kept_files():
+    """Every test decode in results/ (a test-*/tune.csv row) keeps its hypotheses beside the
+    references, and sacrebleu's corpus BLEU of the two files is the BLEU reported."""
+    import glob
+
+    import sacrebleu
+
+    tables = glob.glob(os.path.join(ROOT, "results", "**", "test-*", "tune.csv"), recursive=True)
+    assert tables, "no test decode in results/"
+    wrong = []
+    for table in tables:
+        folder = os.path.dirname(table)
+        with open(os.path.join(folder, "ref.txt"), encoding="utf-8") as f:
+            references = f.read().splitlines()
+        with open(table, encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            with open(os.path.join(folder, row["hypotheses"]), encoding="utf-8") as f:
+                hypotheses = f.read().splitlines()
+            assert len(hypotheses) == len(references), row["hypotheses"]
+            bleu = sacrebleu.metrics.BLEU().corpus_score(hypotheses, [references]).score
+            if abs(bleu - float(row["bleu"])) > 1e-6:
+                wrong.append(f"{os.path.relpath(table, ROOT)} {row['hypotheses']}: {bleu} != {row['bleu']}")
+    assert not wrong, "\n".join(wrong)
