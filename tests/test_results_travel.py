@@ -2,6 +2,7 @@
 checkout) that moved still resumes: step records keep {work} and {user_dir} (Runner.portable)."""
 
 import csv
+import glob
 import json
 import os
 import re
@@ -145,8 +146,6 @@ def test_keep_work_names_a_folder_outside_the_work_folder_by_its_word(tmp_path):
 def test_every_reported_test_bleu_rescores_from_kept_files():
     """Every test decode in results/ (a test-*/tune.csv row) keeps its hypotheses beside the
     references, and sacrebleu's corpus BLEU of the two files is the BLEU reported."""
-    import glob
-
     import sacrebleu
 
     tables = glob.glob(os.path.join(ROOT, "results", "**", "test-*", "tune.csv"), recursive=True)
